@@ -1,0 +1,51 @@
+"""Type aliases and the batch record shared by replay, losses and learner.
+
+Shapes follow the SEED RL convention: time first, then batch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+import numpy as np
+
+Array = np.ndarray
+#: Recurrent state of the LSTM core, ``(h, c)``, each ``<float32>[B, H]``.
+RecurrentState = Tuple[np.ndarray, np.ndarray]
+
+
+class SequenceBatch(NamedTuple):
+    """A batch of stored sequences, laid out ``[T, B, ...]`` for the learner.
+
+    Step ``t`` of a sequence holds observation ``o_t``, the action ``a_t`` taken
+    there, the reward ``r_t`` received after it and ``discount_t`` (0.0 when the
+    episode terminated after ``a_t``, else 1.0; the agent's gamma is applied by
+    the loss, not stored).
+
+    Attributes:
+      obs: ``<uint8>[T, B, *obs_shape]`` (frame stacks rebuilt) or ``<float32>``
+        for vector observations.
+      action: ``<int64>[T, B]`` action taken at step t.
+      reward: ``<float32>[T, B]`` reward after the action at step t.
+      discount: ``<float32>[T, B]`` 0.0 if the episode terminated after step t.
+      first: ``<bool>[T, B]`` True where step t is the first step of an episode.
+      mask: ``<bool>[T, B]`` False on padding after an episode's last step.
+      prev_action: ``<int64>[T, B]`` action at t-1 (0 at an episode start).
+      prev_reward: ``<float32>[T, B]`` reward at t-1 (0.0 at an episode start).
+      state_h: ``<float32>[B, H]`` stored LSTM h at the sequence start.
+      state_c: ``<float32>[B, H]`` stored LSTM c at the sequence start.
+      keys: ``<int64>[B]`` replay keys (for priority updates).
+      probs: ``<float64>[B]`` probability with which each sequence was sampled.
+    """
+
+    obs: Array
+    action: Array
+    reward: Array
+    discount: Array
+    first: Array
+    mask: Array
+    prev_action: Array
+    prev_reward: Array
+    state_h: Array
+    state_c: Array
+    keys: Array
+    probs: Array

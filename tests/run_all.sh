@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: plain pytest tests, then the MPI tests under
+# mpiexec (pytest-mpi's --with-mpi). Extra arguments go to the first pytest.
+# MPIEXEC overrides the launcher (e.g. MPIEXEC="srun --mpi=pmi2").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+MPIEXEC="${MPIEXEC:-mpiexec}"
+NP="${R2D2_TEST_NP:-2}"
+echo "== plain tests =="
+"$PY" -m pytest -m "not mpi" "$@"
+echo "== MPI tests: $MPIEXEC -n $NP =="
+$MPIEXEC -n "$NP" "$PY" -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests
