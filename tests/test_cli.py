@@ -1,0 +1,80 @@
+"""The r2d2-train entry point, run for real in a subprocess (and under mpiexec)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from r2d2_hpc.cli import EXIT_BAD_INPUT, train_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(args, cwd, launcher=()):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = list(launcher) + [sys.executable, "-m", "r2d2_hpc.cli"] + list(args)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def find_mpiexec():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec")
+
+
+def test_default_run_writes_effective_config(tmp_path):
+    proc = run_cli(["--run-dir", str(tmp_path / "run"), "--set", "seed=3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["env"]["name"] == "cartpole_masked"
+    assert written["seed"] == 3
+    assert "not implemented yet" in proc.stdout  # said plainly, nothing faked
+
+
+def test_default_run_dir_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--set", "env.name=atari", "--set", "env.game=Breakout"]) == 0
+    (run,) = os.listdir(tmp_path / "runs")
+    assert run.startswith("atari-Breakout-")
+    assert (tmp_path / "runs" / run / "config.yaml").is_file()
+
+
+def test_print_config(tmp_path):
+    proc = run_cli(["--print-config", "--config", os.path.join(ROOT, "configs/atari57.yaml")],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["learner"]["discount"] == 0.997
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "missing.yaml"], "missing.yaml"),
+    (["--set", "learner.batchsize=3"], "did you mean 'learner.batch_size'"),
+    (["--set", "env.name=pong"], "env.name"),
+])
+def test_bad_input_exits_2_with_one_message(tmp_path, args, needle):
+    proc = run_cli(args + ["--run-dir", str(tmp_path / "r")], cwd=tmp_path)
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert needle in proc.stderr
+    assert proc.stderr.count("r2d2-train:") == 1
+    assert not (tmp_path / "r").exists()  # nothing started
+
+
+def test_unwritable_run_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli(["--run-dir", str(blocker / "run")], cwd=tmp_path)
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "run directory" in proc.stderr and "--run-dir" in proc.stderr
+    assert blocker.read_text() == "x"  # nothing lost
+
+
+def test_bad_input_under_mpiexec_is_printed_once(tmp_path):
+    mpiexec = find_mpiexec()
+    assert mpiexec, "mpiexec not found: install the [mpich] extra or a system MPI"
+    proc = run_cli(["--set", "learner.discount=7"], cwd=tmp_path, launcher=[mpiexec, "-n", "2"])
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
+    assert proc.stderr.count("learner.discount") == 1
