@@ -1,0 +1,514 @@
+"""Incremental HDF5 snapshots of a replay shard, restore, and re-sharding restore.
+
+A shard's state (``ShardState``) has a large part that changes slowly and in
+place -- the step ring (frames) and the per-sequence payload (ring rows, LSTM
+states) -- and a small part that changes all the time (priorities, generations,
+sum-tree leaves, stream tables, counters, RNG state). A snapshot directory
+holds one immutable HDF5 file per written *segment* of the large part and one
+small index file::
+
+    shard_dir/
+      index.h5                    written last; the only file a reader starts from
+      steps_00000_00000007.h5     ring rows [0, G) as of snapshot 7
+      steps_00001_00000009.h5     ring rows [G, 2G) as of snapshot 9
+      seqs_00000_00000009.h5      sequence slots [0, Q) as of snapshot 9
+      ...
+
+    ring rows   |--seg 0--|--seg 1--|--seg 2--|--seg 3--|   G rows per segment
+    versions       v=5       v=9       v=0       v=3        mutation count at last write
+    index.h5 lists: seg 0 -> steps_00000_00000007.h5 (version 5, size, crc32)
+                    seg 1 -> steps_00001_00000009.h5 (version 9, size, crc32)
+                    seg 2 -> (never written: restored as zeros)
+
+Saving (``save_snapshot``):
+
+1. If the directory's current ``index.h5`` is the snapshot this shard was last
+   saved as or restored from (same ``snapshot_uid``), every segment whose
+   version is unchanged reuses the file that index lists. Otherwise (another
+   shard's files, a corrupt index, ``full=True``) everything is written.
+2. Each changed segment is written to ``<name>.tmp`` (datasets with fletcher32
+   checksums), fsync'ed, its crc32 and size recorded, and ``os.replace``'d to
+   a name that carries the new snapshot id, so no file the current index
+   references is ever touched.
+3. ``index.h5`` (meta JSON, per-slot arrays, stream tables, the segment list
+   with file names, versions, sizes and crc32s) is written to
+   ``index.h5.tmp`` and ``os.replace``'d: this is the commit point. A crash
+   before it leaves the previous snapshot intact; a crash after it leaves a
+   complete new one.
+4. Only then are segment files that the new index does not reference (and
+   stale ``.tmp`` files) removed.
+
+So the cost of a snapshot is the index (``O(capacity_sequences)`` small
+numbers) plus the segments written since the previous snapshot: after a small
+change it is a few segment files, not the whole ring.
+
+Restoring (``load_snapshot``) checks every segment file's size and crc32 before
+reading it, HDF5 verifies the fletcher32 checksums while reading, and every
+dataset's shape and dtype are checked against the layout; any problem raises
+``SnapshotError`` naming the file and what is wrong. The restored state --
+contents, priorities, sum-tree leaves (hence the tree, which is a pure function
+of its leaves), generations, counters, stream tables and the RNG state -- is
+identical to the saved one, so sampling continues bit-identically.
+
+``load_resharded`` builds shard ``i`` of ``S'`` from the snapshots of ``S``
+shards (a requeued job may get another allocation), reading only the segments
+it needs, one at a time; streams are assigned by ``shard_for_stream`` unless the
+caller passes the routing rule its actors use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+from r2d2_hpc.replay.shard import (RUN_FIELDS, SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS,
+                                   STREAM_FIELDS, ReplayShard, ShardSpec, build_resharded,
+                                   new_snapshot_uid, shard_for_stream)
+
+__all__ = ["SnapshotError", "SnapshotReport", "SnapshotSource", "save_snapshot",
+           "load_snapshot", "load_resharded", "INDEX_FILE", "FORMAT"]
+
+#: File name of the index in a snapshot directory.
+INDEX_FILE = "index.h5"
+#: Format tag stored in the index meta.
+FORMAT = "r2d2_hpc.replay.snapshot/1"
+_SEGMENT_RE = re.compile(r"^(steps|seqs)_(\d{5,})_(\d{8,})\.h5$")
+_CHUNK_BYTES = 1 << 20
+_CRC_BLOCK = 8 << 20
+
+
+class SnapshotError(ValueError):
+    """A snapshot file is missing, truncated, corrupted or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SnapshotReport:
+    """What one ``save_snapshot`` call did."""
+
+    directory: str
+    snapshot_id: int
+    incremental: bool
+    """True if unchanged segments were reused from the previous snapshot."""
+    files_written: Tuple[str, ...]
+    """Base names of the files written (segments, then the index)."""
+    bytes_written: int
+    """Total size of the files written."""
+    files_removed: Tuple[str, ...]
+    """Base names of unreferenced files removed after the commit."""
+    segments_reused: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------
+# Low-level file helpers
+# ----------------------------------------------------------------------------
+
+
+def _crc32_file(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_CRC_BLOCK)
+            if not block:
+                return crc
+            crc = zlib.crc32(block, crc)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_array(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    """Writes ``arr`` as a chunked dataset with a fletcher32 checksum per chunk."""
+    arr = np.ascontiguousarray(arr)
+    row_bytes = max(1, arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)))
+    if arr.shape[0] == 0:
+        group.create_dataset(name, shape=arr.shape, dtype=arr.dtype,
+                             maxshape=(None,) + arr.shape[1:],
+                             chunks=(1,) + arr.shape[1:], fletcher32=True)
+        return
+    rows = max(1, min(arr.shape[0], _CHUNK_BYTES // row_bytes))
+    group.create_dataset(name, data=arr, chunks=(rows,) + arr.shape[1:], fletcher32=True)
+
+
+def _json_bytes(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
+
+
+def _read_array(f: h5py.File, path: str, name: str, shape: Optional[Tuple[int, ...]],
+                dtype: Optional[np.dtype], out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Reads dataset ``name``, checking shape/dtype; errors name the file."""
+    try:
+        ds = f[name]
+    except KeyError:
+        raise SnapshotError(f"{path}: missing dataset {name!r}") from None
+    if not isinstance(ds, h5py.Dataset):
+        raise SnapshotError(f"{path}: {name!r} is not a dataset")
+    if shape is not None and ds.shape != tuple(shape):
+        raise SnapshotError(f"{path}: dataset {name!r} has shape {ds.shape}, expected "
+                            f"{tuple(shape)}")
+    if dtype is not None and ds.dtype != np.dtype(dtype):
+        raise SnapshotError(f"{path}: dataset {name!r} has dtype {ds.dtype}, expected "
+                            f"{np.dtype(dtype)}")
+    try:
+        if out is not None:
+            if ds.shape[0]:
+                ds.read_direct(out)
+            return out
+        return ds[...]
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SnapshotError(f"{path}: dataset {name!r} is corrupted ({e})") from None
+
+
+def _open(path: str) -> h5py.File:
+    if not os.path.exists(path):
+        raise SnapshotError(f"{path}: file is missing")
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SnapshotError(f"{path}: not a readable HDF5 file, truncated or corrupted "
+                            f"({e})") from None
+
+
+def _read_meta(f: h5py.File, path: str) -> Dict[str, Any]:
+    raw = _read_array(f, path, "meta", None, np.uint8)
+    try:
+        return json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SnapshotError(f"{path}: meta is not valid JSON ({e})") from None
+
+
+def _verify_file(path: str, entry: Dict[str, Any]) -> None:
+    if not os.path.exists(path):
+        raise SnapshotError(f"{path}: segment file listed in {INDEX_FILE} is missing")
+    size = os.path.getsize(path)
+    if size != entry["nbytes"]:
+        raise SnapshotError(f"{path}: size {size} bytes, but {INDEX_FILE} records "
+                            f"{entry['nbytes']} (truncated or overwritten)")
+    crc = _crc32_file(path)
+    if crc != entry["crc32"]:
+        raise SnapshotError(f"{path}: crc32 {crc:#010x} does not match {entry['crc32']:#010x} "
+                            f"recorded in {INDEX_FILE} (corrupted)")
+
+
+def _write_h5(path: str, arrays: Dict[str, np.ndarray], meta: Dict[str, Any],
+              fsync: bool) -> Tuple[int, int]:
+    """Writes ``arrays`` + ``meta`` to ``path + '.tmp'``, syncs, checksums, renames.
+
+    Returns:
+      ``(size in bytes, crc32 of the file)``.
+    """
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        _write_array(f, "meta", _json_bytes(meta))
+        for name, arr in arrays.items():
+            _write_array(f, name, arr)
+    if fsync:
+        _fsync_path(tmp)
+    size, crc = os.path.getsize(tmp), _crc32_file(tmp)
+    os.replace(tmp, path)
+    return size, crc
+
+
+def _read_index_meta(directory: str) -> Optional[Dict[str, Any]]:
+    """The meta of the directory's current index, or None if absent/unreadable."""
+    path = os.path.join(directory, INDEX_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with _open(path) as f:
+            return _read_meta(f, path)
+    except SnapshotError:
+        return None
+
+
+# ----------------------------------------------------------------------------
+# Save
+# ----------------------------------------------------------------------------
+
+
+def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
+                  fsync: bool = True) -> SnapshotReport:
+    """Writes an (incremental) snapshot of ``shard`` into ``directory``.
+
+    Args:
+      shard: the shard to save; afterwards it records this snapshot as its
+        latest, so the next save into the same directory is incremental.
+      directory: the shard's snapshot directory (created if missing).
+      full: write every segment even if an unchanged copy exists.
+      fsync: fsync files before renaming them (and the directory after).
+
+    Returns:
+      A ``SnapshotReport``.
+    """
+    t0 = time.perf_counter()
+    os.makedirs(directory, exist_ok=True)
+    state = shard.get_state()
+    spec = state.spec
+    counters = state.counters
+    prev = _read_index_meta(directory)
+    reuse = (not full and prev is not None and prev.get("format") == FORMAT and
+             counters["snapshot_uid"] != "" and
+             prev.get("snapshot_uid") == counters["snapshot_uid"] and
+             prev.get("spec") == spec.to_dict())
+    prev_id = int(prev.get("snapshot_id", 0)) if prev is not None else 0
+    new_id = max(prev_id, int(counters["snapshot_id"])) + 1
+    new_uid = new_snapshot_uid()
+    written: List[str] = []
+    nbytes = 0
+    reused = 0
+
+    def segment_table(kind: str, versions: np.ndarray, rows_of, fields: Sequence[str],
+                      source: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
+        nonlocal nbytes, reused
+        old = {e["segment"]: e for e in prev.get(kind, [])} if reuse and prev else {}
+        table = []
+        for seg in np.flatnonzero(versions > 0).tolist():
+            version = int(versions[seg])
+            e = old.get(seg)
+            if e is not None and e["version"] == version and \
+                    os.path.exists(os.path.join(directory, e["file"])) and \
+                    os.path.getsize(os.path.join(directory, e["file"])) == e["nbytes"]:
+                table.append(e)
+                reused += 1
+                continue
+            lo, hi = rows_of(seg)
+            name = f"{kind}_{seg:05d}_{new_id:08d}.h5"
+            size, crc = _write_h5(os.path.join(directory, name),
+                                  {n: source[n][lo:hi] for n in fields},
+                                  {"kind": kind, "segment": seg, "lo": lo, "hi": hi,
+                                   "version": version}, fsync)
+            written.append(name)
+            nbytes += size
+            table.append({"segment": seg, "file": name, "version": version,
+                          "nbytes": size, "crc32": crc})
+        return table
+
+    steps_table = segment_table("steps", state.step_segment_versions, spec.step_segment_rows,
+                                STEP_FIELDS, state.steps)
+    seqs_table = segment_table("seqs", state.sequence_segment_versions,
+                               spec.sequence_segment_rows, SEQUENCE_FIELDS, state.sequences)
+    new_counters = dict(counters, snapshot_id=new_id, snapshot_uid=new_uid)
+    meta = {"format": FORMAT, "snapshot_id": new_id, "snapshot_uid": new_uid,
+            "spec": spec.to_dict(), "counters": new_counters, "rng_state": state.rng_state,
+            "steps": steps_table, "seqs": seqs_table,
+            "step_segment_versions": state.step_segment_versions.tolist(),
+            "sequence_segment_versions": state.sequence_segment_versions.tolist()}
+    arrays = {f"slots/{n}": state.slots[n] for n in SLOT_FIELDS}
+    arrays.update({f"streams/{n}": state.streams[n] for n in STREAM_FIELDS + RUN_FIELDS})
+    size, _ = _write_h5(os.path.join(directory, INDEX_FILE), arrays, meta, fsync)
+    written.append(INDEX_FILE)
+    nbytes += size
+    if fsync:
+        _fsync_path(directory)
+    shard.mark_snapshot(new_id, new_uid)
+
+    keep = {e["file"] for e in steps_table + seqs_table} | {INDEX_FILE}
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if name in keep:
+            continue
+        if _SEGMENT_RE.match(name) or name.endswith(".h5.tmp"):
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+    return SnapshotReport(directory, new_id, reuse, tuple(written), nbytes, tuple(removed),
+                          reused, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------
+# Load
+# ----------------------------------------------------------------------------
+
+
+class SnapshotSource:
+    """Read access to a snapshot directory (index eagerly, segments on demand).
+
+    Implements ``r2d2_hpc.replay.shard.ShardSource``.
+
+    Raises (constructor):
+      SnapshotError: if the index is missing, unreadable or inconsistent.
+    """
+
+    def __init__(self, directory: str, verify: bool = True) -> None:
+        self.directory = directory
+        self.verify = verify
+        path = os.path.join(directory, INDEX_FILE)
+        self._index_path = path
+        with _open(path) as f:
+            meta = _read_meta(f, path)
+            if meta.get("format") != FORMAT:
+                raise SnapshotError(f"{path}: unknown format {meta.get('format')!r}, "
+                                    f"expected {FORMAT!r}")
+            try:
+                self.spec = ShardSpec.from_dict(meta["spec"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise SnapshotError(f"{path}: invalid spec ({e})") from None
+            lay = self.spec.field_layout()
+            S = self.spec.capacity_sequences
+            self._slots = {n: _read_array(f, path, f"slots/{n}", (S,), lay[n][1])
+                           for n in SLOT_FIELDS}
+            self._streams = {}
+            for n in STREAM_FIELDS + RUN_FIELDS:
+                a = _read_array(f, path, f"streams/{n}", None, np.int64)
+                if a.ndim != 1:
+                    raise SnapshotError(f"{path}: dataset 'streams/{n}' must be 1-D")
+                self._streams[n] = a
+        try:
+            self._counters = dict(meta["counters"])
+            self._rng_state = meta["rng_state"]
+            self._steps_table = {int(e["segment"]): e for e in meta["steps"]}
+            self._seqs_table = {int(e["segment"]): e for e in meta["seqs"]}
+            self._step_versions = np.asarray(meta["step_segment_versions"], np.int64)
+            self._seq_versions = np.asarray(meta["sequence_segment_versions"], np.int64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SnapshotError(f"{path}: incomplete meta ({e!r})") from None
+        for kind, table, count in (("steps", self._steps_table, self.spec.num_step_segments),
+                                   ("seqs", self._seqs_table, self.spec.num_sequence_segments)):
+            for seg, e in table.items():
+                if not 0 <= seg < count or not _SEGMENT_RE.match(str(e.get("file", ""))):
+                    raise SnapshotError(f"{path}: bad {kind} segment entry {e!r}")
+
+    def slot_table(self) -> Dict[str, np.ndarray]:
+        return self._slots
+
+    def stream_table(self) -> Dict[str, np.ndarray]:
+        return self._streams
+
+    def counters(self) -> Dict[str, Any]:
+        return self._counters
+
+    def _read_segment(self, kind: str, seg: int, fields: Sequence[str],
+                      out: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """Reads one segment (into ``out`` views if given; zeros if never written)."""
+        spec = self.spec
+        lay = spec.field_layout()
+        table = self._steps_table if kind == "steps" else self._seqs_table
+        lo, hi = spec.step_segment_rows(seg) if kind == "steps" else \
+            spec.sequence_segment_rows(seg)
+        e = table.get(seg)
+        if e is None:
+            if out is not None:
+                return out
+            arrays = {n: np.zeros((hi - lo,) + lay[n][0], lay[n][1]) for n in fields}
+            if "pos" in arrays:
+                arrays["pos"].fill(spec.capacity_observations)
+            return arrays
+        path = os.path.join(self.directory, e["file"])
+        if self.verify:
+            _verify_file(path, e)
+        result = {}
+        with _open(path) as f:
+            m = _read_meta(f, path)
+            if (m.get("kind"), m.get("segment"), m.get("lo"), m.get("hi")) != (kind, seg, lo, hi):
+                raise SnapshotError(f"{path}: holds {m.get('kind')} segment {m.get('segment')} "
+                                    f"rows [{m.get('lo')}, {m.get('hi')}), expected {kind} "
+                                    f"segment {seg} rows [{lo}, {hi})")
+            for n in fields:
+                shape = (hi - lo,) + lay[n][0]
+                result[n] = _read_array(f, path, n, shape, lay[n][1],
+                                        None if out is None else out[n])
+        return result
+
+    def read_sequences(self, slots: np.ndarray) -> Dict[str, np.ndarray]:
+        lay = self.spec.field_layout()
+        out = {n: np.zeros((slots.size,) + lay[n][0], lay[n][1]) for n in SEQUENCE_FIELDS}
+        seg = slots // self.spec.segment_sequences
+        for s in np.unique(seg).tolist():
+            part = seg == s
+            data = self._read_segment("seqs", s, SEQUENCE_FIELDS)
+            lo, _ = self.spec.sequence_segment_rows(s)
+            for n in SEQUENCE_FIELDS:
+                out[n][part] = data[n][slots[part] - lo]
+        return out
+
+    def read_steps(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
+        seg = np.unique(rows // self.spec.segment_observations)
+        if seg.size != 1:
+            raise ValueError("read_steps: rows must lie in one segment")
+        s = int(seg[0])
+        data = self._read_segment("steps", s, STEP_FIELDS)
+        lo, _ = self.spec.step_segment_rows(s)
+        return {n: data[n][rows - lo] for n in STEP_FIELDS}
+
+    def restore(self, seed: int = 0) -> ReplayShard:
+        """The saved shard, exactly (RNG state included)."""
+        shard = ReplayShard.from_spec(self.spec, seed)
+        steps, seqs = shard.storage_views()
+        for seg in range(self.spec.num_step_segments):
+            lo, hi = self.spec.step_segment_rows(seg)
+            self._read_segment("steps", seg, STEP_FIELDS, {n: steps[n][lo:hi] for n in steps})
+        for seg in range(self.spec.num_sequence_segments):
+            lo, hi = self.spec.sequence_segment_rows(seg)
+            self._read_segment("seqs", seg, SEQUENCE_FIELDS, {n: seqs[n][lo:hi] for n in seqs})
+        try:
+            shard.load_index(self._slots, self._streams, self._counters, self._rng_state,
+                             self._step_versions, self._seq_versions)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SnapshotError(f"{self._index_path}: inconsistent index ({e})") from None
+        return shard
+
+
+def load_snapshot(directory: str, *, verify: bool = True) -> ReplayShard:
+    """Restores the shard saved in ``directory``.
+
+    Args:
+      directory: a directory written by ``save_snapshot``.
+      verify: check every segment file's size and crc32 before reading it.
+
+    Returns:
+      The shard, identical to the one saved (sampling continues bit-identically).
+
+    Raises:
+      SnapshotError: naming the file that is missing, truncated or corrupted.
+    """
+    return SnapshotSource(directory, verify).restore()
+
+
+def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int, *,
+                   capacity_observations: Optional[int] = None,
+                   capacity_sequences: Optional[int] = None, seed: int = 0,
+                   strict: bool = True, verify: bool = True,
+                   assign: Callable[[int, int], int] = shard_for_stream) -> ReplayShard:
+    """Builds shard ``shard_index`` of ``num_shards`` from the snapshots of other shards.
+
+    Every sequence whose stream maps to ``shard_index``
+    (``assign(stream, num_shards)``) is kept with its priority; see
+    ``r2d2_hpc.replay.shard.build_resharded`` for the details and the capacity
+    defaults (the sources' total divided by ``num_shards``).
+
+    Args:
+      directories: snapshot directories of the old shards (any number).
+      shard_index: which new shard to build.
+      num_shards: S', the number of new shards.
+      capacity_observations: ring rows of the new shard.
+      capacity_sequences: sequence slots of the new shard.
+      seed: seed of the new shard's generator.
+      strict: raise instead of dropping the oldest data if it does not fit.
+      verify: check segment sizes and crc32s.
+      assign: ``(stream_id, num_shards) -> shard``; must match how actors route
+        their streams after the re-shard, so that a stream's steps and its
+        future sequences meet in one shard (default ``shard_for_stream``).
+
+    Returns:
+      The new shard.
+
+    Raises:
+      SnapshotError: on a missing, truncated or corrupted file.
+      ValueError: on incompatible shards or (strict) insufficient capacity.
+    """
+    sources = [SnapshotSource(d, verify) for d in directories]
+    return build_resharded(sources, shard_index, num_shards,
+                           capacity_observations=capacity_observations,
+                           capacity_sequences=capacity_sequences, seed=seed, strict=strict,
+                           assign=assign)
