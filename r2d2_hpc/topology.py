@@ -185,6 +185,33 @@ def stream_id(actor_index: int, env_index: int, num_envs: int) -> int:
     return actor_index * num_envs + env_index
 
 
+def actor_of_stream(stream: int, num_envs: int) -> int:
+    """The actor index that runs stream ``stream`` (inverse of :func:`stream_id`)."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if stream < 0:
+        raise ValueError(f"stream id must be >= 0, got {stream}")
+    return stream // num_envs
+
+
+def shard_for_stream_id(stream: int, num_envs: int, num_shards: int) -> int:
+    """The shard a stream's steps go to: its actor's shard.
+
+    ``shard = (stream // num_envs) mod num_shards``; code that places streams
+    on shards after the fact (re-sharding a replay snapshot) must use this rule,
+    not ``stream mod num_shards``, to agree with where actors send.
+
+    Args:
+      stream: a :func:`stream_id`.
+      num_envs: environments per actor.
+      num_shards: number of replay shards.
+
+    Returns:
+      The shard index in ``[0, num_shards)``.
+    """
+    return shard_for_actor(actor_of_stream(stream, num_envs), num_shards)
+
+
 class Comms(NamedTuple):
     """The communicators of one rank.
 

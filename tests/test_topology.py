@@ -12,9 +12,11 @@ from r2d2_hpc.topology import (
     REPLAY,
     RoleInfo,
     TopologyError,
+    actor_of_stream,
     actors_of_shard,
     assign_role,
     shard_for_actor,
+    shard_for_stream_id,
     stream_id,
 )
 
@@ -147,3 +149,18 @@ def test_roles_partition_the_ranks(learners, shards, extra_actors):
         assert [i.index for i in mine] == list(range(count))
     ranks = infos[0].learner_ranks + infos[0].replay_ranks + infos[0].actor_ranks
     assert ranks == tuple(range(size))
+
+
+@given(st.integers(0, 20), st.integers(1, 9), st.integers(1, 5))
+@settings(max_examples=60, deadline=None)
+def test_every_stream_of_an_actor_goes_to_the_actors_shard(actor, num_envs, num_shards):
+    for env in range(num_envs):
+        sid = stream_id(actor, env, num_envs)
+        assert actor_of_stream(sid, num_envs) == actor
+        assert shard_for_stream_id(sid, num_envs, num_shards) == shard_for_actor(actor, num_shards)
+
+
+def test_shard_for_stream_id_by_hand():
+    # 3 actors x 4 envs, 2 shards: actors 0, 2 -> shard 0; actor 1 -> shard 1
+    got = [shard_for_stream_id(s, 4, 2) for s in range(12)]
+    assert got == [0] * 4 + [1] * 4 + [0] * 4

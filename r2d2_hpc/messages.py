@@ -1,0 +1,674 @@
+"""Every MPI message of r2d2_hpc, declared once: tags, fields, dtypes, byte offsets.
+
+Nothing else in the package invents a tag or a byte offset (STYLE.md habit 6).
+A message is a flat byte buffer: a fixed header, then each field's array at an
+aligned offset. Fields may have *count* dimensions (:class:`Var`), e.g. the
+number of steps in a chunk, up to a declared maximum; a buffer of
+:attr:`Layout.nbytes` bytes holds the largest message, and only the used
+``pack(...)`` bytes need to travel. The receiver reads the counts from the
+header, so it needs no other size information.
+
+Header (little-endian, ``16 + 8 * len(vars)`` bytes)::
+
+    offset 0   uint32  magic        0x52324432 ("R2D2"), rejects foreign bytes
+    offset 4   uint16  protocol     PROTOCOL_VERSION (this header format)
+    offset 6   uint16  version      the layout's version (bumped when fields change)
+    offset 8   uint32  type_id      the message type = its MPI tag
+    offset 12  uint32  fingerprint  CRC32 of the declaration (names, dtypes, shapes, maxima)
+    offset 16  int64[len(vars)]     the count of each variable dimension, in declaration order
+
+Then field ``i`` starts at the header size rounded up to 8, each next field at
+the previous end rounded up to 8 (or the dtype's alignment if larger), with the
+*actual* counts, so a message with fewer steps is shorter. :meth:`Layout.unpack`
+rejects, each with a message naming the cause and the fix, foreign bytes, a
+different protocol, the wrong message type, an old or new layout version, a
+layout declared with other shapes on the sender (ranks built from different
+configs), counts above the maxima and truncated buffers.
+
+The R2D2 messages (:func:`declare_messages`); ``n``, ``m``, ``k``, ``e`` are
+count dimensions, ``T`` the stored sequence length, ``H`` the recurrent state
+size, ``A`` the number of actions, ``P`` the number of parameters:
+
+==============  ===  =========================  =========================================================
+message         tag  direction                  fields (dtype[shape])
+==============  ===  =========================  =========================================================
+STEP_CHUNK      101  actor -> its replay shard  stream_id i64, first_step_index i64; steps:
+                                                obs obs_dtype[n, *frame], action i64[n], reward f32[n],
+                                                discount f32[n], first bool[n]; completed sequences:
+                                                seq_start_step i64[m], seq_length i64[m],
+                                                seq_state_h f32[m, H], seq_state_c f32[m, H],
+                                                seq_prev_action i64[m], seq_prev_reward f32[m],
+                                                seq_priority f64[m]
+SAMPLE_REQUEST  102  learner -> shard           request_id i64, num_sequences i64
+SAMPLE_REPLY    103  shard -> learner           request_id i64, num_sequences i64; a SequenceBatch:
+                                                obs obs_dtype[T, k, *obs], action i64[T, k],
+                                                reward f32[T, k], discount f32[T, k], first bool[T, k],
+                                                mask bool[T, k], prev_action i64[T, k],
+                                                prev_reward f32[T, k], state_h f32[k, H],
+                                                state_c f32[k, H], keys i64[k], probs f64[k];
+                                                shard stats when sampled: total_priority f64,
+                                                count i64, max_priority f64
+PRIORITY_UPDATE 104  learner -> shard           keys i64[k], priorities f64[k]
+SHARD_STATS     105  shard -> every learner     total_priority f64, count i64, max_priority f64,
+                                                inserted_sequences i64, sampled_sequences i64,
+                                                observations_stored i64
+PARAMS          106  learner 0 -> actors        version i64, learner_step i64, params f32[P]
+ACTOR_REPORT    107  actor -> learner 0         env_steps i64, params_version i64,
+                                                episode_return f64[e], episode_length i64[e],
+                                                episode_epsilon f64[e], action_counts i64[A]
+CONTROL         108  any -> all                 command i64 (a :class:`Command`), argument i64
+==============  ===  =========================  =========================================================
+
+Scalars such as ACTOR_REPORT's ``env_steps`` and ``action_counts`` are running
+totals of the sender (robust to a report being skipped); the per-field comments
+in :func:`declare_messages` say what each field holds.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import zlib
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from r2d2_hpc.types import SequenceBatch
+
+if TYPE_CHECKING:  # imported lazily: messages must not pull in the whole replay package
+    from r2d2_hpc.replay.sampling import ShardStats
+
+#: Version of the header format above; bump when it changes.
+PROTOCOL_VERSION = 1
+#: First header word of every message: b"R2D2" read as a big-endian uint32.
+MAGIC = 0x52324432
+#: Field offsets are multiples of this (or of the dtype's alignment if larger).
+ALIGN = 8
+
+#: The MPI tag (= message type id) of every message; unique, declared here only.
+TAGS: Dict[str, int] = {
+    "STEP_CHUNK": 101,
+    "SAMPLE_REQUEST": 102,
+    "SAMPLE_REPLY": 103,
+    "PRIORITY_UPDATE": 104,
+    "SHARD_STATS": 105,
+    "PARAMS": 106,
+    "ACTOR_REPORT": 107,
+    "CONTROL": 108,
+}
+_NAME_OF_TAG = {tag: name for name, tag in TAGS.items()}
+
+_FIXED_HEADER = np.dtype([("magic", "<u4"), ("protocol", "<u2"), ("version", "<u2"),
+                          ("type_id", "<u4"), ("fingerprint", "<u4")])
+
+
+class Command(enum.IntEnum):
+    """CONTROL message commands."""
+
+    STOP = 1
+    """Finish: flush what is in flight and exit cleanly (argument: unused, 0)."""
+    CHECKPOINT = 2
+    """Save state for checkpoint number ``argument``."""
+    ABORT = 3
+    """Stop at once after an error elsewhere (argument: the failing rank)."""
+
+
+class MessageError(ValueError):
+    """A buffer is not a valid message of the expected layout, or arrays do not fit it."""
+
+
+class Var(NamedTuple):
+    """A count dimension: its size varies per message, from 0 to ``maximum``.
+
+    Attributes:
+      name: the count's name, e.g. ``"steps"``; fields sharing it share the count.
+      maximum: the largest count a message may carry.
+    """
+
+    name: str
+    maximum: int
+
+
+Dim = Union[int, Var]
+
+
+class Field:
+    """One array of a message: a name, an explicit dtype and a shape.
+
+    Args:
+      name: a Python identifier, unique within the layout.
+      dtype: anything ``np.dtype`` accepts; stored as an explicit ``np.dtype``.
+      shape: ints and :class:`Var` count dimensions; ``()`` for a scalar.
+    """
+
+    __slots__ = ("name", "dtype", "shape")
+
+    def __init__(self, name: str, dtype: Any, shape: Sequence[Dim] = ()) -> None:
+        if not name.isidentifier():
+            raise ValueError(f"field name {name!r} is not an identifier")
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        if self.dtype.hasobject or self.dtype.itemsize == 0:
+            raise ValueError(f"field {name!r}: dtype {self.dtype} cannot travel as bytes")
+        dims: List[Dim] = []
+        for d in shape:
+            if isinstance(d, Var):
+                if d.maximum < 0:
+                    raise ValueError(f"field {name!r}: count {d.name} has maximum {d.maximum} < 0")
+                dims.append(d)
+            else:
+                if int(d) < 0:
+                    raise ValueError(f"field {name!r}: dimension {d} < 0")
+                dims.append(int(d))
+        self.shape: Tuple[Dim, ...] = tuple(dims)
+
+    def resolve(self, counts: Mapping[str, int]) -> Tuple[int, ...]:
+        """The concrete shape for the given counts."""
+        return tuple(counts[d.name] if isinstance(d, Var) else d for d in self.shape)
+
+    def spec(self) -> str:
+        """E.g. ``obs uint8[steps<=160, 84, 84]``."""
+        dims = ", ".join(f"{d.name}<={d.maximum}" if isinstance(d, Var) else str(d)
+                         for d in self.shape)
+        return f"{self.name} {self.dtype}[{dims}]"
+
+    def __repr__(self) -> str:
+        return f"Field({self.spec()})"
+
+
+def _round_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
+    """A ``<uint8>[nbytes]`` buffer whose address is a multiple of ``align``."""
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + nbytes]
+
+
+class Layout:
+    """The byte layout of one message type.
+
+    Args:
+      name: message name, e.g. ``"STEP_CHUNK"``.
+      tag: MPI tag and header type id, in ``[0, 2**31)`` (keep it below 32767,
+        the smallest tag bound MPI guarantees).
+      fields: the message's fields, in byte order.
+      version: layout version; bump it when the fields change.
+
+    Attributes:
+      vars: the count dimensions, in order of first appearance.
+      header_nbytes: size of the header.
+      nbytes: size of the largest message (every count at its maximum); the
+        buffer size receivers post.
+      min_nbytes: size of the smallest message (every count 0).
+      fingerprint: CRC32 of the declaration, carried in the header.
+    """
+
+    def __init__(self, name: str, tag: int, fields: Sequence[Field], version: int = 1) -> None:
+        if not 0 <= tag < 32767:
+            raise ValueError(f"{name}: tag {tag} outside [0, 32767)")
+        if not 0 <= version < 2 ** 16:
+            raise ValueError(f"{name}: version {version} outside [0, 65536)")
+        names = [f.name for f in fields]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"{name}: duplicate field name(s) {dup}")
+        self.name = name
+        self.tag = int(tag)
+        self.version = int(version)
+        self.fields: Tuple[Field, ...] = tuple(fields)
+        vars_: Dict[str, Var] = {}
+        for f in self.fields:
+            for d in f.shape:
+                if isinstance(d, Var):
+                    if d.name in vars_ and vars_[d.name] != d:
+                        raise ValueError(f"{name}: count {d.name!r} declared with maxima "
+                                         f"{vars_[d.name].maximum} and {d.maximum}")
+                    vars_[d.name] = d
+        self.vars: Tuple[Var, ...] = tuple(vars_.values())
+        self._var_index = {v.name: i for i, v in enumerate(self.vars)}
+        self.header_nbytes = _FIXED_HEADER.itemsize + 8 * len(self.vars)
+        decl = f"{name}|{version}|" + "|".join(f"{f.spec()}:{f.dtype.str}" for f in self.fields)
+        self.fingerprint = zlib.crc32(decl.encode("utf-8")) & 0xFFFFFFFF
+        self._plans: Dict[Tuple[int, ...], Tuple[Tuple[Tuple[str, int, Tuple[int, ...], np.dtype], ...], int]] = {}
+        self.nbytes = self._plan(tuple(v.maximum for v in self.vars))[1]
+        self.min_nbytes = self._plan(tuple(0 for _ in self.vars))[1]
+
+    # ------------------------------------------------------------------ sizes
+    def _plan(self, counts: Tuple[int, ...]):
+        """(per field (name, offset, shape, dtype), total bytes) for the counts."""
+        plan = self._plans.get(counts)
+        if plan is None:
+            named = {v.name: c for v, c in zip(self.vars, counts)}
+            offset = self.header_nbytes
+            entries = []
+            for f in self.fields:
+                offset = _round_up(offset, max(ALIGN, f.dtype.alignment))
+                shape = f.resolve(named)
+                entries.append((f.name, offset, shape, f.dtype))
+                offset += int(np.prod(shape, dtype=np.int64)) * f.dtype.itemsize
+            plan = (tuple(entries), offset)
+            if len(self._plans) > 4096:  # bound the cache; plans are cheap to rebuild
+                self._plans.clear()
+            self._plans[counts] = plan
+        return plan
+
+    def _count_tuple(self, counts: Mapping[str, int]) -> Tuple[int, ...]:
+        unknown = sorted(set(counts) - set(self._var_index))
+        if unknown:
+            raise MessageError(f"{self.name}: unknown count(s) {unknown}; its counts are "
+                               f"{[v.name for v in self.vars]}")
+        out = []
+        for v in self.vars:
+            if v.name not in counts:
+                raise MessageError(f"{self.name}: count {v.name!r} not given")
+            c = int(counts[v.name])
+            if not 0 <= c <= v.maximum:
+                raise MessageError(f"{self.name}: count {v.name}={c} outside [0, {v.maximum}]"
+                                   f"; split the data over several messages or raise the maximum")
+            out.append(c)
+        return tuple(out)
+
+    def size(self, **counts: int) -> int:
+        """Bytes a message with these counts occupies (header included)."""
+        return self._plan(self._count_tuple(counts))[1]
+
+    def offsets(self, **counts: int) -> Dict[str, int]:
+        """Byte offset of every field in a message with these counts."""
+        return {name: off for name, off, _, _ in self._plan(self._count_tuple(counts))[0]}
+
+    def new_buffer(self) -> np.ndarray:
+        """A zeroed, 64-byte aligned ``<uint8>[nbytes]`` buffer for one message."""
+        buf = aligned_empty(self.nbytes)
+        buf[:] = 0
+        return buf
+
+    # ------------------------------------------------------------- writing
+    def _as_bytes(self, buf: Any) -> np.ndarray:
+        arr = buf if isinstance(buf, np.ndarray) else np.frombuffer(buf, dtype=np.uint8)
+        if arr.dtype != np.uint8 or arr.ndim != 1 or not arr.flags.c_contiguous:
+            raise MessageError(f"{self.name}: a message buffer must be a contiguous 1-D uint8 "
+                               f"array, got {arr.dtype}{list(arr.shape)}")
+        return arr
+
+    def _views(self, buf: np.ndarray, counts: Tuple[int, ...]) -> Tuple[Dict[str, np.ndarray], int]:
+        entries, total = self._plan(counts)
+        out = {}
+        for name, off, shape, dtype in entries:
+            nb = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            out[name] = buf[off:off + nb].view(dtype).reshape(shape)
+        return out, total
+
+    def prepare(self, buf: Any, **counts: int) -> Tuple[Dict[str, np.ndarray], int]:
+        """Writes the header for these counts and returns writable field views.
+
+        For zero-copy producers: fill the views in place, then send the first
+        ``nbytes`` bytes. :meth:`pack` is ``prepare`` plus copies.
+
+        Args:
+          buf: a ``<uint8>[>= nbytes]`` buffer (e.g. :meth:`new_buffer`).
+          **counts: one value per count dimension, ``0 <= count <= maximum``.
+
+        Returns:
+          (views by field name, number of bytes the message occupies).
+        """
+        arr = self._as_bytes(buf)
+        ct = self._count_tuple(counts)
+        total = self._plan(ct)[1]
+        if arr.size < total:
+            raise MessageError(f"{self.name}: buffer of {arr.size} bytes is too small for "
+                               f"{total} bytes; allocate Layout.nbytes = {self.nbytes}")
+        head = arr[:_FIXED_HEADER.itemsize].view(_FIXED_HEADER)
+        head["magic"] = MAGIC
+        head["protocol"] = PROTOCOL_VERSION
+        head["version"] = self.version
+        head["type_id"] = self.tag
+        head["fingerprint"] = self.fingerprint
+        if self.vars:
+            arr[_FIXED_HEADER.itemsize:self.header_nbytes].view("<i8")[:] = ct
+        return self._views(arr, ct)
+
+    def counts_of(self, arrays: Mapping[str, Any]) -> Dict[str, int]:
+        """The count of every count dimension, read from the arrays' shapes.
+
+        Raises:
+          MessageError: if a field is missing or unknown, an array's shape does not
+            match its declaration, fields disagree on a count or one exceeds its maximum.
+        """
+        names = {f.name for f in self.fields}
+        missing = [f.name for f in self.fields if f.name not in arrays]
+        unknown = sorted(set(arrays) - names)
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing field(s) {missing}")
+            if unknown:
+                parts.append(f"unknown field(s) {unknown}")
+            raise MessageError(f"{self.name}: {'; '.join(parts)}; its fields are "
+                               f"{[f.name for f in self.fields]}")
+        counts: Dict[str, int] = {}
+        for f in self.fields:
+            shape = np.shape(arrays[f.name])
+            if len(shape) != len(f.shape):
+                raise MessageError(f"{self.name}.{f.name}: expected {f.spec()}, got an array "
+                                   f"of shape {tuple(shape)}")
+            for got, d in zip(shape, f.shape):
+                if isinstance(d, Var):
+                    if got > d.maximum:
+                        raise MessageError(
+                            f"{self.name}.{f.name}: count {d.name}={got} exceeds its maximum "
+                            f"{d.maximum} ({f.spec()}); split the data over several messages")
+                    if counts.setdefault(d.name, got) != got:
+                        raise MessageError(
+                            f"{self.name}.{f.name}: count {d.name}={got} disagrees with "
+                            f"{d.name}={counts[d.name]} of an earlier field")
+                elif got != d:
+                    raise MessageError(f"{self.name}.{f.name}: expected {f.spec()}, got an "
+                                       f"array of shape {tuple(shape)}")
+        return counts
+
+    def pack(self, buf: Any, /, **arrays: Any) -> int:
+        """Copies one message into ``buf``: header, then every field.
+
+        Values are cast to the field dtypes with numpy's ``same_kind`` rule
+        (float64 -> float32 and int64 -> int32 are allowed; float -> int,
+        int -> bool and signed -> unsigned arrays are not, so pass uint8 frames
+        as uint8).
+
+        Args:
+          buf: a ``<uint8>[>= nbytes]`` buffer.
+          **arrays: one array (or scalar for ``()`` fields) per field, no more.
+
+        Returns:
+          The number of bytes used; send ``buf[:returned]``.
+
+        Raises:
+          MessageError: see :meth:`counts_of`; also for values that cannot be cast.
+        """
+        counts = self.counts_of(arrays)
+        views, total = self.prepare(buf, **counts)
+        for f in self.fields:
+            try:
+                np.copyto(views[f.name], arrays[f.name], casting="same_kind")
+            except TypeError as exc:
+                raise MessageError(f"{self.name}.{f.name}: cannot store "
+                                   f"{np.asarray(arrays[f.name]).dtype} values in {f.spec()}"
+                                   ) from exc
+        return total
+
+    # ------------------------------------------------------------- reading
+    def read_counts(self, buf: Any, nbytes: Optional[int] = None) -> Dict[str, int]:
+        """Validates the header and returns the message's counts.
+
+        Args:
+          buf: the received bytes.
+          nbytes: how many bytes arrived (e.g. ``status.Get_count(MPI.BYTE)``);
+            None means all of ``buf``.
+
+        Raises:
+          MessageError: naming the cause and the fix (see the module docstring).
+        """
+        arr = self._as_bytes(buf)
+        n = arr.size if nbytes is None else int(nbytes)
+        if n < _FIXED_HEADER.itemsize:
+            raise MessageError(f"{self.name}: got {n} bytes, fewer than a message header "
+                               f"({_FIXED_HEADER.itemsize}); the sender did not send an "
+                               f"r2d2_hpc message")
+        head = arr[:_FIXED_HEADER.itemsize].view(_FIXED_HEADER)[0]
+        if int(head["magic"]) != MAGIC:
+            raise MessageError(f"{self.name}: not an r2d2_hpc message (magic "
+                               f"0x{int(head['magic']):08x}, expected 0x{MAGIC:08x}); some code "
+                               f"sends raw bytes with tag {self.tag}")
+        if int(head["protocol"]) != PROTOCOL_VERSION:
+            raise MessageError(f"{self.name}: sender speaks message protocol "
+                               f"{int(head['protocol'])}, this rank {PROTOCOL_VERSION}; run the "
+                               f"same r2d2_hpc version on every rank")
+        tid = int(head["type_id"])
+        if tid != self.tag:
+            other = _NAME_OF_TAG.get(tid, "an unknown message")
+            raise MessageError(f"expected a {self.name} message (type id {self.tag}), got "
+                               f"{other} (type id {tid}); a sender used the wrong layout "
+                               f"for this tag")
+        if int(head["version"]) != self.version:
+            raise MessageError(f"{self.name}: sender's layout version is "
+                               f"{int(head['version'])}, this rank's is {self.version}; run the "
+                               f"same r2d2_hpc version on every rank")
+        if int(head["fingerprint"]) != self.fingerprint:
+            raise MessageError(f"{self.name}: the sender declared this message with other "
+                               f"fields, shapes or maxima (fingerprint "
+                               f"0x{int(head['fingerprint']):08x}, here 0x{self.fingerprint:08x}: "
+                               f"{self.describe()}); every rank must build its messages from "
+                               f"the same config")
+        if n < self.header_nbytes:
+            raise MessageError(f"{self.name}: truncated header ({n} of {self.header_nbytes} "
+                               f"bytes)")
+        raw = arr[_FIXED_HEADER.itemsize:self.header_nbytes].view("<i8")
+        counts = {v.name: int(c) for v, c in zip(self.vars, raw)}
+        for v in self.vars:
+            if not 0 <= counts[v.name] <= v.maximum:
+                raise MessageError(f"{self.name}: header count {v.name}={counts[v.name]} "
+                                   f"outside [0, {v.maximum}]; corrupt message")
+        need = self._plan(tuple(counts[v.name] for v in self.vars))[1]
+        if n < need:
+            raise MessageError(f"{self.name}: truncated message, {n} bytes arrived but its "
+                               f"counts {counts} need {need}; send the whole packed length")
+        return counts
+
+    def unpack(self, buf: Any, nbytes: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """Validates the header and returns views of every field into ``buf``.
+
+        Args:
+          buf: the received bytes (a uint8 array or a bytes-like object).
+          nbytes: how many bytes arrived; None means all of ``buf``.
+
+        Returns:
+          Field name -> array view (0-d for scalar fields), valid while ``buf`` is.
+
+        Raises:
+          MessageError: see :meth:`read_counts`.
+        """
+        counts = self.read_counts(buf, nbytes)
+        return self._views(self._as_bytes(buf), tuple(counts[v.name] for v in self.vars))[0]
+
+    def describe(self) -> str:
+        """One line: name, tag, version and every field's dtype and shape."""
+        return (f"{self.name}(tag {self.tag}, v{self.version}): "
+                + ", ".join(f.spec() for f in self.fields))
+
+    def __repr__(self) -> str:
+        return f"Layout({self.describe()})"
+
+
+class Messages(NamedTuple):
+    """The layouts of every R2D2 message (see the module docstring's table)."""
+
+    STEP_CHUNK: Layout
+    SAMPLE_REQUEST: Layout
+    SAMPLE_REPLY: Layout
+    PRIORITY_UPDATE: Layout
+    SHARD_STATS: Layout
+    PARAMS: Layout
+    ACTOR_REPORT: Layout
+    CONTROL: Layout
+
+    def get(self, name: str) -> Layout:
+        """The layout called ``name``; MessageError listing the names otherwise."""
+        if name not in self._fields:
+            raise MessageError(f"unknown message {name!r}; messages are {list(self._fields)}")
+        return getattr(self, name)
+
+    def by_tag(self, tag: int) -> Layout:
+        """The layout whose tag is ``tag``."""
+        for layout in self:
+            if layout.tag == tag:
+                return layout
+        raise MessageError(f"no message has tag {tag}")
+
+
+def default_chunk_limits(sequence_length: int, sequence_period: int,
+                         max_chunk_steps: Optional[int] = None) -> Tuple[int, int]:
+    """Maximum steps ``n`` and completed sequences ``m`` of one STEP_CHUNK.
+
+    ``n`` defaults to ``L + P`` (sequence length plus period). ``m = n + ceil(L / P)``
+    always suffices: a sequence completed in a chunk either starts at one of its
+    at most ``n`` steps or was already open when the chunk began, and at most
+    ``ceil(L / P)`` sequences are open at once (one starts every ``P`` steps and
+    each lives ``L`` steps), however short the episodes.
+
+    Args:
+      sequence_length: ``L = burn_in + trace_length``.
+      sequence_period: ``P``.
+      max_chunk_steps: ``n``, or None for ``L + P``.
+
+    Returns:
+      ``(n, m)``.
+    """
+    n = sequence_length + sequence_period if max_chunk_steps is None else int(max_chunk_steps)
+    return n, n + math.ceil(sequence_length / sequence_period)
+
+
+def declare_messages(cfg: Any, obs_frame_shape: Sequence[int], obs_dtype: Any, state_size: int,
+                     num_params: int, num_actions: int, *,
+                     obs_shape: Optional[Sequence[int]] = None,
+                     max_chunk_steps: Optional[int] = None,
+                     max_chunk_sequences: Optional[int] = None,
+                     max_report_episodes: Optional[int] = None) -> Messages:
+    """Declares every R2D2 message for one run's shapes.
+
+    Every rank must call it with the same arguments; the header fingerprint
+    rejects messages from a rank that did not.
+
+    Args:
+      cfg: the run's :class:`~r2d2_hpc.config.Config`.
+      obs_frame_shape: shape of one stored frame (``(84, 84)`` for Atari; the
+        observation vector's shape otherwise); actors send frames, the shard
+        rebuilds stacks.
+      obs_dtype: dtype of frames and observations (uint8 for Atari, float32 for vectors).
+      state_size: ``H``, size of each of the LSTM's h and c.
+      num_params: ``P``, length of the flat float32 parameter vector.
+      num_actions: ``A``, size of ACTOR_REPORT's action histogram.
+      obs_shape: shape of one observation in a SAMPLE_REPLY (``(frame_stack, 84, 84)``
+        for stacked Atari frames); None means ``obs_frame_shape``.
+      max_chunk_steps: ``n``, most steps per STEP_CHUNK; None means
+        ``sequence_length + sequence_period``.
+      max_chunk_sequences: ``m``, most completed sequences per STEP_CHUNK; None
+        means enough for any chunk (:func:`default_chunk_limits`).
+      max_report_episodes: ``e``, most finished episodes per ACTOR_REPORT; None
+        means ``max(256, 4 * actor.num_envs)``. An actor with more sends several.
+
+    Returns:
+      Messages, one Layout per message, each with its tag from :data:`TAGS`.
+    """
+    r, l = cfg.replay, cfg.learner
+    frame = tuple(int(d) for d in obs_frame_shape)
+    obs = frame if obs_shape is None else tuple(int(d) for d in obs_shape)
+    obs_dt = np.dtype(obs_dtype)
+    H = int(state_size)
+    T = r.sequence_length
+    for what, value in (("state_size", H), ("num_params", num_params),
+                        ("num_actions", num_actions)):
+        if value < 1:
+            raise ValueError(f"{what} must be >= 1, got {value}")
+    n_max, m_default = default_chunk_limits(T, r.sequence_period, max_chunk_steps)
+    m_max = m_default if max_chunk_sequences is None else int(max_chunk_sequences)
+    e_max = (max(256, 4 * cfg.actor.num_envs) if max_report_episodes is None
+             else int(max_report_episodes))
+    n = Var("steps", n_max)
+    m = Var("sequences", m_max)
+    k = Var("batch", l.batch_size)
+    e = Var("episodes", e_max)
+    i64, f32, f64 = np.int64, np.float32, np.float64
+
+    step_chunk = Layout("STEP_CHUNK", TAGS["STEP_CHUNK"], [
+        Field("stream_id", i64),            # topology.stream_id(actor, env, num_envs)
+        Field("first_step_index", i64),     # stream step number of obs[0]
+        Field("obs", obs_dt, (n, *frame)),  # o_t, one frame per step
+        Field("action", i64, (n,)),         # a_t
+        Field("reward", f32, (n,)),         # r_t, received after a_t
+        Field("discount", f32, (n,)),       # 0.0 if the episode terminated after a_t
+        Field("first", np.bool_, (n,)),     # step t starts an episode
+        Field("seq_start_step", i64, (m,)),  # stream step number where the sequence starts
+        Field("seq_length", i64, (m,)),     # valid steps (< T when cut by an episode end)
+        Field("seq_state_h", f32, (m, H)),  # LSTM h at the sequence start
+        Field("seq_state_c", f32, (m, H)),  # LSTM c at the sequence start
+        Field("seq_prev_action", i64, (m,)),  # a_{start-1} (0 at an episode start)
+        Field("seq_prev_reward", f32, (m,)),  # r_{start-1} (0.0 at an episode start)
+        Field("seq_priority", f64, (m,)),   # initial priority
+    ])
+    sample_request = Layout("SAMPLE_REQUEST", TAGS["SAMPLE_REQUEST"], [
+        Field("request_id", i64),
+        Field("num_sequences", i64),        # k, as given by sampling.allocate_batch
+    ])
+    sample_reply = Layout("SAMPLE_REPLY", TAGS["SAMPLE_REPLY"], [
+        Field("request_id", i64),
+        Field("num_sequences", i64),
+        Field("obs", obs_dt, (T, k, *obs)),
+        Field("action", i64, (T, k)),
+        Field("reward", f32, (T, k)),
+        Field("discount", f32, (T, k)),
+        Field("first", np.bool_, (T, k)),
+        Field("mask", np.bool_, (T, k)),
+        Field("prev_action", i64, (T, k)),
+        Field("prev_reward", f32, (T, k)),
+        Field("state_h", f32, (k, H)),
+        Field("state_c", f32, (k, H)),
+        Field("keys", i64, (k,)),
+        Field("probs", f64, (k,)),          # local probabilities p_j / m_s
+        Field("total_priority", f64),       # the shard's stats when it sampled
+        Field("count", i64),
+        Field("max_priority", f64),
+    ])
+    priority_update = Layout("PRIORITY_UPDATE", TAGS["PRIORITY_UPDATE"], [
+        Field("keys", i64, (k,)),
+        Field("priorities", f64, (k,)),
+    ])
+    shard_stats = Layout("SHARD_STATS", TAGS["SHARD_STATS"], [
+        Field("total_priority", f64),
+        Field("count", i64),
+        Field("max_priority", f64),
+        Field("inserted_sequences", i64),   # totals since the run started
+        Field("sampled_sequences", i64),
+        Field("observations_stored", i64),  # currently held
+    ])
+    params = Layout("PARAMS", TAGS["PARAMS"], [
+        Field("version", i64),
+        Field("learner_step", i64),
+        Field("params", f32, (int(num_params),)),
+    ])
+    actor_report = Layout("ACTOR_REPORT", TAGS["ACTOR_REPORT"], [
+        Field("env_steps", i64),            # agent steps this actor took in total
+        Field("params_version", i64),       # version of the params it acts with
+        Field("episode_return", f64, (e,)),  # episodes finished since its previous report
+        Field("episode_length", i64, (e,)),
+        Field("episode_epsilon", f64, (e,)),
+        Field("action_counts", i64, (int(num_actions),)),  # actions taken in total, per action
+    ])
+    control = Layout("CONTROL", TAGS["CONTROL"], [
+        Field("command", i64),
+        Field("argument", i64),
+    ])
+    return Messages(step_chunk, sample_request, sample_reply, priority_update, shard_stats,
+                    params, actor_report, control)
+
+
+def sequence_batch_of(fields: Mapping[str, np.ndarray]) -> SequenceBatch:
+    """The SequenceBatch inside an unpacked SAMPLE_REPLY (views, no copies)."""
+    return SequenceBatch(*(fields[name] for name in SequenceBatch._fields))
+
+
+def sample_reply_arrays(request_id: int, batch: SequenceBatch, total_priority: float,
+                        count: int, max_priority: float) -> Dict[str, Any]:
+    """Keyword arrays for ``SAMPLE_REPLY.pack`` / ``Endpoint.send("SAMPLE_REPLY", ...)``."""
+    out: Dict[str, Any] = dict(batch._asdict())
+    out.update(request_id=request_id, num_sequences=int(np.shape(batch.keys)[0]),
+               total_priority=total_priority, count=count, max_priority=max_priority)
+    return out
+
+
+def shard_stats_of(fields: Mapping[str, np.ndarray]) -> "ShardStats":
+    """The :class:`~r2d2_hpc.replay.sampling.ShardStats` in a SHARD_STATS or SAMPLE_REPLY."""
+    from r2d2_hpc.replay.sampling import ShardStats
+
+    return ShardStats(float(fields["total_priority"]), int(fields["count"]),
+                      float(fields["max_priority"]))
