@@ -176,7 +176,8 @@ def test_frame_stack_zero_fills_before_episode_start():
 
 def test_episode_stats_table():
     stats = EpisodeStats(3)
-    #        reward          terminated             truncated              finished (env, return, length)
+    #        reward          terminated             truncated              finished
+    #                                                                       (env, return, length)
     rows = [([1.0, 2.0, 0.5], [False, False, False], [False, False, False], []),
             ([1.0, 2.0, 0.5], [True, False, False], [False, False, False], [(0, 2.0, 2)]),
             ([3.0, 2.0, 0.5], [False, False, True], [False, True, True], [(1, 6.0, 3),
