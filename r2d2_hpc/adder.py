@@ -138,6 +138,19 @@ class StreamChunk(NamedTuple):
         """Sequences in this chunk, ``M``."""
         return int(self.seq_start.shape[0])
 
+    def message_fields(self) -> Dict[str, Any]:
+        """The arrays under the field names of the ``STEP_CHUNK`` message
+        (``r2d2_hpc.messages``), ready for ``Layout.pack(buf, **fields)``."""
+        return {
+            "stream_id": self.stream_id, "first_step_index": self.first_step_index,
+            "obs": self.obs, "action": self.action, "reward": self.reward,
+            "discount": self.discount, "first": self.first,
+            "seq_start_step": self.seq_start, "seq_length": self.seq_length,
+            "seq_state_h": self.state_h, "seq_state_c": self.state_c,
+            "seq_prev_action": self.seq_prev_action, "seq_prev_reward": self.seq_prev_reward,
+            "seq_priority": self.priority,
+        }
+
 
 class _ShardLike(Protocol):
     def add_steps(self, stream_id: int, first_step_index: int, obs: np.ndarray,

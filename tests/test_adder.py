@@ -265,6 +265,23 @@ def test_emit_period_holds_chunks_back_without_changing_them():
             np.testing.assert_array_equal(u, v, err_msg=name)
 
 
+def test_chunks_pack_into_step_chunk_messages():
+    from r2d2_hpc.messages import declare_messages
+    cfg = Config(env=EnvConfig(name="counter", frame_stack=1),
+                 replay=ReplayConfig(burn_in=2, trace_length=4, sequence_period=3),
+                 network=NetworkConfig(lstm_size=H))
+    layout = declare_messages(cfg, FRAME, np.float32, H, num_params=8,
+                              num_actions=A).get("STEP_CHUNK")
+    d = drive(make_adder(2, 2, 4, 3), [[(5, T)], [(9, T)]], 12, use_last=False)
+    assert any(c.num_steps == 0 for c in d.chunks)  # sequences only: counts steps = 0
+    buf = layout.new_buffer()
+    for c in d.chunks:
+        nbytes = layout.pack(buf, **c.message_fields())
+        back = layout.unpack(buf, nbytes)
+        for name, value in c.message_fields().items():
+            np.testing.assert_allclose(back[name], value, err_msg=name)
+
+
 def test_stream_ids_and_numbering_continue_across_episodes():
     adder = SequenceAdder(3, burn_in=1, trace_length=2, sequence_period=2, n_step=1,
                           discount=0.9, state_size=H, stream_id_offset=40,
