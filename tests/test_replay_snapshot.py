@@ -365,3 +365,22 @@ def test_reshard_capacity_overflow(tmp_path):
     assert kept.num_dropped_sequences == total - kept.count
     newest = _sequence_records([kept])
     assert set(newest) <= set(_sequence_records(shards))
+
+
+def test_benchmark_quick_run(tmp_path):
+    """The benchmark's real entry point, tiny sizes: JSON written, restore exact."""
+    import json
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import replay_bench
+
+    out = tmp_path / "bench.json"
+    res = replay_bench.main(["--quick", "--out", str(out), "--dir", str(tmp_path),
+                             "--samples", "2", "--repeats", "1"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert res["config"]["capacity_observations"] == 4000
+    assert res["restore"]["state_identical"] and res["restore"]["next_sample_identical"]
+    assert res["sample"]["obs_shape"] == [120, 64, 4, 84, 84]
+    assert res["memory"]["ratio_to_raw_frame"] < 1.1
+    assert res["snapshot"]["incremental"]["bytes"] < res["snapshot"]["full_bytes"]
+    assert [f for f in os.listdir(tmp_path) if f != "bench.json"] == []   # cleaned up

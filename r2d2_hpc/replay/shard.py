@@ -814,7 +814,8 @@ class ReplayShard:
         slots = (self._seq_write + np.arange(n, dtype=np.int64)) % self._S
         live = self._slot["live"]
         if live[slots].any():
-            self._evict(slots[live[slots]])
+            # their leaves are overwritten by the tree update below
+            self._evict(slots[live[slots]], update_tree=False)
         if prio is None:
             p = np.full(n, self._max_priority)
         else:
@@ -845,10 +846,11 @@ class ReplayShard:
         """Sum-tree leaf of raw priorities: ``p ** alpha``."""
         return np.power(np.asarray(p, np.float64), self._alpha)
 
-    def _evict(self, slots: np.ndarray) -> None:
+    def _evict(self, slots: np.ndarray, update_tree: bool = True) -> None:
         self._slot["live"][slots] = False
         self._slot["priority"][slots] = 0.0
-        self._tree.update(slots, np.zeros(slots.size))
+        if update_tree:
+            self._tree.update(slots, np.zeros(slots.size))
         self._count -= int(slots.size)
 
     # --------------------------------------------------------------- priority

@@ -26,10 +26,12 @@ Saving (``save_snapshot``):
    saved as or restored from (same ``snapshot_uid``), every segment whose
    version is unchanged reuses the file that index lists. Otherwise (another
    shard's files, a corrupt index, ``full=True``) everything is written.
-2. Each changed segment is written to ``<name>.tmp`` (datasets with fletcher32
-   checksums), fsync'ed, its crc32 and size recorded, and ``os.replace``'d to
-   a name that carries the new snapshot id, so no file the current index
-   references is ever touched.
+2. Each changed segment is written to ``<name>.tmp`` (datasets chunked in
+   about 128 KiB pieces, each with a fletcher32 checksum), fsync'ed, its crc32
+   and size recorded, and ``os.replace``'d to a name that carries the new
+   snapshot id, so no file the current index references is ever touched. The
+   fsync/crc32/rename of one file runs on a helper thread while the next file
+   is written (both release the GIL; h5py serialises HDF5 calls anyway).
 3. ``index.h5`` (meta JSON, per-slot arrays, stream tables, the segment list
    with file names, versions, sizes and crc32s) is written to
    ``index.h5.tmp`` and ``os.replace``'d: this is the commit point. A crash
@@ -62,6 +64,7 @@ import os
 import re
 import time
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -80,7 +83,7 @@ INDEX_FILE = "index.h5"
 #: Format tag stored in the index meta.
 FORMAT = "r2d2_hpc.replay.snapshot/1"
 _SEGMENT_RE = re.compile(r"^(steps|seqs)_(\d{5,})_(\d{8,})\.h5$")
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 128 << 10
 _CRC_BLOCK = 8 << 20
 
 
@@ -202,18 +205,22 @@ def _verify_file(path: str, entry: Dict[str, Any]) -> None:
                             f"recorded in {INDEX_FILE} (corrupted)")
 
 
-def _write_h5(path: str, arrays: Dict[str, np.ndarray], meta: Dict[str, Any],
-              fsync: bool) -> Tuple[int, int]:
-    """Writes ``arrays`` + ``meta`` to ``path + '.tmp'``, syncs, checksums, renames.
-
-    Returns:
-      ``(size in bytes, crc32 of the file)``.
-    """
+def _write_h5(path: str, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> str:
+    """Writes ``arrays`` + ``meta`` to ``path + '.tmp'`` and returns that name."""
     tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
         _write_array(f, "meta", _json_bytes(meta))
         for name, arr in arrays.items():
             _write_array(f, name, arr)
+    return tmp
+
+
+def _finalize(tmp: str, path: str, fsync: bool) -> Tuple[int, int]:
+    """fsyncs ``tmp``, checksums it and renames it to ``path``.
+
+    Returns:
+      ``(size in bytes, crc32 of the file)``.
+    """
     if fsync:
         _fsync_path(tmp)
     size, crc = os.path.getsize(tmp), _crc32_file(tmp)
@@ -269,9 +276,14 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
     nbytes = 0
     reused = 0
 
+    # HDF5 writes run on this thread (h5py serialises them anyway); fsync, crc32
+    # and rename of each finished file overlap with writing the next one.
+    pending: List[Tuple[Dict[str, Any], Future]] = []
+
     def segment_table(kind: str, versions: np.ndarray, rows_of, fields: Sequence[str],
-                      source: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
-        nonlocal nbytes, reused
+                      source: Dict[str, np.ndarray], pool: ThreadPoolExecutor
+                      ) -> List[Dict[str, Any]]:
+        nonlocal reused
         old = {e["segment"]: e for e in prev.get(kind, [])} if reuse and prev else {}
         table = []
         for seg in np.flatnonzero(versions > 0).tolist():
@@ -285,20 +297,25 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
                 continue
             lo, hi = rows_of(seg)
             name = f"{kind}_{seg:05d}_{new_id:08d}.h5"
-            size, crc = _write_h5(os.path.join(directory, name),
-                                  {n: source[n][lo:hi] for n in fields},
-                                  {"kind": kind, "segment": seg, "lo": lo, "hi": hi,
-                                   "version": version}, fsync)
+            path = os.path.join(directory, name)
+            tmp = _write_h5(path, {n: source[n][lo:hi] for n in fields},
+                            {"kind": kind, "segment": seg, "lo": lo, "hi": hi,
+                             "version": version})
+            entry = {"segment": seg, "file": name, "version": version}
+            pending.append((entry, pool.submit(_finalize, tmp, path, fsync)))
             written.append(name)
-            nbytes += size
-            table.append({"segment": seg, "file": name, "version": version,
-                          "nbytes": size, "crc32": crc})
+            table.append(entry)
         return table
 
-    steps_table = segment_table("steps", state.step_segment_versions, spec.step_segment_rows,
-                                STEP_FIELDS, state.steps)
-    seqs_table = segment_table("seqs", state.sequence_segment_versions,
-                               spec.sequence_segment_rows, SEQUENCE_FIELDS, state.sequences)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        steps_table = segment_table("steps", state.step_segment_versions,
+                                    spec.step_segment_rows, STEP_FIELDS, state.steps, pool)
+        seqs_table = segment_table("seqs", state.sequence_segment_versions,
+                                   spec.sequence_segment_rows, SEQUENCE_FIELDS,
+                                   state.sequences, pool)
+        for entry, fut in pending:
+            entry["nbytes"], entry["crc32"] = fut.result()
+            nbytes += entry["nbytes"]
     new_counters = dict(counters, snapshot_id=new_id, snapshot_uid=new_uid)
     meta = {"format": FORMAT, "snapshot_id": new_id, "snapshot_uid": new_uid,
             "spec": spec.to_dict(), "counters": new_counters, "rng_state": state.rng_state,
@@ -307,7 +324,8 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
             "sequence_segment_versions": state.sequence_segment_versions.tolist()}
     arrays = {f"slots/{n}": state.slots[n] for n in SLOT_FIELDS}
     arrays.update({f"streams/{n}": state.streams[n] for n in STREAM_FIELDS + RUN_FIELDS})
-    size, _ = _write_h5(os.path.join(directory, INDEX_FILE), arrays, meta, fsync)
+    index_path = os.path.join(directory, INDEX_FILE)
+    size, _ = _finalize(_write_h5(index_path, arrays, meta), index_path, fsync)
     written.append(INDEX_FILE)
     nbytes += size
     if fsync:
