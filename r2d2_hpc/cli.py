@@ -34,6 +34,14 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/<env>-<time>)")
     p.add_argument("--print-config", action="store_true",
                    help="print the effective config as YAML and exit")
+    p.add_argument("--serial", action="store_true",
+                   help="run every role in this one process over in-memory queues "
+                        "(debugging, tests, profiling); no mpiexec needed")
+    p.add_argument("--serial-actors", type=int, default=1, metavar="N",
+                   help="actors in --serial mode (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--inject-actor-failure", type=int, default=0, metavar="STEP",
+                   help=argparse.SUPPRESS)  # tests: actor 0 raises at this env step
     return p
 
 
@@ -62,12 +70,25 @@ def prepare_run_dir(path: str) -> None:
                            f"place with --run-dir"])
 
 
-def _root_setup(args: argparse.Namespace) -> Tuple[Optional[dict], Optional[str], str]:
+def _root_setup(args: argparse.Namespace,
+                world_size: int) -> Tuple[Optional[dict], Optional[str], str]:
     """Rank 0's part: (config dict, error message, run dir)."""
     try:
         cfg = resolve_config(args)
         if args.print_config:
             return cfg.to_dict(), None, ""
+        if args.serial and world_size > 1:
+            raise ConfigError([f"--serial runs every role in one process, but this job has "
+                               f"{world_size} MPI ranks; drop --serial or run without mpiexec"])
+        if args.serial_actors < 1:
+            raise ConfigError(["--serial-actors must be >= 1"])
+        if not args.serial and world_size < cfg.topology.min_ranks:
+            t = cfg.topology
+            raise ConfigError([
+                f"topology: {t.learners} learner(s) + {t.replay_shards} replay shard(s) + at "
+                f"least 1 actor need {t.min_ranks} MPI ranks, but the job has {world_size}; "
+                f"run mpiexec -n {t.min_ranks} (or more), lower topology.replay_shards / "
+                f"topology.learners, or use --serial"])
         run_dir = args.run_dir or cfg.logging.run_dir or default_run_dir(cfg)
         prepare_run_dir(run_dir)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
@@ -88,7 +109,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """``r2d2-train``. Returns the process exit code."""
     args = build_train_parser().parse_args(argv)
     comm, rank = _world()
-    payload = _root_setup(args) if rank == 0 else None
+    size = comm.Get_size() if comm is not None else 1
+    payload = _root_setup(args, size) if rank == 0 else None
     if comm is not None and comm.Get_size() > 1:
         payload = comm.bcast(payload, root=0)
     cfg_dict, error, run_dir = payload
@@ -102,12 +124,23 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
             import yaml
             sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from r2d2_hpc.job import RunHooks, run_mpi, run_serial
+
+    hooks = RunHooks(fail_actor_at_step=args.inject_actor_failure)
     if rank == 0:
-        print(f"r2d2-train: effective config written to {os.path.join(run_dir, 'config.yaml')}",
-              flush=True)
-        print("r2d2-train: the distributed training loop (actor, replay-shard and learner "
-              "ranks) is not implemented yet; it lands with the issue 'The MPI job'. "
-              "Nothing was trained.", flush=True)
+        mode = "serial" if args.serial else f"{size} MPI ranks"
+        print(f"r2d2-train: run directory {run_dir} ({mode}; effective config in "
+              f"config.yaml)", flush=True)
+    if args.serial:
+        result = run_serial(cfg, run_dir, num_actors=args.serial_actors, quiet=args.quiet,
+                            hooks=hooks)
+        lead = dict(result["roles"][0][1])
+    else:
+        lead = run_mpi(cfg, comm, run_dir, quiet=args.quiet, hooks=hooks)
+    if rank == 0:
+        print(f"r2d2-train: done: {lead.get('stop_reason', '')}; learner steps "
+              f"{lead.get('learner_step')}, env steps {lead.get('env_steps')}, episodes "
+              f"{lead.get('episodes')}", flush=True)
     return 0
 
 

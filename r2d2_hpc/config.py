@@ -159,6 +159,10 @@ class LearnerConfig:
     """Sample requests kept in flight so the learner never waits while data exists (ours)."""
     max_steps: int = 0
     """Stop the run after this many learner steps; 0 = no limit (ours)."""
+    max_seconds: float = 0.0
+    """Stop the run after this many seconds of training; 0 = no limit (ours)."""
+    staleness_period: int = 100
+    """Learner steps between recurrent-state staleness (delta Q) measurements (ours)."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N: where the learner runs (actors always use the CPU)."""
     allreduce: str = "auto"
@@ -422,7 +426,8 @@ def _validate(cfg: Config) -> List[str]:
     positive(l, "learner", "batch_size", "learning_rate", "adam_epsilon", "n_step",
              "value_rescaling_epsilon", "target_update_period", "publish_period",
              "samples_in_flight")
-    non_negative(l, "learner", "max_grad_norm", "max_steps")
+    non_negative(l, "learner", "max_grad_norm", "max_steps", "max_seconds",
+                 "staleness_period")
     need(0.0 < l.discount <= 1.0, "learner.discount", f"must be in (0, 1], got {l.discount}")
     if r.trace_length > 0 and l.n_step > r.trace_length:
         errors.append(f"learner.n_step: {l.n_step} > replay.trace_length {r.trace_length}: "

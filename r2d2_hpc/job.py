@@ -1,0 +1,192 @@
+"""Running a job: the MPI runner (one role per rank) and the serial runner.
+
+Both build the same role objects (``r2d2_hpc.ranks``); only the transport
+differs: :class:`~r2d2_hpc.transport.MPIEndpoint` over the world communicator
+handed in by the entry point, or an :class:`~r2d2_hpc.transport.InMemoryHub`
+shared by all roles of one process (``r2d2-train --serial``).
+
+Failure policy: an exception on any rank prints the rank, its role and the
+traceback once, then aborts the whole job (``comm.Abort``) so nothing hangs.
+Shutdown: learner 0 sends CONTROL STOP when the budget is spent; every rank
+then drains its traffic and meets the others in a nonblocking barrier
+(:func:`~r2d2_hpc.ranks.common.drain_and_close`), bounded in time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+from r2d2_hpc.config import Config
+from r2d2_hpc.metrics import MetricsWriter, ProgressPrinter
+from r2d2_hpc.ranks.common import JobSpec, Role, drain_and_close, job_messages, job_spec
+from r2d2_hpc.topology import RoleInfo, assign_role
+
+#: Seconds a rank may spend draining at shutdown before it gives up.
+SHUTDOWN_TIMEOUT_S = 20.0
+
+
+class RunHooks:
+    """Test hooks: inject a failure into one actor."""
+
+    def __init__(self, fail_actor_at_step: int = 0) -> None:
+        self.fail_actor_at_step = fail_actor_at_step
+
+
+def build_role(cfg: Config, spec: JobSpec, ep: Any, info: RoleInfo,
+               learner_comm: Any = None,
+               on_metrics: Optional[Callable[[Dict[str, float]], None]] = None,
+               hooks: Optional[RunHooks] = None) -> Role:
+    """The role object of one rank."""
+    hooks = hooks or RunHooks()
+    if info.role == "learner":
+        from r2d2_hpc.ranks.learner import LearnerRank
+        return LearnerRank(cfg, spec, ep, info, learner_comm=learner_comm,
+                           on_metrics=on_metrics)
+    if info.role == "replay":
+        from r2d2_hpc.ranks.replay import ReplayRank
+        return ReplayRank(cfg, spec, ep, info)
+    from r2d2_hpc.ranks.actor import ActorRank
+    fail = hooks.fail_actor_at_step if info.index == 0 else 0
+    return ActorRank(cfg, spec, ep, info, fail_after_steps=fail)
+
+
+class MetricsSink:
+    """Learner 0's metrics: CSV/TensorBoard in the run directory plus log lines."""
+
+    def __init__(self, cfg: Config, run_dir: Optional[str], quiet: bool = False) -> None:
+        self.writer = MetricsWriter(run_dir, cfg.logging.tensorboard) if run_dir else None
+        self.printer = None if quiet else ProgressPrinter()
+        self.rows: List[Dict[str, float]] = []
+
+    def __call__(self, row: Dict[str, float]) -> None:
+        self.rows.append(row)
+        if self.writer is not None:
+            self.writer.write(row)
+        if self.printer is not None:
+            self.printer.show(row)
+
+    def close(self) -> None:
+        if self.printer is not None:
+            self.printer.finish()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
+               quiet: bool = False, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
+    """Runs every role in this process over in-memory queues.
+
+    The topology is ``topology.learners`` forced to 1, ``topology.replay_shards``
+    shards and ``num_actors`` actors; roles take turns calling ``tick()``.
+
+    Returns:
+      Summary: each role's ``summary()`` by role and index, and the metric rows.
+    """
+    from r2d2_hpc.transport import InMemoryEndpoint, InMemoryHub
+
+    spec = job_spec(cfg)
+    messages = job_messages(cfg, spec)
+    topo = cfg.topology.__class__(learners=1, replay_shards=cfg.topology.replay_shards)
+    size = topo.learners + topo.replay_shards + num_actors
+    hub = InMemoryHub(messages, size)
+    sink = MetricsSink(cfg, run_dir, quiet=quiet)
+    roles: List[Role] = []
+    for rank in range(size):
+        info = assign_role(rank, size, topo)
+        ep = InMemoryEndpoint(hub, rank)
+        roles.append(build_role(cfg, spec, ep, info,
+                                on_metrics=sink if rank == 0 else None, hooks=hooks))
+    try:
+        while not all(r.done for r in roles):
+            for role in roles:
+                if not role.done:
+                    role.tick()
+        for role in roles:  # in-memory queues: one pass takes in everything left
+            role.drain(role.ep)
+    finally:
+        for role in roles:
+            if hasattr(role, "finish"):
+                role.finish()
+            role.close()
+        sink.close()
+    summaries = [{"role": r.name, "index": assign_role(i, size, topo).index, "rank": i,
+                  **r.summary()} for i, r in enumerate(roles)]
+    if run_dir:
+        _write_json(os.path.join(run_dir, "summary.json"), summaries)
+    return {"roles": [(r.name, r.summary()) for r in roles], "ranks": summaries,
+            "metrics": sink.rows}
+
+
+def _write_json(path: str, data: Any) -> None:
+    import json
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def _idle(sleep_s: float) -> float:
+    time.sleep(sleep_s)
+    return min(sleep_s * 2, 0.002)
+
+
+def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False,
+            hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
+    """Runs this rank's role of an MPI job; every rank of ``world`` calls it.
+
+    Returns:
+      This rank's summary (learner 0's includes the metric rows).
+    """
+    from r2d2_hpc.topology import split_communicators
+    from r2d2_hpc.transport import MPIEndpoint
+
+    comms = split_communicators(world, cfg.topology)
+    info = comms.role_info
+    role_name = f"{info.role} {info.index}"
+    role: Optional[Role] = None
+    sink = None
+    try:
+        spec = job_spec(cfg)
+        ep = MPIEndpoint(world, job_messages(cfg, spec))
+        sink = MetricsSink(cfg, run_dir, quiet=quiet) if info.is_lead else None
+        import torch
+        torch.set_num_threads(1 if info.role == "actor" else max(1, torch.get_num_threads()))
+        role = build_role(cfg, spec, ep, info, learner_comm=comms.learners, on_metrics=sink,
+                          hooks=hooks)
+        for name in role.listen_names():
+            ep.listen(name)
+        sleep = 0.0001
+        while not role.done:
+            if role.tick():
+                sleep = 0.0001
+            else:
+                sleep = _idle(sleep)
+        if hasattr(role, "finish"):
+            role.finish()
+        clean = drain_and_close(ep, role, comm=world, timeout=SHUTDOWN_TIMEOUT_S)
+        summary = {"role": info.role, "index": info.index, "rank": info.rank,
+                   "clean_shutdown": clean, **role.summary()}
+        role.close()
+        # Every rank has left the drain barrier: a collective is safe here.
+        everyone = world.gather(summary, root=0)
+        if info.is_lead:
+            summary["ranks"] = everyone
+            if run_dir:
+                _write_json(os.path.join(run_dir, "summary.json"), everyone)
+        if sink is not None:
+            summary["metrics"] = sink.rows
+        return summary
+    except BaseException:
+        tb = traceback.format_exc()
+        sys.stderr.write(f"r2d2-train: rank {world.Get_rank()} ({role_name}) failed; "
+                         f"aborting the whole job:\n{tb}")
+        sys.stderr.flush()
+        world.Abort(1)
+        raise
+    finally:
+        if sink is not None:
+            sink.close()

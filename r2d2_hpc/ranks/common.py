@@ -1,0 +1,144 @@
+"""What every rank of a job shares: the job's shapes, the role interface, shutdown.
+
+A role is a state machine with ``tick()``: one bounded unit of nonblocking
+work (an env step, a learner step, a round of message handling). The MPI
+runner calls one role's ``tick()`` in a loop on each rank; the serial runner
+(``r2d2-train --serial``) calls every role's ``tick()`` in turn in one process.
+The role code is the same; only the :class:`~r2d2_hpc.transport.Endpoint` differs.
+"""
+from __future__ import annotations
+
+import abc
+import time
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from r2d2_hpc.config import Config
+from r2d2_hpc.messages import Command, Messages, declare_messages
+
+
+class JobSpec(NamedTuple):
+    """Shapes every rank derives identically from the config.
+
+    Attributes:
+      obs_shape: one observation as the network sees it (stacked frames included).
+      frame_shape: one stored frame (``obs_shape[1:]`` when frames are stacked).
+      obs_dtype: numpy dtype name of observations.
+      num_actions: size of the action set.
+      state_size: LSTM units (h and c each).
+      num_params: length of the flat parameter vector.
+      frame_stack: frames per observation.
+    """
+
+    obs_shape: Tuple[int, ...]
+    frame_shape: Tuple[int, ...]
+    obs_dtype: str
+    num_actions: int
+    state_size: int
+    num_params: int
+    frame_stack: int
+
+
+def job_spec(cfg: Config) -> JobSpec:
+    """Builds one environment and one network to read the job's shapes."""
+    import torch
+
+    from r2d2_hpc.envs import make_vector_env
+    from r2d2_hpc.network import R2D2Network
+
+    env = make_vector_env(cfg.env, 1, seed=cfg.seed)
+    try:
+        obs_shape = tuple(int(d) for d in env.observation_shape)
+        dtype = np.dtype(env.observation_dtype).name
+        num_actions = int(env.num_actions)
+    finally:
+        env.close()
+    k = cfg.env.frame_stack
+    frame_shape = obs_shape[1:] if k > 1 else obs_shape
+    with torch.random.fork_rng():
+        net = R2D2Network(obs_shape, num_actions, cfg.network)
+    num_params = sum(p.numel() for p in net.parameters())
+    return JobSpec(obs_shape, frame_shape, dtype, num_actions, int(net.state_size),
+                   int(num_params), k)
+
+
+def job_messages(cfg: Config, spec: JobSpec) -> Messages:
+    """The run's message layouts (identical on every rank)."""
+    return declare_messages(cfg, spec.frame_shape, spec.obs_dtype, spec.state_size,
+                            spec.num_params, spec.num_actions, obs_shape=spec.obs_shape)
+
+
+class Role(abc.ABC):
+    """One rank's work. ``tick`` never blocks for long; ``done`` ends the loop."""
+
+    #: 'learner', 'replay' or 'actor'
+    name: str = "role"
+    done: bool = False
+
+    @abc.abstractmethod
+    def tick(self) -> bool:
+        """Does one unit of work; returns False when there was nothing to do."""
+
+    def listen_names(self) -> Sequence[str]:
+        """Message names this role receives (drained at shutdown)."""
+        return ()
+
+    def summary(self) -> Dict[str, Any]:
+        """Counters for the end-of-run summary and the tests."""
+        return {}
+
+    def drain(self, ep: Any) -> None:
+        """At shutdown: takes in what still arrives (default: discards it)."""
+        for name in self.listen_names():
+            ep.poll(name)
+            ep.release(name)
+
+    def close(self) -> None:
+        """Frees what the role holds (not the endpoint)."""
+
+
+def stop_requested(ep: Any) -> Optional[int]:
+    """The CONTROL command that arrived (STOP/ABORT), or None."""
+    for msg in ep.poll("CONTROL"):
+        cmd = int(msg.fields["command"])
+        if cmd in (int(Command.STOP), int(Command.ABORT)):
+            ep.release("CONTROL")
+            return cmd
+    ep.release("CONTROL")
+    return None
+
+
+def drain_and_close(ep: Any, role: Role, comm: Any = None, timeout: float = 20.0) -> bool:
+    """Ends a rank's traffic without deadlock, then closes the endpoint.
+
+    Keeps receiving (``role.drain``: a shard still stores late chunks, others
+    discard) so that every peer's pending
+    sends can complete, until its own sends completed and, over MPI, a
+    nonblocking barrier with every other rank completed (each rank enters it
+    only once its own sends are done, so when it completes nobody sends any
+    more). Gives up after ``timeout`` seconds.
+
+    Returns:
+      True if everything completed in time.
+    """
+    deadline = time.monotonic() + timeout
+    barrier = None
+    flushed = False
+    ok = False
+    while time.monotonic() < deadline:
+        role.drain(ep)
+        ep.progress()
+        if not flushed:
+            flushed = ep.flush(0.0)
+        if flushed and barrier is None:
+            if comm is None:
+                ok = True
+                break
+            barrier = comm.Ibarrier()
+        if barrier is not None and barrier.Test():
+            ok = True
+            break
+        time.sleep(0.0005)
+    ep.close(timeout=1.0)
+    return ok

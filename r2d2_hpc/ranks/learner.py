@@ -1,0 +1,368 @@
+"""The learner rank: sampling across shards, the gradient step, priorities, parameters.
+
+Each tick:
+
+1. takes in SHARD_STATS (each shard's priority mass, count, max priority);
+2. keeps ``learner.samples_in_flight`` global batch requests in flight: a
+   request allocates the batch over the shards by a multinomial over their
+   masses (``replay.sampling.allocate_batch``) and sends each shard a
+   SAMPLE_REQUEST for its share, so the union is proportional prioritized
+   sampling over all shards;
+3. when every share of the oldest request arrived, concatenates them, computes
+   the global probabilities (each reply carries its shard's mass at sampling
+   time) and the importance weights with the global N, runs
+   :meth:`~r2d2_hpc.learner.Learner.step`, and sends the new priorities back
+   to the shard that owns each key;
+4. learner 0 publishes parameters every ``learner.publish_period`` steps,
+   aggregates ACTOR_REPORTs, writes metrics and decides when the run's budget
+   is spent; it then sends CONTROL STOP to every other rank.
+
+With several learners (``topology.learners > 1``) each samples its own batch
+and the gradients are averaged with an MPI Allreduce over the learners'
+sub-communicator before every optimizer step, so their parameters stay
+identical; a stop flag rides in the same Allreduce so that all learners stop
+after the same step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from r2d2_hpc.config import Config
+from r2d2_hpc.learner import Learner
+from r2d2_hpc.losses import importance_weights
+from r2d2_hpc.messages import Command
+from r2d2_hpc.ranks.common import JobSpec, Role, stop_requested
+from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
+                                      global_probabilities)
+from r2d2_hpc.topology import RoleInfo
+from r2d2_hpc.types import SequenceBatch
+
+_T_FIELDS = ("obs", "action", "reward", "discount", "first", "mask", "prev_action",
+             "prev_reward")
+_B_FIELDS = ("state_h", "state_c", "keys", "probs")
+
+
+def concat_replies(replies: Sequence[Dict[str, np.ndarray]]) -> SequenceBatch:
+    """One SequenceBatch from several shards' SAMPLE_REPLY fields (batch axis)."""
+    out = {}
+    for name in _T_FIELDS:
+        out[name] = np.concatenate([r[name] for r in replies], axis=1)
+    for name in _B_FIELDS:
+        out[name] = np.concatenate([r[name] for r in replies], axis=0)
+    return SequenceBatch(**out)
+
+
+class MpiAllreduceAverager:
+    """Averages the flat gradient over the learners with mpi4py ``Allreduce``.
+
+    A stop flag (any learner may raise it) travels in the same buffer, so all
+    learners learn of a stop after the same step without an extra collective.
+    """
+
+    def __init__(self, comm: Any, num_params: int) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self.comm = comm
+        self.size = comm.Get_size()
+        self.buf = np.zeros(num_params + 1, np.float32)
+        self.want_stop = False
+        self.stop = False
+        self.seconds = 0.0
+
+    def __call__(self, flat: Any) -> None:
+        t0 = time.perf_counter()
+        n = self.buf.size - 1
+        self.buf[:n] = flat.detach().cpu().numpy()
+        self.buf[n] = 1.0 if self.want_stop else 0.0
+        self.comm.Allreduce(self._mpi.IN_PLACE, self.buf, op=self._mpi.SUM)
+        self.stop = self.buf[n] > 0
+        self.buf[:n] /= self.size
+        import torch
+
+        flat.copy_(torch.from_numpy(self.buf[:n]).to(flat.device))
+        self.seconds += time.perf_counter() - t0
+
+
+class LearnerRank(Role):
+    """Learning loop of one learner rank (see the module docstring).
+
+    Args:
+      cfg: run config.
+      spec: the job's shapes.
+      ep: this rank's endpoint.
+      info: role info (``info.index == 0`` is the lead learner).
+      learner_comm: the learners' sub-communicator when there are several.
+      on_metrics: the lead calls it with each metrics row (run directory writer).
+      clock: time source (tests).
+    """
+
+    name = "learner"
+
+    def __init__(self, cfg: Config, spec: JobSpec, ep: Any, info: RoleInfo,
+                 learner_comm: Any = None,
+                 on_metrics: Optional[Callable[[Dict[str, float]], None]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
+        self.lead = info.index == 0
+        self.averager: Optional[MpiAllreduceAverager] = None
+        self.learner = Learner(cfg, spec.obs_shape, spec.num_actions, device=cfg.learner.device)
+        if learner_comm is not None and learner_comm.Get_size() > 1:
+            self.averager = MpiAllreduceAverager(learner_comm, self.learner.num_params)
+            self.learner.grad_reducer = self.averager
+            # Identical start: everyone takes learner 0's initial parameters.
+            flat = self.learner.flat_params()
+            learner_comm.Bcast(flat, root=0)
+            self.learner.load_flat_params(flat, version=0, update_target=True)
+        self.on_metrics = on_metrics
+        self.clock = clock
+        self.rng = np.random.default_rng(cfg.seed * 31 + 17 + info.index)
+        self.shard_ranks = list(info.replay_ranks)
+        self.stats: List[ShardStats] = [ShardStats(0.0, 0, 0.0) for _ in self.shard_ranks]
+        self.shard_counters: Dict[int, Dict[str, int]] = {}
+        self.requests: "OrderedDict[int, Dict[int, Optional[Dict[str, np.ndarray]]]]" = \
+            OrderedDict()
+        self._next_request = 0
+        self.actor_steps: Dict[int, int] = {}
+        self.actor_versions: Dict[int, int] = {}
+        self.episode_returns: List[float] = []
+        self.episode_lengths: List[int] = []
+        self.all_returns: List[float] = []
+        self.priority_sum = 0.0
+        self.priority_max = 0.0
+        self.priority_n = 0
+        self.losses: List[float] = []
+        self.staleness: float = math.nan
+        self.stop_reason = ""
+        self.start_time = clock()
+        self._last_log = self.start_time
+        self._last_log_step = 0
+        self._last_log_env = 0
+        self._last_inserted = 0
+        self._last_sampled = 0
+        self.compute_seconds = 0.0
+        self.wait_seconds = 0.0
+        self._published_version = -1
+        if self.lead:
+            self._publish()
+
+    def listen_names(self) -> Sequence[str]:
+        return ("SHARD_STATS", "SAMPLE_REPLY", "ACTOR_REPORT", "CONTROL")
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def env_steps(self) -> int:
+        return int(sum(self.actor_steps.values()))
+
+    def _publish(self) -> None:
+        if self.info.actor_ranks:
+            self.ep.publish_params(self.learner.params_version, self.learner.step_count,
+                                   self.learner.flat_params(), self.info.actor_ranks)
+        self._published_version = self.learner.params_version
+
+    def _take_messages(self) -> None:
+        for msg in self.ep.poll("SHARD_STATS"):
+            s = self.shard_ranks.index(msg.source)
+            f = msg.fields
+            self.stats[s] = ShardStats(float(f["total_priority"]), int(f["count"]),
+                                       float(f["max_priority"]))
+            self.shard_counters[msg.source] = {
+                "inserted": int(f["inserted_sequences"]), "sampled": int(f["sampled_sequences"]),
+                "observations": int(f["observations_stored"])}
+        self.ep.release("SHARD_STATS")
+        for msg in self.ep.poll("SAMPLE_REPLY"):
+            rid = int(msg.fields["request_id"])
+            parts = self.requests.get(rid)
+            if parts is None or msg.source not in parts:
+                raise RuntimeError(f"learner {self.info.index}: unexpected SAMPLE_REPLY "
+                                   f"{rid} from rank {msg.source}")
+            parts[msg.source] = {k: np.array(v) for k, v in msg.fields.items()}
+        self.ep.release("SAMPLE_REPLY")
+        if self.lead:
+            for msg in self.ep.poll("ACTOR_REPORT"):
+                f = msg.fields
+                self.actor_steps[msg.source] = int(f["env_steps"])
+                self.actor_versions[msg.source] = int(f["params_version"])
+                self.episode_returns += f["episode_return"].tolist()
+                self.episode_lengths += f["episode_length"].tolist()
+            self.ep.release("ACTOR_REPORT")
+
+    def _request(self) -> None:
+        alloc = allocate_batch(self.stats, self.cfg.learner.batch_size, self.rng)
+        rid = self._next_request
+        self._next_request += 1
+        parts: Dict[int, Optional[Dict[str, np.ndarray]]] = {}
+        for s, k in enumerate(alloc):
+            if k > 0:
+                rank = self.shard_ranks[s]
+                parts[rank] = None
+                self.ep.send("SAMPLE_REQUEST", rank, timeout=60.0, request_id=rid,
+                             num_sequences=int(k))
+        self.requests[rid] = parts
+
+    def _ready_batch(self) -> Optional[tuple]:
+        if not self.requests:
+            return None
+        rid, parts = next(iter(self.requests.items()))
+        if any(v is None for v in parts.values()):
+            return None
+        del self.requests[rid]
+        ranks = list(parts)
+        replies = [parts[r] for r in ranks]
+        batch = concat_replies(replies)
+        # Each reply carries its shard's stats at sampling time; the other
+        # shards' masses are the latest reported.
+        stats = list(self.stats)
+        shard_ids = []
+        for r, rep in zip(ranks, replies):
+            s = self.shard_ranks.index(r)
+            stats[s] = ShardStats(float(rep["total_priority"]), int(rep["count"]),
+                                  float(rep["max_priority"]))
+            shard_ids += [s] * int(rep["num_sequences"])
+        probs = global_probabilities(batch.probs, np.asarray(shard_ids, np.int64), stats)
+        n_items = max(1, global_count(stats))
+        weights = importance_weights(probs, n_items,
+                                     self.cfg.replay.importance_sampling_exponent)
+        owners = [(r, int(rep["num_sequences"])) for r, rep in zip(ranks, replies)]
+        return batch, np.asarray(weights, np.float32), owners
+
+    # ------------------------------------------------------------------ loop
+    def tick(self) -> bool:
+        if self.done:
+            return False
+        if not self.lead and stop_requested(self.ep) is not None and self.averager is None:
+            self.done = True
+            return False
+        self._take_messages()
+        while (len(self.requests) < self.cfg.learner.samples_in_flight
+               and any(s.total_priority > 0 for s in self.stats)):
+            self._request()
+        ready = self._ready_batch()
+        if ready is None:
+            if self.lead:
+                self._maybe_log()
+                self._check_budget(before_step=True)
+            return False
+        batch, weights, owners = ready
+        if self.averager is not None:
+            self.averager.want_stop = bool(self.stop_reason)
+        t0 = time.perf_counter()
+        result = self.learner.step(batch, weights)
+        self.compute_seconds += time.perf_counter() - t0
+        offset = 0
+        for rank, k in owners:
+            sl = slice(offset, offset + k)
+            self.ep.send("PRIORITY_UPDATE", rank, timeout=60.0, keys=batch.keys[sl],
+                         priorities=result.priorities[sl])
+            offset += k
+        self.losses.append(result.loss)
+        self.priority_sum += float(result.priorities.sum())
+        self.priority_n += len(result.priorities)
+        self.priority_max = max(self.priority_max, float(result.priorities.max()))
+        step = self.learner.step_count
+        period = self.cfg.learner.staleness_period
+        if self.lead and period and step % period == 0:
+            self.staleness = float(self.learner.q_staleness(batch))
+        if self.lead and step % self.cfg.learner.publish_period == 0:
+            self._publish()
+        if self.lead:
+            self._maybe_log()
+            self._check_budget()
+        if self.averager is not None and self.averager.stop:
+            self._finish()
+        return True
+
+    def _check_budget(self, before_step: bool = False) -> None:
+        if self.stop_reason:
+            # With several learners the stop rides in the next step's Allreduce.
+            if self.averager is None:
+                self._finish()
+            return
+        l, a = self.cfg.learner, self.cfg.actor
+        if l.max_steps and self.learner.step_count >= l.max_steps:
+            self.stop_reason = f"learner.max_steps={l.max_steps} reached"
+        elif a.max_env_steps and self.env_steps >= a.max_env_steps:
+            self.stop_reason = f"actor.max_env_steps={a.max_env_steps} reached"
+        elif l.max_seconds and self.clock() - self.start_time >= l.max_seconds:
+            self.stop_reason = f"learner.max_seconds={l.max_seconds:g} reached"
+        if self.stop_reason and self.averager is None:
+            self._finish()
+
+    def request_stop(self, reason: str) -> None:
+        """Stops the run after the current step (signals, tests)."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+        if self.averager is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.lead:
+            self._publish()
+            self._maybe_log(force=True)
+            others = [r for r in range(self.ep.size) if r != self.ep.rank
+                      and r not in self.info.learner_ranks]
+            for r in others:
+                self.ep.send("CONTROL", r, timeout=30.0, command=int(Command.STOP), argument=0)
+
+    # --------------------------------------------------------------- metrics
+    def metrics_row(self) -> Dict[str, float]:
+        now = self.clock()
+        dt = max(1e-9, now - self._last_log)
+        step = self.learner.step_count
+        env = self.env_steps
+        inserted = sum(c["inserted"] for c in self.shard_counters.values())
+        sampled = sum(c["sampled"] for c in self.shard_counters.values())
+        versions = list(self.actor_versions.values())
+        row = {
+            "learner_step": float(step),
+            "env_steps": float(env),
+            "wall_time_s": now - self.start_time,
+            "updates_per_s": (step - self._last_log_step) / dt,
+            "env_steps_per_s": (env - self._last_log_env) / dt,
+            "loss": float(np.mean(self.losses)) if self.losses else math.nan,
+            "episode_return": float(np.mean(self.episode_returns)) if self.episode_returns
+            else math.nan,
+            "episode_length": float(np.mean(self.episode_lengths)) if self.episode_lengths
+            else math.nan,
+            "episodes": float(len(self.all_returns) + len(self.episode_returns)),
+            "replay_sequences": float(sum(s.count for s in self.stats)),
+            "replay_observations": float(sum(c["observations"]
+                                             for c in self.shard_counters.values())),
+            "insert_per_s": (inserted - self._last_inserted) / dt,
+            "sample_per_s": (sampled - self._last_sampled) / dt,
+            "param_lag": float(self.learner.params_version - np.mean(versions)) if versions
+            else math.nan,
+            "mean_priority": self.priority_sum / self.priority_n if self.priority_n
+            else math.nan,
+            "max_priority": self.priority_max if self.priority_n else math.nan,
+            "delta_q": self.staleness,
+        }
+        self._last_log, self._last_log_step, self._last_log_env = now, step, env
+        self._last_inserted, self._last_sampled = inserted, sampled
+        self.all_returns += self.episode_returns
+        self.episode_returns, self.episode_lengths, self.losses = [], [], []
+        self.priority_sum, self.priority_n, self.priority_max = 0.0, 0, 0.0
+        return row
+
+    def _maybe_log(self, force: bool = False) -> None:
+        if not force and self.clock() - self._last_log < self.cfg.logging.log_interval_seconds:
+            return
+        row = self.metrics_row()
+        if self.on_metrics is not None:
+            self.on_metrics(row)
+
+    def summary(self) -> Dict[str, Any]:
+        return {"learner_step": self.learner.step_count, "env_steps": self.env_steps,
+                "stop_reason": self.stop_reason,
+                "episodes": len(self.all_returns) + len(self.episode_returns),
+                "compute_seconds": self.compute_seconds,
+                "params_version": self.learner.params_version,
+                "allreduce_seconds": self.averager.seconds if self.averager else 0.0}

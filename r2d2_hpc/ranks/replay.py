@@ -1,0 +1,160 @@
+"""The replay-shard rank: a :class:`~r2d2_hpc.replay.ReplayShard` in a message loop.
+
+Each tick serves what arrived, in this order: STEP_CHUNKs from its actors
+(steps, then the sequences over them), PRIORITY_UPDATEs from learners, then
+SAMPLE_REQUESTs, which wait in a queue until the shard holds
+``replay.min_fill_sequences`` sequences and, when ``replay.samples_per_insert``
+is set, until sampling ``k`` more keeps ``sampled <= ratio * inserted + slack``
+(the learner cannot over-sample a slow actor fleet, as Reverb's
+SampleToInsertRatio). The shard's priority mass, count and max priority go to
+every learner in SHARD_STATS whenever they changed (at most every
+``STATS_INTERVAL_S``) and inside every SAMPLE_REPLY, which is what makes
+cross-shard sampling exact (``r2d2_hpc.replay.sampling``).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Deque, Dict, Sequence, Tuple
+
+import numpy as np
+
+from r2d2_hpc.config import Config
+from r2d2_hpc.messages import sample_reply_arrays
+from r2d2_hpc.ranks.common import JobSpec, Role, stop_requested
+from r2d2_hpc.replay import ReplayShard
+from r2d2_hpc.topology import RoleInfo
+
+#: Seconds between SHARD_STATS messages while something changes.
+STATS_INTERVAL_S = 0.02
+
+
+def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) -> ReplayShard:
+    """The shard of one replay rank: its 1/S share of the replay capacity."""
+    r = cfg.replay
+    return ReplayShard(
+        spec.frame_shape, capacity_observations=max(r.sequence_length, r.capacity_observations
+                                                    // num_shards),
+        capacity_sequences=max(cfg.learner.batch_size, r.capacity_sequences // num_shards),
+        sequence_length=r.sequence_length, state_size=spec.state_size,
+        obs_dtype=spec.obs_dtype, frame_stack=spec.frame_stack,
+        priority_exponent=r.priority_exponent, seed=cfg.seed * 7_919 + 104_729 * (shard_index + 1))
+
+
+class ReplayRank(Role):
+    """Message loop of one replay shard (see the module docstring)."""
+
+    name = "replay"
+
+    def __init__(self, cfg: Config, spec: JobSpec, ep: Any, info: RoleInfo,
+                 shard: ReplayShard | None = None) -> None:
+        self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
+        self.shard = shard or make_shard(cfg, spec, info.index, info.num_shards)
+        self.pending: Deque[Tuple[int, int, int]] = deque()  # (learner rank, request id, k)
+        self.inserted_sequences = 0
+        self.sampled_sequences = 0
+        self.chunks_received = 0
+        self.steps_received = 0
+        self.priority_updates = 0
+        self.stale_priority_keys = 0
+        self.rate_limited = 0
+        self._stats_dirty = True
+        self._last_stats = 0.0
+        self.min_fill = min(cfg.replay.min_fill_sequences, self.shard.spec.capacity_sequences)
+
+    def listen_names(self) -> Sequence[str]:
+        return ("STEP_CHUNK", "PRIORITY_UPDATE", "SAMPLE_REQUEST", "CONTROL")
+
+    def _insert(self, f: Dict[str, np.ndarray]) -> None:
+        sid, first_index = int(f["stream_id"]), int(f["first_step_index"])
+        if len(f["action"]):
+            self.shard.add_steps(sid, first_index, f["obs"], f["action"], f["reward"],
+                                 f["discount"], f["first"])
+            self.steps_received += len(f["action"])
+        m = len(f["seq_start_step"])
+        if m:
+            keys = self.shard.add_sequences(sid, f["seq_start_step"], f["seq_length"],
+                                            f["seq_state_h"], f["seq_state_c"],
+                                            f["seq_prev_action"], f["seq_prev_reward"],
+                                            f["seq_priority"])
+            self.inserted_sequences += int(np.count_nonzero(keys >= 0))
+        self.chunks_received += 1
+
+    def _may_sample(self, k: int) -> bool:
+        if self.shard.count < max(1, self.min_fill) or not self.shard.stats().total_priority > 0:
+            return False
+        ratio = self.cfg.replay.samples_per_insert
+        if ratio > 0:
+            slack = self.cfg.learner.batch_size * max(1, self.cfg.learner.samples_in_flight)
+            if self.sampled_sequences + k > ratio * self.inserted_sequences + slack:
+                self.rate_limited += 1
+                return False
+        return True
+
+    def tick(self) -> bool:
+        if self.done:
+            return False
+        if stop_requested(self.ep) is not None:
+            self.done = True
+            return False
+        worked = False
+        for msg in self.ep.poll("STEP_CHUNK"):
+            self._insert(msg.fields)
+            worked = True
+        self.ep.release("STEP_CHUNK")
+        for msg in self.ep.poll("PRIORITY_UPDATE"):
+            keys, prio = msg.fields["keys"], msg.fields["priorities"]
+            applied = self.shard.update_priorities(keys, prio)
+            self.priority_updates += 1
+            self.stale_priority_keys += len(keys) - applied
+            worked = True
+        self.ep.release("PRIORITY_UPDATE")
+        for msg in self.ep.poll("SAMPLE_REQUEST"):
+            self.pending.append((msg.source, int(msg.fields["request_id"]),
+                                 int(msg.fields["num_sequences"])))
+        self.ep.release("SAMPLE_REQUEST")
+        while self.pending and self._may_sample(self.pending[0][2]):
+            source, rid, k = self.pending.popleft()
+            stats = self.shard.stats()
+            batch = self.shard.sample(k)
+            self.ep.send("SAMPLE_REPLY", source, timeout=300.0,
+                         **sample_reply_arrays(rid, batch, stats.total_priority, stats.count,
+                                               stats.max_priority))
+            self.sampled_sequences += k
+            worked = True
+        if worked:
+            self._stats_dirty = True
+        now = time.monotonic()
+        if self._stats_dirty and now - self._last_stats >= STATS_INTERVAL_S:
+            self._send_stats()
+            self._last_stats = now
+        return worked
+
+    def drain(self, ep: Any) -> None:
+        """Late chunks are still stored (nothing an actor sent is lost); the rest is dropped."""
+        for msg in ep.poll("STEP_CHUNK"):
+            self._insert(msg.fields)
+        ep.release("STEP_CHUNK")
+        for name in ("PRIORITY_UPDATE", "SAMPLE_REQUEST", "CONTROL"):
+            ep.poll(name)
+            ep.release(name)
+
+    def _send_stats(self) -> None:
+        st = self.shard.stats()
+        sent_all = True
+        for learner in self.info.learner_ranks:
+            sent_all &= self.ep.try_send(
+                "SHARD_STATS", learner, total_priority=st.total_priority, count=st.count,
+                max_priority=st.max_priority, inserted_sequences=self.inserted_sequences,
+                sampled_sequences=self.sampled_sequences,
+                observations_stored=self.shard.num_steps)
+        self._stats_dirty = not sent_all
+
+    def summary(self) -> Dict[str, Any]:
+        return {"inserted_sequences": self.inserted_sequences,
+                "sampled_sequences": self.sampled_sequences,
+                "chunks_received": self.chunks_received, "steps_received": self.steps_received,
+                "stored_sequences": self.shard.count, "stored_observations": self.shard.num_steps,
+                "priority_updates": self.priority_updates,
+                "stale_priority_keys": self.stale_priority_keys,
+                "dropped_sequences": self.shard.num_dropped_sequences}
