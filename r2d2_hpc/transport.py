@@ -1,0 +1,1055 @@
+"""Nonblocking message transport over MPI, and its in-memory twin for serial runs.
+
+Role loops (actor, replay shard, learner) talk only to an :class:`Endpoint`:
+
+    ep.send("STEP_CHUNK", shard_rank, stream_id=..., obs=..., ...)
+    for msg in ep.poll("SAMPLE_REQUEST"): ... msg.source, msg.fields["num_sequences"] ...
+    ep.publish_params(version, learner_step, flat_params, actor_ranks)
+    update = ep.latest_params(source=0)
+
+Two implementations share that interface: :class:`MPIEndpoint` (pools of
+preallocated buffers, mpi4py UPPERCASE nonblocking calls, no pickle) and
+:class:`InMemoryEndpoint` (one process, queues of copies; ``r2d2-train --serial``
+and tests), so role code is the same for both.
+
+Endpoint contract
+-----------------
+* **Ownership.** ``send`` copies the arrays into a transport buffer before it
+  returns; the caller may reuse or change them at once.
+* **Lifetime of received data.** The ``fields`` of a :class:`Received` are views
+  into a transport buffer. They stay valid until the next ``poll``/``wait`` of
+  the *same message name* on that endpoint, or ``release(name)``; copy what you
+  keep longer. (The in-memory endpoint overwrites old buffers with 0xFF bytes at
+  that point, so serial runs catch the same misuse that would corrupt data over
+  MPI.) ``latest_params`` returns a read-only view valid until a later call
+  returns a newer version (a call returning None leaves it valid).
+* **Ordering.** Messages of one name from one source arrive in the order they
+  were sent, none lost or duplicated. There is no order between different
+  names, nor between different sources.
+* **Parameters** are not queued: a subscriber sees the newest version that
+  reached it, and the publisher skips an actor still receiving an older version
+  and sends it the newest one once that completes (during later
+  ``publish_params``/``progress``/``flush`` calls): every actor ends with the
+  newest version, and the learner never waits for a slow actor.
+* **What blocks.** ``poll``, ``try_send``, ``publish_params``, ``latest_params``
+  and ``progress`` never block. ``send`` blocks only while every buffer of that
+  message type is in flight (MPI) or the destination's queue is full (in-memory
+  with a ``capacity``), at most ``timeout`` seconds, then raises TimeoutError.
+  ``wait``, ``flush`` and ``close`` take a timeout and always return.
+* **Progress.** MPI moves large messages only inside MPI calls; a rank that
+  computes for long without polling should call ``progress()`` now and then.
+* **Errors.** A received message that is not what its tag promises raises
+  :class:`~r2d2_hpc.messages.MessageError` naming the source rank and the cause.
+
+MPI implementation
+------------------
+:class:`RecvPool` keeps ``depth`` ``Irecv``s posted into max-size buffers and
+delivers completed ones in posting order. MPI matches receives with the same
+envelope in posting order, so when a later receive has completed every earlier
+one is matched; delivering only the completed prefix gives arrival order, hence
+per-source order, even when a small message finishes before a large one
+matched earlier. :class:`SendPool` bounds the ``Isend``s in flight (backpressure:
+memory never grows) and sends only the packed bytes; receivers learn the size
+from the status and the header. :class:`ParamPublisher` and
+:class:`ParamSubscriber` carry the parameters.
+"""
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections import deque
+from typing import (Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
+
+import numpy as np
+
+from r2d2_hpc.messages import Layout, MessageError, Messages, aligned_empty
+
+#: Requests and buffers given up on by ``close`` after their timeout: kept
+#: referenced so MPI never writes into or reads from freed memory.
+_ABANDONED: List[Any] = []
+
+DepthSpec = Union[int, Mapping[str, int]]
+
+
+def _mpi() -> Any:
+    from mpi4py import MPI  # imported lazily: serial runs need no MPI
+
+    return MPI
+
+
+class Received(NamedTuple):
+    """One received message.
+
+    Attributes:
+      source: the sender's rank.
+      fields: field name -> view into the transport's buffer (see the lifetime rule).
+      nbytes: bytes that arrived.
+    """
+
+    source: int
+    fields: Dict[str, np.ndarray]
+    nbytes: int
+
+
+class ParamsUpdate(NamedTuple):
+    """A parameter version as a subscriber sees it.
+
+    Attributes:
+      version: the publisher's version number (increasing).
+      learner_step: the learner step the parameters come from.
+      params: read-only ``<float32>[P]`` view.
+    """
+
+    version: int
+    learner_step: int
+    params: np.ndarray
+
+
+class Backoff:
+    """Sleeps that grow from ``first`` to ``cap`` seconds until a deadline.
+
+    Args:
+      timeout: seconds until :meth:`expired` is True; None never expires.
+      first: the first sleep.
+      cap: the longest sleep.
+    """
+
+    def __init__(self, timeout: Optional[float], first: float = 2e-5, cap: float = 2e-3) -> None:
+        self._deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        self._delay = first
+        self._cap = cap
+
+    def expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def sleep(self) -> None:
+        delay = self._delay
+        if self._deadline is not None:
+            delay = min(delay, max(0.0, self._deadline - time.monotonic()))
+        time.sleep(delay)
+        self._delay = min(self._cap, self._delay * 2)
+
+
+def _wait_requests(MPI: Any, reqs: List[Any], timeout: float) -> Tuple[List[Any], List[bool]]:
+    """Tests ``reqs`` until all complete or ``timeout``; returns (statuses, completed)."""
+    statuses = [MPI.Status() for _ in reqs]
+    done = [False] * len(reqs)
+    backoff = Backoff(timeout)
+    while True:
+        for i, req in enumerate(reqs):
+            if not done[i] and req.Test(statuses[i]):
+                done[i] = True
+        if all(done) or backoff.expired():
+            return statuses, done
+        backoff.sleep()
+
+
+# --------------------------------------------------------------------------- #
+# Receive and send pools.
+
+class RecvPool:
+    """``depth`` receives kept posted for one message type; never blocks in ``poll``.
+
+    Buffers of messages returned by ``poll`` are reposted at the start of the
+    next ``poll``/``wait`` or by ``release()``; their views stay valid until then.
+
+    Args:
+      comm: an mpi4py communicator.
+      layout: the message type; each buffer has ``layout.nbytes`` bytes.
+      source: the only rank to receive from, or None for any source.
+      depth: number of receives kept posted (messages buffered on this side).
+      tag: MPI tag; defaults to ``layout.tag``.
+    """
+
+    def __init__(self, comm: Any, layout: Layout, source: Optional[int] = None, depth: int = 4,
+                 tag: Optional[int] = None) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        MPI = self._MPI = _mpi()
+        self.comm = comm
+        self.layout = layout
+        self.tag = layout.tag if tag is None else int(tag)
+        self._source = MPI.ANY_SOURCE if source is None else int(source)
+        self._bufs = [aligned_empty(layout.nbytes) for _ in range(depth)]
+        self._reqs: List[Any] = [MPI.REQUEST_NULL] * depth
+        self._statuses = [MPI.Status() for _ in range(depth)]
+        self._done = [False] * depth
+        self._src = [0] * depth
+        self._cnt = [0] * depth
+        self._order: Deque[int] = deque()  # posted or completed-undelivered, posting order
+        self._held: List[int] = []  # delivered, not yet reposted
+        self._closed = False
+        self.received = 0
+        for i in range(depth):
+            self._post(i)
+
+    @property
+    def depth(self) -> int:
+        return len(self._bufs)
+
+    def _post(self, i: int) -> None:
+        self._done[i] = False
+        self._reqs[i] = self.comm.Irecv([self._bufs[i], self._MPI.BYTE], self._source, self.tag)
+        self._order.append(i)
+
+    def release(self) -> None:
+        """Reposts the buffers of the messages returned so far (their views die)."""
+        if self._closed:
+            return
+        for i in self._held:
+            self._post(i)
+        self._held.clear()
+
+    def _test(self) -> None:
+        idx = self._MPI.Request.Testsome(self._reqs, self._statuses)
+        if idx:
+            for j, i in enumerate(idx):
+                st = self._statuses[j]
+                self._src[i] = st.Get_source()
+                self._cnt[i] = st.Get_count(self._MPI.BYTE)
+                self._done[i] = True
+
+    def poll(self) -> List[Received]:
+        """Returns the messages that arrived, in arrival order; never blocks.
+
+        Raises:
+          MessageError: for a message that does not fit the layout; the messages
+            before it are returned by the next ``poll``, the bad one is dropped.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.layout.name} receive pool is closed")
+        self.release()
+        self._test()
+        out: List[Received] = []
+        for p, i in enumerate(self._order):
+            if not self._done[i]:
+                break
+            try:
+                fields = self.layout.unpack(self._bufs[i], self._cnt[i])
+            except MessageError as exc:
+                del self._order[p]
+                self._post(i)
+                raise MessageError(f"message from rank {self._src[i]} with tag {self.tag}: "
+                                   f"{exc}") from exc
+            out.append(Received(self._src[i], fields, self._cnt[i]))
+        for _ in out:
+            self._held.append(self._order.popleft())
+        self.received += len(out)
+        return out
+
+    def wait(self, timeout: float) -> List[Received]:
+        """Polls with growing sleeps until something arrives or ``timeout`` seconds pass.
+
+        Returns:
+          The messages, or an empty list on timeout.
+        """
+        backoff = Backoff(timeout)
+        while True:
+            got = self.poll()
+            if got or backoff.expired():
+                return got
+            backoff.sleep()
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Cancels the posted receives and waits (at most ``timeout``) for them.
+
+        Returns:
+          Messages that had arrived but were never returned by ``poll``.
+        """
+        if self._closed:
+            return 0
+        self._closed = True
+        self._test()
+        dropped = sum(1 for i in self._order if self._done[i])
+        pending = [self._reqs[i] for i in self._order if not self._done[i]]
+        for req in pending:
+            req.Cancel()
+        statuses, done = _wait_requests(self._MPI, pending, timeout)
+        for st, ok, req in zip(statuses, done, pending):
+            if not ok:
+                _ABANDONED.append((req, self._bufs))
+            elif not st.Is_cancelled():
+                dropped += 1
+        self._order.clear()
+        self._held.clear()
+        return dropped
+
+    cancel = close
+
+    def __enter__(self) -> "RecvPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class SendPool:
+    """At most ``size`` nonblocking sends in flight for one message type.
+
+    A buffer is lent by ``acquire``, filled (``layout.pack`` or ``layout.prepare``)
+    and handed back by ``send``; it is lent again only after its send completed.
+
+    Args:
+      comm: an mpi4py communicator.
+      layout: the message type; each buffer has ``layout.nbytes`` bytes.
+      size: number of buffers, i.e. sends in flight before ``acquire`` waits.
+      tag: MPI tag; defaults to ``layout.tag``.
+
+    Attributes:
+      stalls: number of ``acquire`` calls that found every buffer in flight.
+      sent: number of sends started.
+    """
+
+    def __init__(self, comm: Any, layout: Layout, size: int, tag: Optional[int] = None) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        MPI = self._MPI = _mpi()
+        self.comm = comm
+        self.layout = layout
+        self.tag = layout.tag if tag is None else int(tag)
+        self._bufs = [aligned_empty(layout.nbytes) for _ in range(size)]
+        self._reqs: List[Any] = [MPI.REQUEST_NULL] * size
+        self._free: List[int] = list(range(size - 1, -1, -1))
+        self._lent: Dict[int, int] = {}  # id(buffer) -> slot
+        self._in_flight = 0
+        self._closed = False
+        self.stalls = 0
+        self.sent = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._bufs)
+
+    @property
+    def in_flight(self) -> int:
+        """Sends started and not yet completed."""
+        return self._in_flight
+
+    def _reclaim(self) -> None:
+        if self._in_flight:
+            idx = self._MPI.Request.Testsome(self._reqs)
+            if idx:
+                self._free.extend(idx)
+                self._in_flight -= len(idx)
+
+    def try_acquire(self) -> Optional[np.ndarray]:
+        """A free buffer, or None if all are in flight; never blocks."""
+        if self._closed:
+            raise RuntimeError(f"{self.layout.name} send pool is closed")
+        if not self._free:
+            self._reclaim()
+        if not self._free:
+            return None
+        i = self._free.pop()
+        self._lent[id(self._bufs[i])] = i
+        return self._bufs[i]
+
+    def acquire(self, timeout: Optional[float] = None) -> np.ndarray:
+        """A free buffer; waits (backpressure) while all are in flight.
+
+        Args:
+          timeout: most seconds to wait; None waits until a send completes.
+
+        Raises:
+          TimeoutError: if no buffer became free within ``timeout``.
+        """
+        buf = self.try_acquire()
+        if buf is not None:
+            return buf
+        self.stalls += 1
+        backoff = Backoff(timeout)
+        while True:
+            if backoff.expired():
+                raise TimeoutError(
+                    f"{self.layout.name}: all {self.size} send buffers still in flight after "
+                    f"{timeout} s; the receiver is not receiving (is it polling this message?)")
+            backoff.sleep()
+            buf = self.try_acquire()
+            if buf is not None:
+                return buf
+
+    def _take(self, buf: np.ndarray) -> int:
+        i = self._lent.pop(id(buf), None)
+        if i is None or self._bufs[i] is not buf:
+            raise ValueError(f"{self.layout.name}: buffer was not lent by this pool's acquire()")
+        return i
+
+    def send(self, buf: np.ndarray, dest: int, nbytes: int) -> None:
+        """Starts sending the first ``nbytes`` bytes of a lent buffer to ``dest``."""
+        i = self._take(buf)
+        if not self.layout.min_nbytes <= nbytes <= self.layout.nbytes:
+            self._free.append(i)
+            raise ValueError(f"{self.layout.name}: nbytes {nbytes} outside "
+                             f"[{self.layout.min_nbytes}, {self.layout.nbytes}]")
+        self._reqs[i] = self.comm.Isend([buf[:nbytes], self._MPI.BYTE], int(dest), self.tag)
+        self._in_flight += 1
+        self.sent += 1
+
+    def release(self, buf: np.ndarray) -> None:
+        """Returns a lent buffer without sending it."""
+        self._free.append(self._take(buf))
+
+    def send_message(self, dest: int, timeout: Optional[float] = None, **arrays: Any) -> int:
+        """acquire + ``layout.pack`` + send; returns the bytes sent."""
+        buf = self.acquire(timeout)
+        return self._pack_and_send(buf, dest, arrays)
+
+    def try_send_message(self, dest: int, **arrays: Any) -> bool:
+        """Like send_message but returns False instead of waiting for a buffer."""
+        buf = self.try_acquire()
+        if buf is None:
+            return False
+        self._pack_and_send(buf, dest, arrays)
+        return True
+
+    def _pack_and_send(self, buf: np.ndarray, dest: int, arrays: Mapping[str, Any]) -> int:
+        try:
+            n = self.layout.pack(buf, **arrays)
+        except BaseException:
+            self.release(buf)
+            raise
+        self.send(buf, dest, n)
+        return n
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until every send completed; False if some are still in flight at ``timeout``."""
+        backoff = Backoff(timeout)
+        while True:
+            self._reclaim()
+            if not self._in_flight:
+                return True
+            if backoff.expired():
+                return False
+            backoff.sleep()
+
+    def close(self, timeout: float = 1.0) -> int:
+        """Flushes for at most ``timeout``, then cancels what is left.
+
+        Returns:
+          Sends that did not complete (cancelled or abandoned).
+        """
+        if self._closed:
+            return 0
+        self.flush(timeout)
+        self._closed = True
+        pending = [r for r in self._reqs if r]
+        for req in pending:
+            req.Cancel()
+        _, done = _wait_requests(self._MPI, pending, min(timeout, 1.0))
+        for ok, req in zip(done, pending):
+            if not ok:
+                _ABANDONED.append((req, self._bufs))
+        return len(pending)
+
+    def __enter__(self) -> "SendPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- #
+# Parameters.
+
+class ParamPublisher:
+    """Learner 0's side of parameter publication; never blocks.
+
+    ``depth`` buffers (2: double-buffered) in a ring. Version ``v+1`` is written
+    only into a buffer no send is still reading. An actor whose previous
+    version is still in flight is skipped for ``v+1``; it is owed the newest
+    version, which it is sent as soon as its old send completes (checked in
+    ``publish``, ``progress`` and ``flush``), so every actor ends with the
+    newest version without the learner ever waiting for a slow one.
+
+    Args:
+      comm: an mpi4py communicator.
+      layout: the PARAMS layout.
+      dests: ranks of the subscribers (the actors).
+      depth: number of parameter buffers.
+      tag: MPI tag; defaults to ``layout.tag``.
+
+    Attributes:
+      skipped: (actor, version) pairs not sent at ``publish`` time.
+      published: versions written (not counting those skipped for every actor).
+    """
+
+    def __init__(self, comm: Any, layout: Layout, dests: Sequence[int], depth: int = 2,
+                 tag: Optional[int] = None) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._MPI = _mpi()
+        self.comm = comm
+        self.layout = layout
+        self.tag = layout.tag if tag is None else int(tag)
+        self.dests = tuple(int(d) for d in dests)
+        self._bufs = [aligned_empty(layout.nbytes) for _ in range(depth)]
+        self._users = [0] * depth  # sends in flight per buffer
+        self._inflight: Dict[int, Tuple[int, Any]] = {}  # dest -> (buffer, request)
+        self._owed: List[int] = []  # dests skipped for the newest version
+        self._newest: Optional[Tuple[int, int]] = None  # (buffer, nbytes) of the newest version
+        self._next = 0
+        self.skipped = 0
+        self.published = 0
+
+    def _isend(self, dest: int, slot: int, nbytes: int) -> None:
+        req = self.comm.Isend([self._bufs[slot][:nbytes], self._MPI.BYTE], dest, self.tag)
+        self._inflight[dest] = (slot, req)
+        self._users[slot] += 1
+
+    def progress(self) -> None:
+        """Frees completed sends and sends the newest version to actors owed it."""
+        if self._inflight:
+            dests = list(self._inflight)
+            idx = self._MPI.Request.Testsome([self._inflight[d][1] for d in dests])
+            for j in idx or ():
+                slot, _ = self._inflight.pop(dests[j])
+                self._users[slot] -= 1
+        if self._owed and self._newest is not None:
+            still = []
+            for d in self._owed:
+                if d in self._inflight:
+                    still.append(d)
+                else:
+                    self._isend(d, *self._newest)
+            self._owed = still
+
+    @property
+    def busy(self) -> bool:
+        """True while sends are in flight or some actor is owed the newest version."""
+        return bool(self._inflight or self._owed)
+
+    def publish(self, version: int, learner_step: int, params: np.ndarray) -> int:
+        """Starts sending a version to every actor not still receiving an older one.
+
+        Returns:
+          Number of actors this version was sent to now (0 if every buffer is
+          busy: then the version is dropped and the previous one stays newest).
+        """
+        self.progress()
+        depth = len(self._bufs)
+        slot = next((s % depth for s in range(self._next, self._next + depth)
+                     if self._users[s % depth] == 0), None)
+        if slot is None:
+            self.skipped += len(self.dests)
+            return 0
+        self._next = slot + 1
+        n = self.layout.pack(self._bufs[slot], version=version, learner_step=learner_step,
+                             params=params)
+        self._newest = (slot, n)
+        self._owed = []
+        sent = 0
+        for d in self.dests:
+            if d in self._inflight:
+                self.skipped += 1
+                self._owed.append(d)
+                continue
+            self._isend(d, slot, n)
+            sent += 1
+        self.published += 1
+        return sent
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until no send is in flight and no actor is owed; False at ``timeout``."""
+        backoff = Backoff(timeout)
+        while True:
+            self.progress()
+            if not self.busy:
+                return True
+            if backoff.expired():
+                return False
+            backoff.sleep()
+
+    def close(self, timeout: float = 1.0) -> int:
+        """Flushes for at most ``timeout``, then cancels; returns sends not completed."""
+        self.flush(timeout)
+        self._owed = []
+        pending = [req for _, req in self._inflight.values()]
+        for req in pending:
+            req.Cancel()
+        _, done = _wait_requests(self._MPI, pending, min(timeout, 1.0))
+        for ok, req in zip(done, pending):
+            if not ok:
+                _ABANDONED.append((req, self._bufs))
+        self._inflight.clear()
+        return len(pending)
+
+
+class ParamSubscriber:
+    """An actor's side of parameter publication: one receive always posted.
+
+    Two buffers: the one whose view ``latest`` returned last, and the one the
+    next version arrives in; so the actor keeps using its parameters while the
+    next ones arrive.
+
+    Args:
+      comm: an mpi4py communicator.
+      layout: the PARAMS layout.
+      source: the publisher's rank.
+      tag: MPI tag; defaults to ``layout.tag``.
+    """
+
+    def __init__(self, comm: Any, layout: Layout, source: int, tag: Optional[int] = None) -> None:
+        MPI = self._MPI = _mpi()
+        self.comm = comm
+        self.layout = layout
+        self.source = int(source)
+        self.tag = layout.tag if tag is None else int(tag)
+        self._bufs = [aligned_empty(layout.nbytes) for _ in range(2)]
+        self._status = MPI.Status()
+        self._slot = 0
+        self._req = self._post(0)
+        self.version = -1
+
+    def _post(self, slot: int) -> Any:
+        self._slot = slot
+        return self.comm.Irecv([self._bufs[slot], self._MPI.BYTE], self.source, self.tag)
+
+    def latest(self) -> Optional[ParamsUpdate]:
+        """The newest version that arrived since the last call, or None; never blocks.
+
+        Returns:
+          ParamsUpdate with a read-only params view, valid until a later call
+          returns a newer version.
+
+        Raises:
+          MessageError: if a message on the PARAMS tag is not a valid PARAMS message.
+        """
+        if not self._req:
+            raise RuntimeError("parameter subscriber is closed")
+        newest = None
+        while self._req.Test(self._status):
+            slot = self._slot
+            n = self._status.Get_count(self._MPI.BYTE)
+            try:
+                fields = self.layout.unpack(self._bufs[slot], n)
+            except MessageError as exc:
+                self._req = self._post(slot)
+                raise MessageError(f"parameters from rank {self.source}: {exc}") from exc
+            newest = fields
+            # the other buffer holds the previously returned (or an older drained) version
+            self._req = self._post(1 - slot)
+        if newest is None:
+            return None
+        params = newest["params"].view()
+        params.flags.writeable = False
+        self.version = int(newest["version"])
+        return ParamsUpdate(self.version, int(newest["learner_step"]), params)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancels the posted receive and waits (at most ``timeout``) for it."""
+        if self._req:
+            self._req.Cancel()
+            _, done = _wait_requests(self._MPI, [self._req], timeout)
+            if not done[0]:
+                _ABANDONED.append((self._req, self._bufs))
+            self._req = self._MPI.REQUEST_NULL
+
+
+# --------------------------------------------------------------------------- #
+# Endpoints.
+
+_RESERVED = ("name", "dest", "timeout")
+
+
+class Endpoint(abc.ABC):
+    """What role loops use to talk to other ranks (see the module docstring's contract).
+
+    Attributes:
+      messages: the run's message layouts.
+      rank: this endpoint's rank.
+      size: number of ranks.
+    """
+
+    messages: Messages
+    rank: int
+    size: int
+
+    def _init_common(self, messages: Messages, rank: int, size: int) -> None:
+        self.messages = messages
+        self.rank = int(rank)
+        self.size = int(size)
+        for layout in messages:
+            clash = [f.name for f in layout.fields if f.name in _RESERVED]
+            if clash:
+                raise ValueError(f"{layout.name}: field name(s) {clash} clash with send()")
+
+    def _layout(self, name: str, params_ok: bool = False) -> Layout:
+        layout = self.messages.get(name)
+        if name == "PARAMS" and not params_ok:
+            raise ValueError("PARAMS travel through publish_params / latest_params, "
+                             "not send / poll")
+        return layout
+
+    def _check_dest(self, dest: int) -> int:
+        if not 0 <= int(dest) < self.size:
+            raise ValueError(f"destination rank {dest} outside [0, {self.size})")
+        return int(dest)
+
+    @abc.abstractmethod
+    def send(self, name: str, dest: int, /, *, timeout: Optional[float] = None,
+             **arrays: Any) -> None:
+        """Sends one ``name`` message to ``dest``; the arrays are copied before it returns.
+
+        Raises:
+          TimeoutError: if there was no room for ``timeout`` seconds.
+          MessageError: if the arrays do not fit the layout.
+        """
+
+    @abc.abstractmethod
+    def try_send(self, name: str, dest: int, /, **arrays: Any) -> bool:
+        """Like ``send`` but returns False at once when there is no room."""
+
+    @abc.abstractmethod
+    def poll(self, name: str) -> List[Received]:
+        """The ``name`` messages that arrived (per-source order); never blocks."""
+
+    @abc.abstractmethod
+    def release(self, name: str) -> None:
+        """Ends the lifetime of the views returned by the last poll of ``name``."""
+
+    @abc.abstractmethod
+    def publish_params(self, version: int, learner_step: int, params: np.ndarray,
+                       dests: Sequence[int]) -> int:
+        """Offers a parameter version to ``dests`` (same ranks every call); never blocks.
+
+        Returns:
+          Number of ranks it was sent to (actors still receiving an older version
+          are skipped).
+        """
+
+    @abc.abstractmethod
+    def latest_params(self, source: int) -> Optional[ParamsUpdate]:
+        """The newest parameters from ``source`` since the last call, or None."""
+
+    @abc.abstractmethod
+    def stalls(self, name: str) -> int:
+        """How many sends of ``name`` had to wait for room."""
+
+    def progress(self) -> None:
+        """Lets the transport move data in flight; never blocks."""
+
+    def listen(self, *names: str) -> None:
+        """Starts receiving ``names`` now rather than at their first poll."""
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until every send completed; False if some remain at ``timeout``."""
+        return True
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Flushes (at most ``timeout``) and frees everything."""
+
+    def send_to_all(self, name: str, dests: Sequence[int], /, *,
+                    timeout: Optional[float] = None, **arrays: Any) -> None:
+        """``send`` to each of ``dests`` (e.g. a CONTROL command)."""
+        for d in dests:
+            self.send(name, d, timeout=timeout, **arrays)
+
+    def wait(self, name: str, timeout: float) -> List[Received]:
+        """Polls with growing sleeps until a ``name`` message arrives or ``timeout``.
+
+        Returns:
+          The messages, or an empty list on timeout.
+        """
+        backoff = Backoff(timeout)
+        while True:
+            got = self.poll(name)
+            if got or backoff.expired():
+                return got
+            backoff.sleep()
+
+    def __enter__(self) -> "Endpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _depth(spec: DepthSpec, name: str, default: int) -> int:
+    if isinstance(spec, int):
+        return spec
+    return int(spec.get(name, default))
+
+
+class MPIEndpoint(Endpoint):
+    """Endpoint over MPI point-to-point messages.
+
+    Creating and closing it are collective over ``comm`` (it works on a
+    duplicate, ``comm.Dup()``, so its tags never meet other traffic).
+
+    Args:
+      comm: an mpi4py communicator (the job's world, passed in).
+      messages: the run's layouts (identical on every rank).
+      send_depth: sends in flight per message type before ``send`` waits; an
+        int for all or a mapping name -> depth (others: 8).
+      recv_depth: receives kept posted per message type; int or mapping (others: 4).
+      param_depth: parameter buffers of the publisher (2 = double-buffered).
+      dup: duplicate ``comm`` (default); False uses it as is (not collective).
+    """
+
+    def __init__(self, comm: Any, messages: Messages, *, send_depth: DepthSpec = 8,
+                 recv_depth: DepthSpec = 4, param_depth: int = 2, dup: bool = True) -> None:
+        self._init_common(messages, comm.Get_rank(), comm.Get_size())
+        self.comm = comm.Dup() if dup else comm
+        self._owns_comm = dup
+        self._send_depth = send_depth
+        self._recv_depth = recv_depth
+        self._param_depth = param_depth
+        self._send: Dict[str, SendPool] = {}
+        self._recv: Dict[str, RecvPool] = {}
+        self._publisher: Optional[ParamPublisher] = None
+        self._subscribers: Dict[int, ParamSubscriber] = {}
+        self._closed = False
+
+    def _send_pool(self, name: str) -> SendPool:
+        pool = self._send.get(name)
+        if pool is None:
+            pool = SendPool(self.comm, self._layout(name), _depth(self._send_depth, name, 8))
+            self._send[name] = pool
+        return pool
+
+    def _recv_pool(self, name: str) -> RecvPool:
+        pool = self._recv.get(name)
+        if pool is None:
+            pool = RecvPool(self.comm, self._layout(name),
+                            depth=_depth(self._recv_depth, name, 4))
+            self._recv[name] = pool
+        return pool
+
+    def send(self, name: str, dest: int, /, *, timeout: Optional[float] = None,
+             **arrays: Any) -> None:
+        self._send_pool(name).send_message(self._check_dest(dest), timeout, **arrays)
+
+    def try_send(self, name: str, dest: int, /, **arrays: Any) -> bool:
+        return self._send_pool(name).try_send_message(self._check_dest(dest), **arrays)
+
+    def poll(self, name: str) -> List[Received]:
+        return self._recv_pool(name).poll()
+
+    def release(self, name: str) -> None:
+        if name in self._recv:
+            self._recv[name].release()
+
+    def listen(self, *names: str) -> None:
+        for name in names:
+            self._recv_pool(name)
+
+    def publish_params(self, version: int, learner_step: int, params: np.ndarray,
+                       dests: Sequence[int]) -> int:
+        dests = tuple(self._check_dest(d) for d in dests)
+        if self._publisher is None:
+            self._publisher = ParamPublisher(self.comm, self.messages.PARAMS, dests,
+                                             depth=self._param_depth)
+        elif self._publisher.dests != dests:
+            raise ValueError(f"publish_params: dests changed from {self._publisher.dests} "
+                             f"to {dests}")
+        return self._publisher.publish(version, learner_step, params)
+
+    def latest_params(self, source: int) -> Optional[ParamsUpdate]:
+        sub = self._subscribers.get(source)
+        if sub is None:
+            sub = ParamSubscriber(self.comm, self.messages.PARAMS, self._check_dest(source))
+            self._subscribers[source] = sub
+        return sub.latest()
+
+    def stalls(self, name: str) -> int:
+        pool = self._send.get(name)
+        return 0 if pool is None else pool.stalls
+
+    def progress(self) -> None:
+        for pool in self._send.values():
+            pool._reclaim()
+        for rpool in self._recv.values():
+            rpool._test()
+        if self._publisher is not None:
+            self._publisher.progress()
+
+    def flush(self, timeout: float) -> bool:
+        backoff = Backoff(timeout)
+        while True:
+            self.progress()
+            busy = any(p.in_flight for p in self._send.values()) or (
+                self._publisher is not None and self._publisher.busy)
+            if not busy:
+                return True
+            if backoff.expired():
+                return False
+            backoff.sleep()
+
+    def close(self, timeout: float = 1.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.flush(timeout)
+        for pool in self._send.values():
+            pool.close(timeout)
+        if self._publisher is not None:
+            self._publisher.close(timeout)
+        for rpool in self._recv.values():
+            rpool.close()
+        for sub in self._subscribers.values():
+            sub.close()
+        if self._owns_comm:
+            self.comm.Free()
+
+
+class InMemoryHub:
+    """The in-memory "network" of a serial run: queues of copies between ranks.
+
+    Thread-safe, so roles may also run in threads (as the contract tests do).
+
+    Args:
+      messages: the run's layouts.
+      size: number of (virtual) ranks.
+      capacity: undelivered messages a (destination, message) queue holds before
+        ``send`` waits; None = unbounded (a single-threaded loop must not wait),
+        an int for all, or a mapping name -> capacity (others unbounded).
+      poison: overwrite released receive buffers with 0xFF (catches views kept
+        past their lifetime, which over MPI would read reused buffers).
+    """
+
+    def __init__(self, messages: Messages, size: int,
+                 capacity: Union[None, int, Mapping[str, int]] = None, poison: bool = True) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.messages = messages
+        self.size = int(size)
+        self._capacity = capacity
+        self.poison = poison
+        self.cond = threading.Condition()
+        self.queues: Dict[Tuple[int, str], Deque[Tuple[int, np.ndarray]]] = {}
+        self.params: Dict[Tuple[int, int], Tuple[int, np.ndarray]] = {}  # (dest, src) -> (seq, buf)
+        self._param_seq = 0
+
+    def capacity(self, name: str) -> Optional[int]:
+        if self._capacity is None or isinstance(self._capacity, int):
+            return self._capacity
+        return self._capacity.get(name)
+
+    def queue(self, dest: int, name: str) -> Deque[Tuple[int, np.ndarray]]:
+        q = self.queues.get((dest, name))
+        if q is None:
+            q = self.queues[(dest, name)] = deque()
+        return q
+
+    def next_param_seq(self) -> int:
+        self._param_seq += 1
+        return self._param_seq
+
+    def endpoint(self, rank: int) -> "InMemoryEndpoint":
+        """The endpoint of virtual rank ``rank``."""
+        return InMemoryEndpoint(self, rank)
+
+
+class InMemoryEndpoint(Endpoint):
+    """Endpoint of one virtual rank of an :class:`InMemoryHub`; same contract as MPI.
+
+    Messages are packed with the same layouts (so shape and dtype errors are the
+    same) into private buffers; parameters are a newest-wins mailbox.
+    """
+
+    def __init__(self, hub: InMemoryHub, rank: int) -> None:
+        self._init_common(hub.messages, rank, hub.size)
+        if not 0 <= rank < hub.size:
+            raise ValueError(f"rank {rank} outside [0, {hub.size})")
+        self.hub = hub
+        self._held: Dict[str, List[np.ndarray]] = {}
+        self._stalls: Dict[str, int] = {}
+        self._seen: Dict[int, int] = {}  # source -> last params sequence returned
+        self._closed = False
+
+    def _pack(self, name: str, arrays: Mapping[str, Any]) -> np.ndarray:
+        layout = self._layout(name)
+        buf = aligned_empty(layout.nbytes)
+        n = layout.pack(buf, **arrays)
+        return buf[:n]
+
+    def _put(self, name: str, dest: int, arrays: Mapping[str, Any], timeout: Optional[float],
+             wait: bool) -> bool:
+        if self._closed:
+            raise RuntimeError("endpoint is closed")
+        dest = self._check_dest(dest)
+        buf = self._pack(name, arrays)
+        cap = self.hub.capacity(name)
+        with self.hub.cond:
+            q = self.hub.queue(dest, name)
+            if cap is not None and len(q) >= cap:
+                if not wait:
+                    return False
+                self._stalls[name] = self._stalls.get(name, 0) + 1
+                ok = self.hub.cond.wait_for(lambda: len(q) < cap, timeout)
+                if not ok:
+                    raise TimeoutError(f"{name}: rank {dest}'s queue stayed full ({cap} "
+                                       f"messages) for {timeout} s; it is not polling {name}")
+            q.append((self.rank, buf))
+            self.hub.cond.notify_all()
+        return True
+
+    def send(self, name: str, dest: int, /, *, timeout: Optional[float] = None,
+             **arrays: Any) -> None:
+        self._put(name, dest, arrays, timeout, wait=True)
+
+    def try_send(self, name: str, dest: int, /, **arrays: Any) -> bool:
+        return self._put(name, dest, arrays, None, wait=False)
+
+    def release(self, name: str) -> None:
+        for buf in self._held.pop(name, ()):
+            if self.hub.poison:
+                buf.fill(0xFF)
+
+    def poll(self, name: str) -> List[Received]:
+        layout = self._layout(name)
+        self.release(name)
+        with self.hub.cond:
+            q = self.hub.queue(self.rank, name)
+            items = list(q)
+            q.clear()
+            if items:
+                self.hub.cond.notify_all()
+        out = []
+        for p, (source, buf) in enumerate(items):
+            try:
+                fields = layout.unpack(buf)
+            except MessageError as exc:
+                with self.hub.cond:  # like MPI: drop the bad one, deliver the others later
+                    q.extendleft(reversed(items[:p] + items[p + 1:]))
+                raise MessageError(f"message from rank {source}: {exc}") from exc
+            out.append(Received(source, fields, buf.size))
+        self._held[name] = [b for _, b in items]
+        return out
+
+    def publish_params(self, version: int, learner_step: int, params: np.ndarray,
+                       dests: Sequence[int]) -> int:
+        dests = [self._check_dest(d) for d in dests]
+        buf = self._pack_params(version, learner_step, params)
+        with self.hub.cond:
+            seq = self.hub.next_param_seq()
+            for d in dests:
+                self.hub.params[(d, self.rank)] = (seq, buf)
+            self.hub.cond.notify_all()
+        return len(dests)
+
+    def _pack_params(self, version: int, learner_step: int, params: np.ndarray) -> np.ndarray:
+        layout = self.messages.PARAMS
+        buf = aligned_empty(layout.nbytes)
+        n = layout.pack(buf, version=version, learner_step=learner_step, params=params)
+        return buf[:n]
+
+    def latest_params(self, source: int) -> Optional[ParamsUpdate]:
+        with self.hub.cond:
+            entry = self.hub.params.get((self.rank, self._check_dest(source)))
+        if entry is None or entry[0] == self._seen.get(source):
+            return None
+        seq, buf = entry
+        self._seen[source] = seq
+        fields = self.messages.PARAMS.unpack(buf)
+        params = fields["params"].view()
+        params.flags.writeable = False
+        return ParamsUpdate(int(fields["version"]), int(fields["learner_step"]), params)
+
+    def stalls(self, name: str) -> int:
+        return self._stalls.get(name, 0)
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._closed = True
