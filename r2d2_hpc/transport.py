@@ -38,6 +38,9 @@ Endpoint contract
   ``wait``, ``flush`` and ``close`` take a timeout and always return.
 * **Progress.** MPI moves large messages only inside MPI calls; a rank that
   computes for long without polling should call ``progress()`` now and then.
+  ``progress()`` also keeps receiving parameter versions (the newest waits
+  for ``latest_params``), so a rank that stopped asking for parameters, e.g.
+  while it shuts down, does not hold up the publisher's ``flush``.
 * **Errors.** A received message that is not what its tag promises raises
   :class:`~r2d2_hpc.messages.MessageError` naming the source rank and the cause.
 
@@ -579,15 +582,22 @@ class ParamPublisher:
 class ParamSubscriber:
     """An actor's side of parameter publication: one receive always posted.
 
-    Two buffers: the one whose view ``latest`` returned last, and the one the
-    next version arrives in; so the actor keeps using its parameters while the
-    next ones arrive.
+    Three buffers: the one whose view ``latest`` returned last (the actor keeps
+    acting with it), the newest version received but not yet returned, and the
+    one the next version arrives in. ``progress`` (called by the endpoint's
+    ``progress``/``flush``) keeps receiving without returning anything, so the
+    publisher's sends complete even while the actor does not ask for new
+    parameters (e.g. while it shuts down).
 
     Args:
       comm: an mpi4py communicator.
       layout: the PARAMS layout.
       source: the publisher's rank.
       tag: MPI tag; defaults to ``layout.tag``.
+
+    Attributes:
+      version: the version ``latest`` returned last (-1 before the first).
+      received: PARAMS messages received (returned or superseded).
     """
 
     def __init__(self, comm: Any, layout: Layout, source: int, tag: Optional[int] = None) -> None:
@@ -596,29 +606,27 @@ class ParamSubscriber:
         self.layout = layout
         self.source = int(source)
         self.tag = layout.tag if tag is None else int(tag)
-        self._bufs = [aligned_empty(layout.nbytes) for _ in range(2)]
+        self._bufs = [aligned_empty(layout.nbytes) for _ in range(3)]
         self._status = MPI.Status()
+        self._held: Optional[int] = None  # buffer of the last returned version
+        self._pending: Optional[Tuple[int, Dict[str, np.ndarray]]] = None  # newest, unreturned
         self._slot = 0
         self._req = self._post(0)
         self.version = -1
+        self.received = 0
 
     def _post(self, slot: int) -> Any:
         self._slot = slot
         return self.comm.Irecv([self._bufs[slot], self._MPI.BYTE], self.source, self.tag)
 
-    def latest(self) -> Optional[ParamsUpdate]:
-        """The newest version that arrived since the last call, or None; never blocks.
-
-        Returns:
-          ParamsUpdate with a read-only params view, valid until a later call
-          returns a newer version.
+    def progress(self) -> None:
+        """Receives every version that arrived, keeping only the newest; never blocks.
 
         Raises:
           MessageError: if a message on the PARAMS tag is not a valid PARAMS message.
         """
         if not self._req:
             raise RuntimeError("parameter subscriber is closed")
-        newest = None
         while self._req.Test(self._status):
             slot = self._slot
             n = self._status.Get_count(self._MPI.BYTE)
@@ -627,15 +635,31 @@ class ParamSubscriber:
             except MessageError as exc:
                 self._req = self._post(slot)
                 raise MessageError(f"parameters from rank {self.source}: {exc}") from exc
-            newest = fields
-            # the other buffer holds the previously returned (or an older drained) version
-            self._req = self._post(1 - slot)
-        if newest is None:
+            self.received += 1
+            self._pending = (slot, fields)  # an older pending version is superseded
+            free = next(i for i in range(3) if i != slot and i != self._held)
+            self._req = self._post(free)
+
+    def latest(self) -> Optional[ParamsUpdate]:
+        """The newest version that arrived since the last call, or None; never blocks.
+
+        Returns:
+          ParamsUpdate with a read-only params view, valid until a later call
+          returns a newer version (a call returning None leaves it valid).
+
+        Raises:
+          MessageError: if a message on the PARAMS tag is not a valid PARAMS message.
+        """
+        self.progress()
+        if self._pending is None:
             return None
-        params = newest["params"].view()
+        slot, fields = self._pending
+        self._pending = None
+        self._held = slot
+        params = fields["params"].view()
         params.flags.writeable = False
-        self.version = int(newest["version"])
-        return ParamsUpdate(self.version, int(newest["learner_step"]), params)
+        self.version = int(fields["version"])
+        return ParamsUpdate(self.version, int(fields["learner_step"]), params)
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancels the posted receive and waits (at most ``timeout``) for it."""
@@ -728,7 +752,8 @@ class Endpoint(abc.ABC):
         """How many sends of ``name`` had to wait for room."""
 
     def progress(self) -> None:
-        """Lets the transport move data in flight; never blocks."""
+        """Lets the transport move data in flight (sends, receives, parameter
+        versions, which wait for ``latest_params``); never blocks."""
 
     def listen(self, *names: str) -> None:
         """Starts receiving ``names`` now rather than at their first poll."""
@@ -864,6 +889,8 @@ class MPIEndpoint(Endpoint):
             rpool._test()
         if self._publisher is not None:
             self._publisher.progress()
+        for sub in self._subscribers.values():
+            sub.progress()
 
     def flush(self, timeout: float) -> bool:
         backoff = Backoff(timeout)

@@ -17,6 +17,7 @@ from transport_contract import (
     big_messages,
     body_backpressure_in_order,
     contract_messages,
+    messages_for,
 )
 
 
@@ -51,7 +52,7 @@ HUB_SETUP: Dict[str, Dict[str, Any]] = {
 @pytest.mark.parametrize("size", [2, 4])
 @pytest.mark.parametrize("body", ALL_BODIES, ids=lambda b: b.__name__)
 def test_endpoint_contract(body, size):
-    messages = big_messages() if body is body_backpressure_in_order else contract_messages()
+    messages = messages_for(body)
     hub = InMemoryHub(messages, size, **HUB_SETUP.get(body.__name__, {}))
     run_ranks(hub, body, size)
 

@@ -38,6 +38,7 @@ from transport_contract import (
     body_backpressure_in_order,
     contract_messages,
     count_cases,
+    messages_for,
 )
 
 MPI = pytest.importorskip("mpi4py.MPI")
@@ -85,7 +86,7 @@ ENDPOINT_SETUP: Dict[str, Dict[str, Any]] = {
 @pytest.mark.parametrize("body", ALL_BODIES, ids=lambda b: b.__name__)
 def test_endpoint_contract(body, comm):
     kw = ENDPOINT_SETUP.get(body.__name__, {})
-    messages = big_messages() if body is body_backpressure_in_order else contract_messages()
+    messages = messages_for(body)
     ep = MPIEndpoint(MPI.COMM_WORLD, messages, **kw)
     try:
         body(ep, comm.Get_rank(), comm.Get_size(), timed_barrier(comm))

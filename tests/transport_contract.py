@@ -26,12 +26,13 @@ Barrier = Callable[[], None]
 Body = Callable[[Endpoint, int, int, Barrier], None]
 
 
-def contract_messages(frame=(5, 6), max_chunk_steps: Optional[int] = None) -> Messages:
-    """Tiny R2D2 messages: L = 5, P = 2, batch 4, H = 4, P = 17 params, A = 3."""
+def contract_messages(frame=(5, 6), max_chunk_steps: Optional[int] = None,
+                      num_params: int = 17) -> Messages:
+    """Tiny R2D2 messages: L = 5, P = 2, batch 4, H = 4, 17 params, A = 3."""
     cfg = Config(replay=ReplayConfig(burn_in=2, trace_length=3, sequence_period=2,
                                      capacity_observations=1000, min_fill_sequences=1),
                  learner=LearnerConfig(batch_size=4, n_step=2))
-    return declare_messages(cfg, frame, np.uint8, 4, 17, 3, obs_shape=(2, *frame),
+    return declare_messages(cfg, frame, np.uint8, 4, num_params, 3, obs_shape=(2, *frame),
                             max_chunk_steps=max_chunk_steps)
 
 
@@ -285,7 +286,48 @@ def body_views_live_until_next_poll(ep: Endpoint, rank: int, size: int, barrier:
     barrier()
 
 
+def body_params_flow_while_actors_only_progress(ep: Endpoint, rank: int, size: int,
+                                                barrier: Barrier) -> None:
+    """4 MB versions 2 and 3 reach actors that call only ``progress`` (as while they
+    shut down): the publisher's flush completes, and ``latest_params`` then returns 3."""
+    actors = list(range(1, size))
+    P = ep.messages.PARAMS.fields[2].shape[0]
+    if rank == 0:
+        ep.publish_params(1, 1, np.full(P, 1, np.float32), actors)
+        barrier()  # every actor acts with version 1
+        for v in (2, 3):
+            ep.publish_params(v, v, np.full(P, v, np.float32), actors)
+        assert ep.flush(TIMEOUT), "sends to actors that only call progress() never completed"
+        ep.send_to_all("CONTROL", actors, timeout=TIMEOUT, command=Command.STOP, argument=0)
+    else:
+        deadline = time.monotonic() + TIMEOUT
+        up = None
+        while up is None:
+            assert time.monotonic() < deadline, "version 1 never arrived"
+            up = ep.latest_params(0)
+        assert up.version == 1
+        barrier()
+        while not ep.poll("CONTROL"):
+            assert time.monotonic() < deadline, "rank 0's flush never completed"
+            ep.progress()
+            time.sleep(0.001)
+        assert (up.params == 1).all(), "the view in use changed while newer versions arrived"
+        newest = ep.latest_params(0)
+        assert newest is not None and newest.version == 3 and (newest.params == 3).all()
+    barrier()
+
+
+def messages_for(body: Body) -> Messages:
+    """The layouts a body needs (large ones where a send must not complete eagerly)."""
+    if body is body_backpressure_in_order:
+        return big_messages()
+    if body is body_params_flow_while_actors_only_progress:
+        return contract_messages(num_params=1 << 20)
+    return contract_messages()
+
+
 ALL_BODIES: List[Body] = [
+    body_params_flow_while_actors_only_progress,
     body_every_message_round_trips,
     body_backpressure_in_order,
     body_params_end_newest,
