@@ -121,6 +121,26 @@ def test_batch_fields_table():
     np.testing.assert_array_equal(b2.first[:, 0], [True, False, False, False])
 
 
+def test_sample_into_a_reused_buffer():
+    a, b = make_shard(seed=4), make_shard(seed=4)
+    for s in (a, b):
+        add_id_steps(s, 0, 0, [0, 7], 20)
+        for t in (0, 7, 10, 14):
+            add_seq(s, 0, t, 5, priority=1.0 + t)
+    buf = np.full((5, 6, 3) + FRAME, 255, np.uint8)
+    x = a.sample(6, obs_out=buf)
+    y = b.sample(6)
+    assert x.obs is buf
+    np.testing.assert_array_equal(buf, y.obs)
+    np.testing.assert_array_equal(x.keys, y.keys)
+    before = a.get_state().copy()
+    for bad in (np.zeros((5, 6, 3) + FRAME, np.float32), np.zeros((5, 5, 3) + FRAME, np.uint8),
+                np.zeros((5, 6, 3, 6, 12), np.uint8)[..., ::2]):
+        with pytest.raises(ValueError, match="obs_out"):
+            a.sample(6, obs_out=bad)
+    assert a.get_state().equals(before)          # nothing drawn on bad input
+
+
 def test_vector_observations_without_stacking():
     shard = ReplayShard((5,), obs_dtype=np.float32, frame_stack=1, capacity_observations=20,
                         capacity_sequences=4, sequence_length=3, state_size=2)

@@ -902,25 +902,45 @@ class ReplayShard:
         return int(current.sum())
 
     # --------------------------------------------------------------- sampling
-    def sample(self, batch_size: int, rng: Optional[np.random.Generator] = None) -> SequenceBatch:
+    def sample(self, batch_size: int, rng: Optional[np.random.Generator] = None, *,
+               obs_out: Optional[np.ndarray] = None) -> SequenceBatch:
         """Draws ``batch_size`` sequences iid with ``P(i) = p_i**alpha / sum_j p_j**alpha``.
 
         Args:
           batch_size: B, ``>= 1``.
           rng: generator to draw with; the shard's own (snapshotted) one if None.
+          obs_out: optional ``<obs_dtype>[T, B, *obs_shape]`` C-contiguous buffer
+            that receives the observations (and is returned as ``obs``).
+            Reusing one buffer (e.g. pinned memory) avoids faulting in a fresh
+            217 MB array per Atari batch; the caller must be done with the
+            previous batch's ``obs`` before sampling into it again.
 
         Returns:
           ``SequenceBatch`` with ``[T, B, ...]`` arrays, ``obs`` of shape
           ``[T, B, *obs_shape]`` (stacks rebuilt), and shard-local ``probs``.
 
         Raises:
-          ValueError: if ``batch_size < 1`` or no live sequence has positive priority.
+          ValueError: if ``batch_size < 1``, ``obs_out`` does not fit, or no
+            live sequence has positive priority (nothing is drawn then).
         """
         b = _int_scalar("sample", "batch_size", batch_size, minimum=1)
+        self._check_obs_out("sample", obs_out, b)
         if self._count == 0 or not self._tree.total > 0.0:
             raise ValueError("sample: the shard holds no sequence with positive priority")
         slots, probs = self._tree.sample(b, self._rng if rng is None else rng)
-        return self._gather(slots, probs)
+        return self._gather(slots, probs, obs_out)
+
+    def _check_obs_out(self, where: str, obs_out: Optional[np.ndarray], b: int) -> None:
+        if obs_out is None:
+            return
+        shape = (self._T, b) + self.spec.obs_shape
+        if not isinstance(obs_out, np.ndarray) or obs_out.shape != shape or \
+                obs_out.dtype != np.dtype(self.spec.obs_dtype) or \
+                not obs_out.flags.c_contiguous or not obs_out.flags.writeable:
+            got = (f"{obs_out.dtype}{obs_out.shape}" if isinstance(obs_out, np.ndarray)
+                   else type(obs_out).__name__)
+            raise ValueError(f"{where}: obs_out: expected a writeable C-contiguous "
+                             f"{self.spec.obs_dtype} array of shape {shape}, got {got}")
 
     def read(self, keys: np.ndarray) -> SequenceBatch:
         """The stored sequences of live keys (no randomness); ``probs`` are current.
@@ -945,7 +965,8 @@ class ReplayShard:
         probs = self._tree.get(slots) / total if total > 0 else np.zeros(slots.size)
         return self._gather(slots, probs)
 
-    def _gather(self, slots: np.ndarray, probs: np.ndarray) -> SequenceBatch:
+    def _gather(self, slots: np.ndarray, probs: np.ndarray,
+                obs_out: Optional[np.ndarray] = None) -> SequenceBatch:
         T, k, C = self._T, self._k, self._C
         pos = self._seq["pos"][slots]                                 # [B, span]
         lens = self._seq["length"][slots]
@@ -957,7 +978,11 @@ class ReplayShard:
             idx[~mask] = C
         else:
             idx = step_rows
-        obs = self._ring["frames"][idx]
+        # np.take with mode="clip" writes straight into `out` (mode="raise"
+        # would buffer it); every index is already in [0, C].
+        shape = idx.shape + self.spec.frame_shape
+        obs = obs_out if obs_out is not None else np.empty(shape, self._ring["frames"].dtype)
+        np.take(self._ring["frames"], idx, axis=0, out=obs, mode="clip")
         ring = self._ring
         action = ring["action"][step_rows]
         reward = ring["reward"][step_rows]
