@@ -70,6 +70,16 @@ def prepare_run_dir(path: str) -> None:
                            f"place with --run-dir"])
 
 
+def _check_environment(cfg: Config) -> None:
+    """Builds the environment and network once, so a bad env fails before anything starts."""
+    from r2d2_hpc.ranks.common import job_spec
+
+    try:
+        job_spec(cfg)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError([f"env: cannot build environment {cfg.env.name!r}: {exc}"]) from exc
+
+
 def _root_setup(args: argparse.Namespace,
                 world_size: int) -> Tuple[Optional[dict], Optional[str], str]:
     """Rank 0's part: (config dict, error message, run dir)."""
@@ -77,20 +87,32 @@ def _root_setup(args: argparse.Namespace,
         cfg = resolve_config(args)
         if args.print_config:
             return cfg.to_dict(), None, ""
+        errors = []
         if args.serial and world_size > 1:
-            raise ConfigError([f"--serial runs every role in one process, but this job has "
-                               f"{world_size} MPI ranks; drop --serial or run without mpiexec"])
+            errors.append(f"--serial runs every role in one process, but this job has "
+                          f"{world_size} MPI ranks; drop --serial or run without mpiexec")
         if args.serial_actors < 1:
-            raise ConfigError(["--serial-actors must be >= 1"])
+            errors.append("--serial-actors must be >= 1")
         if not args.serial and world_size < cfg.topology.min_ranks:
             t = cfg.topology
-            raise ConfigError([
+            errors.append(
                 f"topology: {t.learners} learner(s) + {t.replay_shards} replay shard(s) + at "
                 f"least 1 actor need {t.min_ranks} MPI ranks, but the job has {world_size}; "
                 f"run mpiexec -n {t.min_ranks} (or more), lower topology.replay_shards / "
-                f"topology.learners, or use --serial"])
+                f"topology.learners, or use --serial")
+        for check in (_check_environment,):
+            try:
+                check(cfg)
+            except ConfigError as exc:
+                errors += exc.errors
         run_dir = args.run_dir or cfg.logging.run_dir or default_run_dir(cfg)
-        prepare_run_dir(run_dir)
+        if not errors:  # create nothing when the job cannot start
+            try:
+                prepare_run_dir(run_dir)
+            except ConfigError as exc:
+                errors += exc.errors
+        if errors:
+            raise ConfigError(errors)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
         return cfg.to_dict(), None, run_dir
     except ConfigError as exc:
