@@ -34,7 +34,8 @@ Endpoint contract
 * **What blocks.** ``poll``, ``try_send``, ``publish_params``, ``latest_params``
   and ``progress`` never block. ``send`` blocks only while every buffer of that
   message type is in flight (MPI) or the destination's queue is full (in-memory
-  with a ``capacity``), at most ``timeout`` seconds, then raises TimeoutError.
+  with a ``capacity``), at most ``timeout`` seconds (None: until there is
+  room), then raises TimeoutError.
   ``wait``, ``flush`` and ``close`` take a timeout and always return.
 * **Progress.** MPI moves large messages only inside MPI calls; a rank that
   computes for long without polling should call ``progress()`` now and then.
@@ -62,7 +63,7 @@ import abc
 import threading
 import time
 from collections import deque
-from typing import (Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+from typing import (Any, Deque, Dict, List, Mapping, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 import numpy as np

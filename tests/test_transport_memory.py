@@ -14,7 +14,6 @@ from r2d2_hpc.transport import Endpoint, InMemoryHub
 from transport_contract import (
     ALL_BODIES,
     TIMEOUT,
-    big_messages,
     body_backpressure_in_order,
     contract_messages,
     messages_for,
