@@ -147,7 +147,7 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--streams", type=int, default=16, help="interleaved actor streams")
     p.add_argument("--batch", type=int, default=64, help="sequences per sample (paper: 64)")
     p.add_argument("--samples", type=int, default=20, help="timed sample calls")
-    p.add_argument("--repeats", type=int, default=3,
+    p.add_argument("--repeats", type=int, default=2,
                    help="full snapshots and raw writes, alternated (medians reported)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

@@ -407,7 +407,8 @@ class SnapshotSource:
         return self._counters
 
     def _read_segment(self, kind: str, seg: int, fields: Sequence[str],
-                      out: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+                      out: Optional[Dict[str, np.ndarray]] = None,
+                      verified: bool = False) -> Dict[str, np.ndarray]:
         """Reads one segment (into ``out`` views if given; zeros if never written)."""
         spec = self.spec
         lay = spec.field_layout()
@@ -423,7 +424,7 @@ class SnapshotSource:
                 arrays["pos"].fill(spec.capacity_observations)
             return arrays
         path = os.path.join(self.directory, e["file"])
-        if self.verify:
+        if self.verify and not verified:
             _verify_file(path, e)
         result = {}
         with _open(path) as f:
@@ -460,15 +461,36 @@ class SnapshotSource:
         return {n: data[n][rows - lo] for n in STEP_FIELDS}
 
     def restore(self, seed: int = 0) -> ReplayShard:
-        """The saved shard, exactly (RNG state included)."""
+        """The saved shard, exactly (RNG state included).
+
+        A helper thread checks each segment file's size and crc32 one file
+        ahead of the HDF5 read (which then finds the file in the page cache).
+        """
         shard = ReplayShard.from_spec(self.spec, seed)
         steps, seqs = shard.storage_views()
-        for seg in range(self.spec.num_step_segments):
-            lo, hi = self.spec.step_segment_rows(seg)
-            self._read_segment("steps", seg, STEP_FIELDS, {n: steps[n][lo:hi] for n in steps})
-        for seg in range(self.spec.num_sequence_segments):
-            lo, hi = self.spec.sequence_segment_rows(seg)
-            self._read_segment("seqs", seg, SEQUENCE_FIELDS, {n: seqs[n][lo:hi] for n in seqs})
+        plan = [("steps", seg, steps, STEP_FIELDS, self.spec.step_segment_rows(seg))
+                for seg in range(self.spec.num_step_segments)]
+        plan += [("seqs", seg, seqs, SEQUENCE_FIELDS, self.spec.sequence_segment_rows(seg))
+                 for seg in range(self.spec.num_sequence_segments)]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            checks: Dict[Tuple[str, int], Future] = {}
+            if self.verify:
+                for kind, seg, _, _, _ in plan:
+                    table = self._steps_table if kind == "steps" else self._seqs_table
+                    e = table.get(seg)
+                    if e is not None:
+                        checks[(kind, seg)] = pool.submit(
+                            _verify_file, os.path.join(self.directory, e["file"]), e)
+            try:
+                for kind, seg, views, fields, (lo, hi) in plan:
+                    check = checks.get((kind, seg))
+                    if check is not None:
+                        check.result()
+                    self._read_segment(kind, seg, fields, {n: views[n][lo:hi] for n in views},
+                                       verified=True)
+            finally:
+                for f in checks.values():
+                    f.cancel()
         try:
             shard.load_index(self._slots, self._streams, self._counters, self._rng_state,
                              self._step_versions, self._seq_versions)
