@@ -122,7 +122,7 @@ class ReplayConfig:
     min_fill_sequences: int = 6_250
     """Sequences a shard holds before it serves samples (ours: 250k observations)."""
     samples_per_insert: float = 0.0
-    """Max sampled sequences per inserted sequence, as Reverb's SampleToInsertRatio; 0 = off."""
+    """Target sampled/inserted sequences, as Reverb's SampleToInsertRatio (both sides wait); 0 = off."""
 
     @property
     def sequence_length(self) -> int:

@@ -91,7 +91,8 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
     messages = job_messages(cfg, spec)
     topo = cfg.topology.__class__(learners=1, replay_shards=cfg.topology.replay_shards)
     size = topo.learners + topo.replay_shards + num_actors
-    hub = InMemoryHub(messages, size)
+    # Bounded chunk queues: a rate-limited shard then slows the actors (backpressure).
+    hub = InMemoryHub(messages, size, capacity={"STEP_CHUNK": 64})
     sink = MetricsSink(cfg, run_dir, quiet=quiet)
     roles: List[Role] = []
     for rank in range(size):

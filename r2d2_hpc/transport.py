@@ -52,7 +52,13 @@ delivers completed ones in posting order. MPI matches receives with the same
 envelope in posting order, so when a later receive has completed every earlier
 one is matched; delivering only the completed prefix gives arrival order, hence
 per-source order, even when a small message finishes before a large one
-matched earlier. :class:`SendPool` bounds the ``Isend``s in flight (backpressure:
+matched earlier. Sends are *synchronous-mode* ``Issend``s: one completes only
+when the receiver has matched it with a posted receive, not when MPI copied a
+small message eagerly into the receiver's unexpected-message queue. So a full
+pool means the receiver really is behind (true backpressure: a slow shard
+cannot accumulate unbounded unexpected messages), and a rank whose sends all
+completed knows they were all received (what the shutdown barrier relies
+on). :class:`SendPool` bounds the ``Issend``s in flight (backpressure:
 memory never grows) and sends only the packed bytes; receivers learn the size
 from the status and the header. :class:`ParamPublisher` and
 :class:`ParamSubscriber` carry the parameters.
@@ -387,7 +393,7 @@ class SendPool:
             self._free.append(i)
             raise ValueError(f"{self.layout.name}: nbytes {nbytes} outside "
                              f"[{self.layout.min_nbytes}, {self.layout.nbytes}]")
-        self._reqs[i] = self.comm.Isend([buf[:nbytes], self._MPI.BYTE], int(dest), self.tag)
+        self._reqs[i] = self.comm.Issend([buf[:nbytes], self._MPI.BYTE], int(dest), self.tag)
         self._in_flight += 1
         self.sent += 1
 
@@ -498,7 +504,7 @@ class ParamPublisher:
         self.published = 0
 
     def _isend(self, dest: int, slot: int, nbytes: int) -> None:
-        req = self.comm.Isend([self._bufs[slot][:nbytes], self._MPI.BYTE], dest, self.tag)
+        req = self.comm.Issend([self._bufs[slot][:nbytes], self._MPI.BYTE], dest, self.tag)
         self._inflight[dest] = (slot, req)
         self._users[slot] += 1
 

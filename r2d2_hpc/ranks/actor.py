@@ -10,14 +10,17 @@ Each tick is one agent step of all ``actor.num_envs`` environments:
    Q-values (Ape-X);
 3. completed chunks go to this actor's replay shard (always the same one, so
    steps shared by overlapping sequences travel once) through the bounded send
-   pool: when it is full the actor waits (backpressure);
+   pool; chunks that find no room wait in a small outbox and the actor does
+   not step its envs until the outbox is empty (backpressure: memory never
+   grows, and a rate-limited shard slows its actors down);
 4. every ``actor.param_refresh_period`` env steps the newest published
    parameters are taken if any arrived (never blocking on the learner).
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -31,8 +34,6 @@ from r2d2_hpc.topology import RoleInfo, stream_id
 
 #: Seconds between ACTOR_REPORT messages.
 REPORT_INTERVAL_S = 1.0
-#: Seconds a send may wait for room before the actor gives up (the job is stuck).
-SEND_TIMEOUT_S = 300.0
 
 
 class ActorRank(Role):
@@ -80,6 +81,8 @@ class ActorRank(Role):
         self._pending_eps: List[float] = []
         self._last_report = time.monotonic()
         self._fail_after = fail_after_steps
+        self.outbox: Deque[Any] = deque()
+        self.backpressure_waits = 0
         self.have_params = False
 
     def listen_names(self) -> Sequence[str]:
@@ -103,6 +106,9 @@ class ActorRank(Role):
             self._refresh_params()
             if not self.have_params:
                 return False
+        if not self._flush_outbox():
+            self.backpressure_waits += 1
+            return False
         out = self.policy.act(self.obs, self.first)
         res = self.env.step(out.action)
         self.policy.observe(res.reward)
@@ -137,12 +143,21 @@ class ActorRank(Role):
         return True
 
     def _send_chunks(self, chunks: Sequence[Any]) -> None:
-        for chunk in chunks:
-            self.ep.send("STEP_CHUNK", self.shard_rank, timeout=SEND_TIMEOUT_S,
-                         **chunk.message_fields())
+        self.outbox.extend(chunks)
+        self._flush_outbox()
+
+    def _flush_outbox(self) -> bool:
+        """Sends queued chunks in order while there is room; True when all went."""
+        while self.outbox:
+            chunk = self.outbox[0]
+            if not self.ep.try_send("STEP_CHUNK", self.shard_rank, **chunk.message_fields()):
+                self.ep.progress()
+                return False
+            self.outbox.popleft()
             self.chunks_sent += 1
             self.sequences_sent += chunk.num_sequences
             self.steps_sent += chunk.num_steps
+        return True
 
     def _report(self) -> None:
         limit = 256  # declare_messages holds at least 256 episodes per report
@@ -166,6 +181,8 @@ class ActorRank(Role):
         return {"env_steps": self.env_steps, "chunks_sent": self.chunks_sent,
                 "sequences_sent": self.sequences_sent, "steps_sent": self.steps_sent,
                 "param_updates": self.param_updates,
+                "backpressure_waits": self.backpressure_waits,
+                "unsent_chunks": len(self.outbox),
                 "params_version": self.policy.params_version}
 
     def close(self) -> None:

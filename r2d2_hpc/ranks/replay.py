@@ -3,10 +3,15 @@
 Each tick serves what arrived, in this order: STEP_CHUNKs from its actors
 (steps, then the sequences over them), PRIORITY_UPDATEs from learners, then
 SAMPLE_REQUESTs, which wait in a queue until the shard holds
-``replay.min_fill_sequences`` sequences and, when ``replay.samples_per_insert``
-is set, until sampling ``k`` more keeps ``sampled <= ratio * inserted + slack``
-(the learner cannot over-sample a slow actor fleet, as Reverb's
-SampleToInsertRatio). The shard's priority mass, count and max priority go to
+``replay.min_fill_sequences`` sequences.
+
+Rate limiting (``replay.samples_per_insert = r > 0``, as Reverb's
+SampleToInsertRatio): with ``slack`` = one batch per request in flight,
+sampling waits while ``sampled + k > r * inserted + slack`` (the learner cannot
+over-sample a slow actor fleet), and once the minimum fill is reached the
+shard stops taking in STEP_CHUNKs while ``r * inserted > sampled + slack``
+(actors cannot run away from a slow learner: their bounded send pools fill and
+they wait, giving the CPU to the learner). The shard's priority mass, count and max priority go to
 every learner in SHARD_STATS whenever they changed (at most every
 ``STATS_INTERVAL_S``) and inside every SAMPLE_REPLY, which is what makes
 cross-shard sampling exact (``r2d2_hpc.replay.sampling``).
@@ -58,6 +63,7 @@ class ReplayRank(Role):
         self.priority_updates = 0
         self.stale_priority_keys = 0
         self.rate_limited = 0
+        self.insert_waits = 0
         self._stats_dirty = True
         self._last_stats = 0.0
         self.min_fill = min(cfg.replay.min_fill_sequences, self.shard.spec.capacity_sequences)
@@ -80,13 +86,22 @@ class ReplayRank(Role):
             self.inserted_sequences += int(np.count_nonzero(keys >= 0))
         self.chunks_received += 1
 
+    def _slack(self) -> float:
+        return float(self.cfg.learner.batch_size * max(1, self.cfg.learner.samples_in_flight))
+
+    def may_insert(self) -> bool:
+        """False while inserting would run ahead of the samples_per_insert ratio."""
+        ratio = self.cfg.replay.samples_per_insert
+        if ratio <= 0 or self.shard.count < max(1, self.min_fill):
+            return True
+        return ratio * self.inserted_sequences <= self.sampled_sequences + self._slack()
+
     def _may_sample(self, k: int) -> bool:
         if self.shard.count < max(1, self.min_fill) or not self.shard.stats().total_priority > 0:
             return False
         ratio = self.cfg.replay.samples_per_insert
         if ratio > 0:
-            slack = self.cfg.learner.batch_size * max(1, self.cfg.learner.samples_in_flight)
-            if self.sampled_sequences + k > ratio * self.inserted_sequences + slack:
+            if self.sampled_sequences + k > ratio * self.inserted_sequences + self._slack():
                 self.rate_limited += 1
                 return False
         return True
@@ -98,10 +113,13 @@ class ReplayRank(Role):
             self.done = True
             return False
         worked = False
-        for msg in self.ep.poll("STEP_CHUNK"):
-            self._insert(msg.fields)
-            worked = True
-        self.ep.release("STEP_CHUNK")
+        if self.may_insert():
+            for msg in self.ep.poll("STEP_CHUNK"):
+                self._insert(msg.fields)
+                worked = True
+            self.ep.release("STEP_CHUNK")
+        else:
+            self.insert_waits += 1
         for msg in self.ep.poll("PRIORITY_UPDATE"):
             keys, prio = msg.fields["keys"], msg.fields["priorities"]
             applied = self.shard.update_priorities(keys, prio)
@@ -157,4 +175,5 @@ class ReplayRank(Role):
                 "stored_sequences": self.shard.count, "stored_observations": self.shard.num_steps,
                 "priority_updates": self.priority_updates,
                 "stale_priority_keys": self.stale_priority_keys,
+                "rate_limited_samples": self.rate_limited, "insert_waits": self.insert_waits,
                 "dropped_sequences": self.shard.num_dropped_sequences}
