@@ -9,7 +9,7 @@ live sequence reads back exactly as it was inserted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -234,7 +234,8 @@ def test_stream_restart():
 def test_priority_exponent_applied():
     shard = make_shard(frame_stack=1, sequence_length=2)
     add_id_steps(shard, 0, 0, [0], 6)
-    keys = np.array([add_seq(shard, 0, s, 2, priority=p) for s, p in ((0, 1.0), (2, 2.0), (4, 4.0))])
+    keys = np.array([add_seq(shard, 0, s, 2, priority=p)
+                     for s, p in ((0, 1.0), (2, 2.0), (4, 4.0))])
     leaves = np.array([1.0, 2.0 ** 0.9, 4.0 ** 0.9])        # 1, 1.866, 3.482
     st = shard.stats()
     assert st.total_priority == pytest.approx(leaves.sum(), rel=1e-12)

@@ -198,7 +198,7 @@ class ShardSpec:
 
     @property
     def obs_shape(self) -> Tuple[int, ...]:
-        """Shape of one (stacked) observation: ``(k, *frame_shape)``, or ``frame_shape`` if k = 1."""
+        """Shape of one observation: ``(k, *frame_shape)``, or ``frame_shape`` if k = 1."""
         if self.frame_stack == 1:
             return tuple(self.frame_shape)
         return (self.frame_stack,) + tuple(self.frame_shape)
@@ -486,7 +486,8 @@ class ReplayShard:
             row = (frame_stack - 1 + sequence_length) * 4 + 8 * state_size + 40 \
                 if isinstance(frame_stack, int) and isinstance(sequence_length, int) and \
                 isinstance(state_size, int) else 1
-            segment_sequences = max(1, min(capacity_sequences, _SEQUENCE_SEGMENT_BYTES // row))
+            segment_sequences = max(1, min(capacity_sequences,
+                                           _SEQUENCE_SEGMENT_BYTES // max(1, row)))
         spec = ShardSpec(shape, dtype_name, frame_stack, stack_fill, capacity_observations,
                          capacity_sequences, sequence_length, state_size,
                          float(priority_exponent) if isinstance(priority_exponent, (int, float))
@@ -620,8 +621,8 @@ class ReplayShard:
         if not isinstance(obs, np.ndarray):
             raise ValueError(f"{w}: obs: expected a numpy array, got {type(obs).__name__}")
         if obs.ndim != 1 + len(self.spec.frame_shape) or obs.shape[1:] != self.spec.frame_shape:
-            raise ValueError(f"{w}: obs: expected shape (N, {', '.join(map(str, self.spec.frame_shape))}), "
-                             f"got {obs.shape}")
+            want = ", ".join(map(str, self.spec.frame_shape))
+            raise ValueError(f"{w}: obs: expected shape (N, {want}), got {obs.shape}")
         if obs.dtype != np.dtype(self.spec.obs_dtype):
             raise ValueError(f"{w}: obs: expected dtype {self.spec.obs_dtype}, got {obs.dtype}")
         n = obs.shape[0]
@@ -632,12 +633,13 @@ class ReplayShard:
         act = _array(w, "action", action, (n,), "i")
         if (act < 0).any():
             raise ValueError(f"{w}: action: must be >= 0, got {act.min()}")
-        if act.dtype.kind == "u" and act.dtype.itemsize >= 8 and (act > np.iinfo(np.int64).max).any():
+        if act.dtype == np.uint64 and (act > np.iinfo(np.int64).max).any():
             raise ValueError(f"{w}: action: values exceed int64")
         rew = _finite_f32(w, "reward", _array(w, "reward", reward, (n,), "f"))
         disc = _finite_f32(w, "discount", _array(w, "discount", discount, (n,), "f"))
         if ((disc < 0) | (disc > 1)).any():
-            raise ValueError(f"{w}: discount: must lie in [0, 1], got {disc[(disc < 0) | (disc > 1)][0]}")
+            bad_d = disc[(disc < 0) | (disc > 1)][0]
+            raise ValueError(f"{w}: discount: must lie in [0, 1], got {bad_d}")
         fst = _array(w, "first", first, (n,), "b")
         if obs.dtype.kind == "f" and not np.isfinite(obs).all():
             raise ValueError(f"{w}: obs: must be finite")
@@ -739,7 +741,8 @@ class ReplayShard:
             raise ValueError(f"{w}: stream_id: unknown stream {sid} (add its steps first)")
         starts = np.asarray(start_step)
         if starts.ndim != 1 or starts.shape[0] < 1:
-            raise ValueError(f"{w}: start_step: expected shape (M,) with M >= 1, got {starts.shape}")
+            raise ValueError(f"{w}: start_step: expected shape (M,) with M >= 1, "
+                             f"got {starts.shape}")
         m = starts.shape[0]
         if m > self._S:
             raise ValueError(f"{w}: start_step: {m} sequences exceed capacity_sequences {self._S}")
@@ -1216,7 +1219,7 @@ class _MemorySource:
 
 
 def _abs_of_rows(rows: np.ndarray, write: int, capacity: int) -> np.ndarray:
-    """``abs`` of the step held by each ring row: the largest ``a < write`` with ``a % C == row``."""
+    """``abs`` of the step in each ring row: the largest ``a < write`` with ``a % C == row``."""
     return write - 1 - np.mod(write - 1 - rows, capacity)
 
 
