@@ -152,7 +152,10 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
     sink = None
     try:
         spec = job_spec(cfg)
-        ep = MPIEndpoint(world, job_messages(cfg, spec))
+        # SAMPLE_REPLY buffers hold whole batches (217 MB at paper scale): few of them.
+        ep = MPIEndpoint(world, job_messages(cfg, spec),
+                         send_depth={"STEP_CHUNK": cfg.actor.send_pool, "SAMPLE_REPLY": 2},
+                         recv_depth={"SAMPLE_REPLY": max(2, cfg.learner.samples_in_flight)})
         sink = MetricsSink(cfg, run_dir, quiet=quiet) if info.is_lead else None
         import torch
         torch.set_num_threads(1 if info.role == "actor" else max(1, torch.get_num_threads()))

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 MPIEXEC="${MPIEXEC:-mpiexec}"
-NP="${R2D2_TEST_NP:-2}"
+NP="${R2D2_TEST_NP:-4}"
 echo "== plain tests =="
 "$PY" -m pytest -m "not mpi" "$@"
 echo "== MPI tests: $MPIEXEC -n $NP =="
