@@ -173,7 +173,7 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
             role.finish()
         clean = drain_and_close(ep, role, comm=world, timeout=SHUTDOWN_TIMEOUT_S)
         summary = {"role": info.role, "index": info.index, "rank": info.rank,
-                   "clean_shutdown": clean, **role.summary()}
+                   "clean_shutdown": clean, "exit_time": time.time(), **role.summary()}
         role.close()
         # Every rank has left the drain barrier: a collective is safe here.
         everyone = world.gather(summary, root=0)

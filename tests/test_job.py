@@ -116,6 +116,24 @@ def test_mpi_end_to_end_four_ranks(tmp_path):
     for actor in ranks[2:]:
         assert actor["param_updates"] >= 2
     assert (run / "config.yaml").is_file()
+    # every rank left within 30 s of the learner's stop decision
+    assert max(r["exit_time"] for r in ranks) - learner["stop_time"] < 30
+
+
+def test_mpi_two_shards_priorities_reach_their_owners(tmp_path):
+    run = tmp_path / "run"
+    proc, _ = launch(5, ["--run-dir", str(run)] + sets(*TINY, "learner.max_steps=60",
+                                                        "topology.replay_shards=2"), tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = json.loads((run / "summary.json").read_text())
+    assert [r["role"] for r in ranks] == ["learner", "replay", "replay", "actor", "actor"]
+    check_nothing_lost(ranks)
+    shards = ranks[1:3]
+    # each actor feeds its own shard; both are sampled and both get priority updates
+    for shard in shards:
+        assert shard["inserted_sequences"] > 0 and shard["sampled_sequences"] > 0
+        assert shard["priority_updates"] > 0
+    assert sum(s["sampled_sequences"] for s in shards) >= 60 * 16
 
 
 def test_mpi_actor_crash_aborts_the_job(tmp_path):

@@ -148,6 +148,7 @@ class LearnerRank(Role):
         self.compute_seconds = 0.0
         self.wait_seconds = 0.0
         self._published_version = -1
+        self.stop_time = math.nan
         if self.lead:
             self._publish()
 
@@ -304,6 +305,7 @@ class LearnerRank(Role):
         if self.done:
             return
         self.done = True
+        self.stop_time = time.time()
         if self.lead:
             self._publish()
             self._maybe_log(force=True)
@@ -361,7 +363,7 @@ class LearnerRank(Role):
 
     def summary(self) -> Dict[str, Any]:
         return {"learner_step": self.learner.step_count, "env_steps": self.env_steps,
-                "stop_reason": self.stop_reason,
+                "stop_reason": self.stop_reason, "stop_time": self.stop_time,
                 "episodes": len(self.all_returns) + len(self.episode_returns),
                 "compute_seconds": self.compute_seconds,
                 "params_version": self.learner.params_version,
