@@ -1,0 +1,448 @@
+"""Actor benchmark: the actor rank's env steps/s against bare env stepping plus inference.
+
+Numerator: the real :class:`~r2d2_hpc.ranks.actor.ActorRank` tick (batched
+``ActorPolicy.act``, vector env step, ``SequenceAdder`` cutting and initial
+priorities, episode stats, STEP_CHUNK sends through the endpoint, parameter
+refresh) with its chunks taken in by a real
+:class:`~r2d2_hpc.ranks.replay.ReplayRank`.
+
+Denominator ("bare"): the same vector env (same config, same seed) and the same
+``ActorPolicy`` (same parameters, epsilons and seed) in the loop
+``act -> env.step -> observe`` and nothing else.
+
+``ratio = actor env steps/s / bare env steps/s`` (target >= 0.9). Measured in
+this one run, with the actor and bare loops alternated ``--repeats`` times
+(medians reported, ratio of the medians), ``torch.set_num_threads(1)`` as on
+an actor rank of a job.
+
+Two setups:
+
+* ``inproc``: the actor and the shard in this process over an in-memory hub
+  (``r2d2-train --serial``'s transport); only the time inside ``actor.tick()``
+  counts for the actor, as the shard has its own rank in a job. The time inside
+  ``shard.tick()`` is reported beside it.
+* ``mpi`` (unless ``--no-mpi``): ``mpiexec -n 3`` of this script: rank 0 publishes
+  the parameters once (the learner's role for the actor), rank 1 runs the real
+  ``ReplayRank`` loop, rank 2 the real ``ActorRank`` over ``MPIEndpoint``
+  (STEP_CHUNK ``Issend`` path); rates are wall-clock on the actor's rank, and the
+  bare loop runs on that same rank while the shard idles.
+
+The environment and network are the embedded default job
+(``r2d2_hpc/presets/default.yaml``: masked CartPole, 16 envs per actor); no
+image environment exists before the Atari issue, so there is no Atari case.
+
+Usage::
+
+    python benchmarks/actor_bench.py [--seconds 4] [--repeats 3] [--no-mpi] [--quick]
+                                     [--set section.field=value ...] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from r2d2_hpc.config import Config, TopologyConfig, load_config  # noqa: E402
+from r2d2_hpc.envs import make_vector_env  # noqa: E402
+from r2d2_hpc.messages import Command  # noqa: E402
+from r2d2_hpc.policy import ActorPolicy  # noqa: E402
+from r2d2_hpc.presets import load_preset  # noqa: E402
+from r2d2_hpc.ranks.actor import ActorRank  # noqa: E402
+from r2d2_hpc.ranks.common import JobSpec, Role, job_messages, job_spec  # noqa: E402
+from r2d2_hpc.ranks.replay import ReplayRank  # noqa: E402
+from r2d2_hpc.topology import assign_role  # noqa: E402
+
+#: Ranks of the benchmark job: learner (parameter publisher), shard, actor.
+LEARNER, SHARD, ACTOR = 0, 1, 2
+
+
+#: Nothing samples in this benchmark, so the shard's rate limiter is off
+#: (with ``samples_per_insert > 0`` it would stop taking chunks after the minimum fill).
+ACTOR_SETTINGS = ["replay.samples_per_insert=0"]
+
+
+def bench_config(overrides: Sequence[str] = ()) -> Config:
+    """The embedded default job's config, rate limiter off, with ``overrides`` applied."""
+    return load_config(None, ACTOR_SETTINGS + list(overrides), base=load_preset("default"))
+
+
+def initial_params(cfg: Config, spec: JobSpec) -> np.ndarray:
+    """A flat parameter vector as the learner would publish it at version 1."""
+    policy = ActorPolicy(cfg, spec.obs_shape, spec.num_actions,
+                         np.zeros(cfg.actor.num_envs), seed=cfg.seed + 12345)
+    return policy.flat_params()
+
+
+class BareLoop:
+    """The denominator: the actor's env and policy, built the same way, stepped alone.
+
+    Args:
+      cfg: run config.
+      spec: the job's shapes.
+      actor: the ActorRank whose env seed, epsilons and policy seed it copies.
+      params: the parameters the actor acts with.
+    """
+
+    def __init__(self, cfg: Config, spec: JobSpec, actor: ActorRank, params: np.ndarray) -> None:
+        n = cfg.actor.num_envs
+        seed = cfg.seed * 100_003 + 7919 * (actor.index + 1)  # as ActorRank
+        self.env = make_vector_env(cfg.env, n, seed=seed)
+        self.policy = ActorPolicy(cfg, spec.obs_shape, spec.num_actions, actor.epsilons, seed)
+        self.policy.load_flat_params(params, 1)
+        self.obs = self.env.reset(seed=seed)
+        self.first = np.ones(n, bool)
+        self.env_steps = 0
+
+    def tick(self) -> None:
+        out = self.policy.act(self.obs, self.first)
+        res = self.env.step(out.action)
+        self.policy.observe(res.reward)
+        self.obs = res.obs
+        self.first = np.asarray(res.terminated, bool) | np.asarray(res.truncated, bool)
+        self.env_steps += self.env.num_envs
+
+
+def run_bare(loop: BareLoop, seconds: float) -> Dict[str, float]:
+    """Steps ``loop`` for about ``seconds``; env steps/s over that wall and CPU time."""
+    start, cpu0, steps0 = time.perf_counter(), time.thread_time(), loop.env_steps
+    deadline = start + seconds
+    while True:
+        for _ in range(16):
+            loop.tick()
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+    cpu = time.thread_time() - cpu0
+    n = loop.env_steps - steps0
+    return {"env_steps": n, "seconds": now - start, "cpu_seconds": cpu,
+            "env_steps_per_s": n / (now - start), "env_steps_per_cpu_s": n / cpu}
+
+
+def summarize(actor_runs: List[Dict[str, float]],
+              bare_runs: List[Dict[str, float]]) -> Dict[str, Any]:
+    """Medians of both sides and their ratios, by wall clock and by the thread's CPU time.
+
+    Args:
+      actor_runs: each with ``env_steps_per_s`` and ``env_steps_per_cpu_s``.
+      bare_runs: likewise.
+
+    Returns:
+      ``ratio = median(actor) / median(bare)`` (wall clock; the headline) and
+      ``ratio_cpu_time`` (what is left when other processes take the core away).
+    """
+    def med(runs: List[Dict[str, float]], key: str) -> float:
+        return float(statistics.median(r[key] for r in runs))
+
+    a, b = med(actor_runs, "env_steps_per_s"), med(bare_runs, "env_steps_per_s")
+    ac, bc = med(actor_runs, "env_steps_per_cpu_s"), med(bare_runs, "env_steps_per_cpu_s")
+    return {"actor_env_steps_per_s": a, "bare_env_steps_per_s": b, "ratio": a / b,
+            "actor_env_steps_per_cpu_s": ac, "bare_env_steps_per_cpu_s": bc,
+            "ratio_cpu_time": ac / bc, "target_ratio_min": 0.9,
+            "actor_runs": actor_runs, "bare_runs": bare_runs}
+
+
+# --------------------------------------------------------------------------- #
+# In-process: actor and shard over the in-memory hub.
+
+def bench_inproc(cfg: Config, seconds: float, repeats: int) -> Dict[str, Any]:
+    """Actor tick time against the bare loop, shard drained in the same process."""
+    from r2d2_hpc.transport import InMemoryHub
+
+    spec = job_spec(cfg)
+    size = 3
+    topo = TopologyConfig(learners=1, replay_shards=1)
+    infos = [assign_role(r, size, topo) for r in range(size)]
+    assert [i.role for i in infos] == ["learner", "replay", "actor"]
+    # Bounded chunk queue, as run_serial: a slow shard would show as backpressure.
+    hub = InMemoryHub(job_messages(cfg, spec), size, capacity={"STEP_CHUNK": 64})
+    learner_ep = hub.endpoint(LEARNER)
+    shard = ReplayRank(cfg, spec, hub.endpoint(SHARD), infos[SHARD])
+    actor = ActorRank(cfg, spec, hub.endpoint(ACTOR), infos[ACTOR])
+    params = initial_params(cfg, spec)
+    learner_ep.publish_params(1, 0, params, [ACTOR])
+    bare = BareLoop(cfg, spec, actor, params)
+
+    def drain_learner() -> None:  # SHARD_STATS and ACTOR_REPORT nobody else reads
+        for name in ("SHARD_STATS", "ACTOR_REPORT"):
+            learner_ep.poll(name)
+            learner_ep.release(name)
+
+    def run_actor(secs: float) -> Dict[str, float]:
+        t_actor = t_shard = cpu_actor = 0.0
+        steps0, waits0 = actor.env_steps, actor.backpressure_waits
+        chunks0 = actor.chunks_sent
+        start = time.perf_counter()
+        deadline = start + secs
+        i = 0
+        while True:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            actor.tick()
+            t1, c1 = time.perf_counter(), time.thread_time()
+            shard.tick()
+            t2 = time.perf_counter()
+            t_actor += t1 - t0
+            cpu_actor += c1 - c0
+            t_shard += t2 - t1
+            i += 1
+            if i % 64 == 0:
+                drain_learner()
+            if t2 >= deadline:
+                break
+        n = actor.env_steps - steps0
+        return {"env_steps": n, "seconds_in_actor_tick": t_actor,
+                "cpu_seconds_in_actor_tick": cpu_actor,
+                "seconds_in_shard_tick": t_shard, "wall_seconds": t2 - start,
+                "env_steps_per_s": n / t_actor, "env_steps_per_cpu_s": n / cpu_actor,
+                "env_steps_per_s_actor_and_shard_one_core": n / (t_actor + t_shard),
+                "chunks_sent": actor.chunks_sent - chunks0,
+                "backpressure_waits": actor.backpressure_waits - waits0}
+
+    torch.set_num_threads(1)
+    run_actor(min(0.5, seconds))   # warm-up: parameters, adder windows, shard pages
+    run_bare(bare, min(0.5, seconds))
+    actor_runs, bare_runs = [], []
+    for _ in range(repeats):
+        actor_runs.append(run_actor(seconds))
+        bare_runs.append(run_bare(bare, seconds))
+    out = summarize(actor_runs, bare_runs)
+    out["actor_and_shard_one_core_env_steps_per_s"] = statistics.median(
+        r["env_steps_per_s_actor_and_shard_one_core"] for r in actor_runs)
+    out["shard"] = shard.summary()
+    out["actor"] = actor.summary()
+    actor.close()
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# MPI: learner stub, real shard rank, real actor rank.
+
+class ParamsOnce(Role):
+    """Rank 0 of the benchmark job: publishes the parameters once, then only
+    drains what shard and actor send to a learner, until CONTROL STOP."""
+
+    name = "learner"
+
+    def __init__(self, ep: Any, params: np.ndarray) -> None:
+        self.ep = ep
+        ep.publish_params(1, 0, params, [ACTOR])
+
+    def listen_names(self) -> Sequence[str]:
+        return ("SHARD_STATS", "ACTOR_REPORT", "CONTROL")
+
+    def tick(self) -> bool:
+        from r2d2_hpc.ranks.common import stop_requested
+
+        if stop_requested(self.ep) is not None:
+            self.done = True
+        for name in ("SHARD_STATS", "ACTOR_REPORT"):
+            self.ep.poll(name)
+            self.ep.release(name)
+        self.ep.progress()
+        return False
+
+
+def loop_until_done(role: Role, idle_s: float = 0.002) -> Dict[str, float]:
+    """The job runner's loop (``job.run_mpi``): tick, sleep a little when idle.
+
+    Returns:
+      ticks, ticks that did work, seconds asleep, CPU seconds of the thread.
+    """
+    sleep, ticks, worked, slept = 0.0001, 0, 0, 0.0
+    cpu0 = time.thread_time()
+    while not role.done:
+        ticks += 1
+        if role.tick():
+            worked += 1
+            sleep = 0.0001
+        else:
+            t0 = time.perf_counter()
+            time.sleep(sleep)
+            slept += time.perf_counter() - t0
+            sleep = min(sleep * 2, idle_s)
+    return {"ticks": ticks, "busy_ticks": worked, "sleep_seconds": slept,
+            "cpu_seconds": time.thread_time() - cpu0}
+
+
+def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, out_path: str) -> None:
+    """Body of each rank of ``mpiexec -n 3 actor_bench.py --mpi-worker``."""
+    from mpi4py import MPI
+
+    from r2d2_hpc.ranks.common import drain_and_close
+    from r2d2_hpc.transport import MPIEndpoint
+
+    world = MPI.COMM_WORLD
+    if world.Get_size() != 3:
+        raise SystemExit("the MPI actor benchmark needs exactly 3 ranks")
+    rank = world.Get_rank()
+    torch.set_num_threads(1)
+    cfg = bench_config(overrides)
+    spec = job_spec(cfg)
+    info = assign_role(rank, 3, TopologyConfig(learners=1, replay_shards=1))
+    ep = MPIEndpoint(world, job_messages(cfg, spec),   # same depths as job.run_mpi
+                     send_depth={"STEP_CHUNK": cfg.actor.send_pool, "SAMPLE_REPLY": 2},
+                     recv_depth={"SAMPLE_REPLY": max(2, cfg.learner.samples_in_flight)})
+    result: Optional[Dict[str, Any]] = None
+    if rank == LEARNER:
+        role: Role = ParamsOnce(ep, initial_params(cfg, spec))
+    elif rank == SHARD:
+        role = ReplayRank(cfg, spec, ep, info)
+    else:
+        role = ActorRank(cfg, spec, ep, info)
+    for name in role.listen_names():
+        ep.listen(name)
+    loop: Dict[str, float] = {}
+    if rank != ACTOR:
+        loop = loop_until_done(role)
+    else:
+        actor = role
+        assert isinstance(actor, ActorRank)
+        while not actor.have_params:   # the initial publication
+            actor.tick()
+            time.sleep(0.001)
+        bare = BareLoop(cfg, spec, actor, initial_params(cfg, spec))
+
+        def run_actor(secs: float) -> Dict[str, float]:
+            steps0, waits0 = actor.env_steps, actor.backpressure_waits
+            chunks0, stalls0 = actor.chunks_sent, ep.stalls("STEP_CHUNK")
+            start, cpu0 = time.perf_counter(), time.thread_time()
+            deadline = start + secs
+            sleep, slept = 0.0001, 0.0
+            while True:
+                if actor.tick():
+                    sleep = 0.0001
+                else:   # backpressure: the job runner sleeps the same way
+                    time.sleep(sleep)
+                    slept += sleep
+                    sleep = min(sleep * 2, 0.002)
+                now = time.perf_counter()
+                if now >= deadline:
+                    break
+            cpu = time.thread_time() - cpu0
+            n = actor.env_steps - steps0
+            return {"env_steps": n, "seconds": now - start, "cpu_seconds": cpu,
+                    "backpressure_sleep_seconds": slept,
+                    "env_steps_per_s": n / (now - start), "env_steps_per_cpu_s": n / cpu,
+                    "chunks_sent": actor.chunks_sent - chunks0,
+                    "backpressure_waits": actor.backpressure_waits - waits0,
+                    "send_stalls": ep.stalls("STEP_CHUNK") - stalls0}
+
+        run_actor(min(0.5, seconds))
+        run_bare(bare, min(0.5, seconds))
+        actor_runs, bare_runs = [], []
+        for _ in range(repeats):
+            actor_runs.append(run_actor(seconds))
+            ep.flush(10.0)   # the shard catches up before the bare loop has the CPU
+            bare_runs.append(run_bare(bare, seconds))
+        result = summarize(actor_runs, bare_runs)
+        result["actor"] = actor.summary()
+        for r in (LEARNER, SHARD):
+            ep.send("CONTROL", r, timeout=30.0, command=int(Command.STOP), argument=0)
+        actor.done = True
+    clean = drain_and_close(ep, role, comm=world, timeout=20.0)
+    summaries = world.gather({"rank": rank, "role": role.name, "clean_shutdown": clean,
+                              "loop": loop, **role.summary()}, root=ACTOR)
+    if rank == ACTOR:
+        assert result is not None
+        result["ranks"] = summaries
+        with open(out_path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, default=float)
+    role.close()
+
+
+def find_mpiexec() -> str:
+    """mpiexec beside this Python (the venv's MPICH) or on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = here if os.path.exists(here) else shutil.which("mpiexec")
+    if not found:
+        raise SystemExit("mpiexec not found: install mpi4py's MPI or a system MPI")
+    return found
+
+
+def bench_mpi(overrides: Sequence[str], seconds: float, repeats: int,
+              timeout: float) -> Dict[str, Any]:
+    """Launches the 3-rank MPI benchmark and returns the actor rank's result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "actor_mpi.json")
+        cmd = [find_mpiexec(), "-n", "3", sys.executable, os.path.abspath(__file__),
+               "--mpi-worker", out, "--seconds", str(seconds), "--repeats", str(repeats)]
+        for o in overrides:
+            cmd += ["--set", o]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(f"MPI actor benchmark failed (exit {proc.returncode}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        with open(out, encoding="utf-8") as fh:
+            return json.load(fh)
+
+
+# --------------------------------------------------------------------------- #
+
+def machine_info() -> Dict[str, Any]:
+    return {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "numpy": np.__version__, "torch": torch.__version__,
+            "platform": platform.platform()}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="seconds per timed actor run and per bare run (default 4)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="alternated actor/bare runs per setup; medians reported")
+    p.add_argument("--no-mpi", action="store_true", help="skip the mpiexec -n 3 setup")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
+    p.add_argument("--set", action="append", default=[], dest="overrides",
+                   metavar="SECTION.FIELD=VALUE", help="config override (repeatable)")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--mpi-worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    seconds, repeats = (0.3, 1) if a.quick else (a.seconds, a.repeats)
+    if a.mpi_worker:
+        mpi_worker(a.overrides, seconds, repeats, a.mpi_worker)
+        return {}
+    cfg = bench_config(a.overrides)
+    result: Dict[str, Any] = {
+        "benchmark": "actor",
+        "metric": "actor env steps/s / (same vector env + ActorPolicy.act alone) env steps/s",
+        "config": {"env": cfg.env.name, "num_envs": cfg.actor.num_envs,
+                   "network": {"torso": cfg.network.torso,
+                               "mlp_hidden": list(cfg.network.mlp_hidden),
+                               "lstm_size": cfg.network.lstm_size,
+                               "head_hidden": cfg.network.head_hidden},
+                   "sequence_length": cfg.replay.sequence_length,
+                   "sequence_period": cfg.replay.sequence_period,
+                   "overrides": list(a.overrides), "seconds": seconds, "repeats": repeats,
+                   "torch_threads": 1, "quick": a.quick},
+        "machine": machine_info(),
+    }
+    result["inproc"] = bench_inproc(cfg, seconds, repeats)
+    if not a.no_mpi:
+        result["mpi"] = bench_mpi(a.overrides, seconds, repeats,
+                                  timeout=120 + 3 * seconds * repeats)
+    result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
+    text = json.dumps(result, indent=1, default=float)
+    print(text)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return json.loads(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Smoke tests of the actor, learner and transport benchmarks.
+
+Each benchmark's real entry point runs with ``--quick`` (tiny sizes, real
+``mpiexec`` where the benchmark uses it); the tests check the JSON's schema,
+that every rate and ratio is finite and positive, and that nothing sent was
+lost. Never timing thresholds: the numbers depend on the machine.
+The pure helpers (medians and ratios, the live run's steady-state window)
+are checked against hand-computed tables.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
+
+import actor_bench  # noqa: E402
+import learner_bench  # noqa: E402
+import transport_bench  # noqa: E402
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def check_written(out, result) -> None:
+    """--out holds exactly what main returned (and printed)."""
+    assert json.loads(out.read_text()) == result
+
+
+# --------------------------------------------------------------------------- #
+# Pure helpers, hand-computed.
+
+@pytest.mark.parametrize("actor, bare, ratio, ratio_cpu", [
+    # one run each: plain quotients
+    ([(100.0, 200.0)], [(400.0, 400.0)], 0.25, 0.5),
+    # medians of three: actor 90 (of 80, 90, 300), cpu 100; bare 100, cpu 125
+    ([(80.0, 100.0), (300.0, 300.0), (90.0, 90.0)],
+     [(100.0, 125.0), (90.0, 120.0), (110.0, 130.0)], 0.9, 0.8),
+    # median of two is their mean: actor (10+30)/2 = 20, bare (40+40)/2 = 40
+    ([(10.0, 10.0), (30.0, 30.0)], [(40.0, 20.0), (40.0, 60.0)], 0.5, 0.5),
+])
+def test_actor_summarize_medians_and_ratios(actor, bare, ratio, ratio_cpu):
+    runs_a = [{"env_steps_per_s": w, "env_steps_per_cpu_s": c} for w, c in actor]
+    runs_b = [{"env_steps_per_s": w, "env_steps_per_cpu_s": c} for w, c in bare]
+    s = actor_bench.summarize(runs_a, runs_b)
+    assert s["ratio"] == pytest.approx(ratio)
+    assert s["ratio_cpu_time"] == pytest.approx(ratio_cpu)
+    assert s["actor_runs"] == runs_a and s["bare_runs"] == runs_b
+    assert s["target_ratio_min"] == 0.9
+
+
+def _rows(*pairs):
+    return [{"learner_step": float(s), "wall_time_s": float(t)} for s, t in pairs]
+
+
+@pytest.mark.parametrize("rows, warmup, rate, steps, seconds", [
+    # window from the first row with step >= 20: (20, 1.0) .. (120, 3.0): 100 / 2
+    (_rows((0, 0.5), (20, 1.0), (70, 2.0), (120, 3.0)), 20, 50.0, 100, 2.0),
+    # warm-up 0 keeps every row: (0, 0.5) .. (120, 3.0): 120 / 2.5
+    (_rows((0, 0.5), (20, 1.0), (70, 2.0), (120, 3.0)), 0, 48.0, 120, 2.5),
+    # the first row past warm-up need not hit it exactly: (25, 1.0) .. (45, 1.5)
+    (_rows((5, 0.5), (25, 1.0), (45, 1.5)), 10, 40.0, 20, 0.5),
+])
+def test_learner_steady_rate_window(rows, warmup, rate, steps, seconds):
+    got = learner_bench.steady_rate(rows, warmup)
+    assert got["updates_per_s"] == pytest.approx(rate)
+    assert got["steps"] == steps
+    assert got["seconds"] == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("rows, warmup", [
+    (_rows((0, 0.5), (10, 1.0)), 20),   # nothing past warm-up
+    (_rows((0, 0.5), (30, 1.0)), 20),   # one row: no window
+    (_rows((30, 1.0), (30, 1.0)), 20),  # no time between the rows
+    ([], 0),
+])
+def test_learner_steady_rate_without_a_window_is_nan(rows, warmup):
+    got = learner_bench.steady_rate(rows, warmup)
+    assert math.isnan(got["updates_per_s"]) and got["steps"] == 0
+
+
+def test_transport_chunk_cases_have_the_job_shapes():
+    cases = transport_bench.build_cases(["cartpole", "atari_40", "atari_160"])
+    expected = {  # name: (steps, sequences, obs shape, obs dtype, state size)
+        "cartpole": (8, 1, (8, 2), "float32", 64),
+        "atari_40": (40, 1, (40, 84, 84), "uint8", 512),
+        "atari_160": (160, 2, (160, 84, 84), "uint8", 512),
+    }
+    for name, (steps, seqs, obs_shape, dtype, H) in expected.items():
+        case, msgs = cases[name]
+        fields = case.layout.unpack(case.packed)
+        assert fields["obs"].shape == obs_shape and fields["obs"].dtype == dtype
+        assert fields["seq_state_h"].shape == (seqs, H)
+        assert len(fields["action"]) == steps
+        # the packed bytes carry at least the frames
+        assert case.nbytes >= steps * int(math.prod(obs_shape[1:])) * fields["obs"].itemsize
+        assert case.layout is msgs.STEP_CHUNK
+
+
+# --------------------------------------------------------------------------- #
+# Real entry points, tiny sizes.
+
+def test_transport_bench_quick(tmp_path):
+    out = tmp_path / "transport.json"
+    res = transport_bench.main(["--quick", "--cases", "cartpole,atari_40", "--out", str(out)])
+    check_written(out, res)
+    assert res["benchmark"] == "transport"
+    assert set(res["cases"]) == {"cartpole", "atari_40"}
+    for name, case in res["cases"].items():
+        for mode in transport_bench.MODES:
+            assert positive(case[mode]["MB_per_s"]), (name, mode)
+            assert positive(case[mode]["messages_per_s"]), (name, mode)
+            assert case[mode]["messages_per_run"] >= 1
+        for key in ("ratio", "ratio_to_raw_issend", "ratio_try_send",
+                    "raw_issend_over_raw_isend"):
+            assert positive(case[key]), (name, key)
+        assert case["target_ratio_min"] == 0.7
+    assert res["cases"]["atari_40"]["message_bytes"] > 40 * 84 * 84
+    costs = res["layout_costs_single_process"]
+    assert all(positive(v) for c in costs.values() for v in c.values())
+
+
+@pytest.mark.slow
+def test_actor_bench_quick(tmp_path):
+    out = tmp_path / "actor.json"
+    res = actor_bench.main(["--quick", "--out", str(out)])
+    check_written(out, res)
+    assert res["benchmark"] == "actor"
+    assert res["config"]["env"] == "cartpole_masked"
+    for setup in ("inproc", "mpi"):
+        r = res[setup]
+        for key in ("actor_env_steps_per_s", "bare_env_steps_per_s", "ratio",
+                    "actor_env_steps_per_cpu_s", "bare_env_steps_per_cpu_s", "ratio_cpu_time"):
+            assert positive(r[key]), (setup, key)
+        assert len(r["actor_runs"]) == len(r["bare_runs"]) == 1
+    # in-process: every chunk the actor sent reached the shard
+    inproc = res["inproc"]
+    assert inproc["actor"]["chunks_sent"] == inproc["shard"]["chunks_received"] > 0
+    assert inproc["actor"]["steps_sent"] == inproc["shard"]["steps_received"]
+    # MPI: three ranks, clean shutdown, nothing lost on the way
+    ranks = {r["role"]: r for r in res["mpi"]["ranks"]}
+    assert set(ranks) == {"learner", "replay", "actor"}
+    assert all(r["clean_shutdown"] for r in ranks.values())
+    assert ranks["actor"]["chunks_sent"] == ranks["replay"]["chunks_received"] > 0
+    assert ranks["actor"]["sequences_sent"] == (ranks["replay"]["inserted_sequences"]
+                                                + ranks["replay"]["dropped_sequences"])
+
+
+@pytest.mark.slow
+def test_learner_bench_quick(tmp_path):
+    out = tmp_path / "learner.json"
+    res = learner_bench.main(["--quick", "--configs", "default", "--out", str(out)])
+    check_written(out, res)
+    assert res["benchmark"] == "learner"
+    r = res["configs"]["default"]
+    for key in ("live_updates_per_s", "in_memory_updates_per_s", "ratio",
+                "live_mean_step_seconds", "in_memory_mean_step_seconds"):
+        assert positive(r[key]), key
+    assert r["live_summary"]["learner_step"] > 0
+    assert r["live_summary"]["stop_reason"].startswith("learner.max_seconds")
+    roles = sorted(x["role"] for x in r["live_ranks"])
+    assert roles == ["actor", "learner", "replay"]
+    assert all(x["clean_shutdown"] for x in r["live_ranks"])
+    # the live run and the in-memory batches use the same shapes
+    assert r["batch_size"] == 8 and r["sequence_length"] == 24
