@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -44,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from r2d2_hpc import checkpoint as ck  # noqa: E402
-from r2d2_hpc.config import Config, EnvConfig, LearnerConfig, NetworkConfig, ReplayConfig  # noqa: E402,E501
+from r2d2_hpc.config import (Config, EnvConfig, LearnerConfig, NetworkConfig,  # noqa: E402
+                             ReplayConfig)
 from r2d2_hpc.learner import Learner  # noqa: E402
 from r2d2_hpc.replay.shard import ReplayShard  # noqa: E402
 from r2d2_hpc.types import SequenceBatch  # noqa: E402

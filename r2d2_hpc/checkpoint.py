@@ -60,7 +60,11 @@ A persistent ``RUN_DIR/replay/shard-i`` directory would be cheaper by nothing
 and could not keep ``keep`` checkpoints, since each snapshot deletes the
 segments the previous index referenced. Where the file system refuses hard
 links (``EXDEV``/``EPERM``), the files are copied instead (then a checkpoint
-costs the whole replay; ``ShardWriteReport.copied_bytes`` says so).
+costs the whole replay; ``ShardWriteReport.copied_bytes`` says so). The price
+of sharing: a file damaged on disk after it was written is damaged in every
+checkpoint that links it, so validation then rejects all of them (each is
+reported); ``CheckpointLayout(link=False)`` writes every checkpoint in full
+for installations that prefer independent copies.
 
 Validation. ``MANIFEST.json`` carries a crc32 of its own body; each file entry
 has the file's size and crc32 (the learner and actor files are checksummed
@@ -521,12 +525,18 @@ class CheckpointLayout:
     which rank calls what.
     """
 
-    def __init__(self, run_dir: str, keep: int = 3, fsync: bool = True) -> None:
+    def __init__(self, run_dir: str, keep: int = 3, fsync: bool = True,
+                 link: bool = True) -> None:
         """Args:
           run_dir: the run directory (shared by every rank).
           keep: complete checkpoints kept by ``prune`` (``checkpoint.keep``).
           fsync: fsync files and directories before each rename (turn off only
             in tests that do not test crash safety).
+          link: hard-link unchanged replay segments from the previous
+            checkpoint (default). False writes every shard in full each time:
+            checkpoints then share no file, so damage to one file on disk
+            cannot reach two checkpoints, at the cost of writing the whole
+            replay every time.
         """
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
@@ -534,6 +544,7 @@ class CheckpointLayout:
         self.root = _checkpoints_dir(run_dir)
         self.keep = int(keep)
         self.fsync = bool(fsync)
+        self.link = bool(link)
         # (size, mtime_ns) -> crc32 of files this process wrote, so commit need
         # not read them back.
         self._written: Dict[str, Tuple[int, int, int]] = {}
@@ -666,7 +677,8 @@ class CheckpointLayout:
           path: the partial directory (``partial_path(step)``).
           index: the shard's index.
           shard: the shard; afterwards it remembers this snapshot as its latest.
-          full: write every segment (no links).
+          full: write every segment (no links; also when the layout has
+            ``link=False``).
 
         Returns:
           A ``ShardWriteReport``.
@@ -676,6 +688,7 @@ class CheckpointLayout:
         if os.path.exists(target):  # a retry into the same partial dir
             shutil.rmtree(target)
         os.makedirs(target)
+        full = full or not self.link
         uid = str(shard.get_state().counters.get("snapshot_uid", ""))
         source = "" if full else self._link_source(index, uid)
         linked, copied = 0, 0
@@ -1162,7 +1175,8 @@ def resume_point(run_dir: str, cfg: Config, job_spec: Any = None,
 class CheckpointSchedule:
     """Periodic checkpoints every ``interval_steps`` learner steps or ``interval_seconds``.
 
-    Whichever comes first; 0 disables that criterion.
+    Whichever comes first; 0 disables that criterion. Never due at the step
+    of the last checkpoint (a learner waiting for replay fill writes nothing new).
     """
 
     def __init__(self, cfg: CheckpointConfig, step: int = 0,
@@ -1190,10 +1204,13 @@ class PreemptionFlag:
 
     The handler only counts: it never raises, so a signal that arrives while a
     checkpoint is being written (a second SIGUSR1, SLURM's SIGTERM) cannot
-    interrupt or corrupt it. Install it on every rank early (before MPI init
-    is fine) so that no rank dies of the default action; the lead acts on it
-    (coordinated checkpoint, then every rank exits :data:`EXIT_REQUEUE`); a
-    non-lead rank that sees it should tell the lead.
+    interrupt or corrupt it. Install it on every rank; before or after
+    ``MPI_Init`` both work (the MPICH wheel's libmpi installs a SIGUSR1
+    handler at ``MPI_Init`` that swallows the signal but chains to a handler
+    installed before it; one installed after replaces it). Without it SIGUSR1
+    is silently ignored under MPICH and kills the process elsewhere. The lead
+    acts on it (coordinated checkpoint, then every rank exits
+    :data:`EXIT_REQUEUE`); a non-lead rank that sees it should tell the lead.
 
     Usage::
 

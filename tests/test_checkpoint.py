@@ -759,3 +759,37 @@ def test_ckpt_cli_runs_as_a_module(tmp_path) -> None:
     res = subprocess.run([sys.executable, "-m", "r2d2_hpc.ckpt_cli", "list", run], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "ckpt-000000000009  step 9  valid" in res.stdout
+
+
+def test_damage_to_a_shared_segment_is_reported_in_every_checkpoint_that_links_it(
+        tmp_path) -> None:
+    run = str(tmp_path / "run")
+    cfg = tiny_config()
+    shard = new_shard(seed=2, C=192, S=48)
+    fill(shard, [0, 1], seed=1, rounds=3)
+    first = write_checkpoint(run, 1, cfg, [shard])
+    fill(shard, [0], seed=2, steps=6)
+    second = write_checkpoint(run, 2, cfg, [shard])
+    rel = _a_segment(first.path)
+    assert os.path.samefile(os.path.join(first.path, rel), os.path.join(second.path, rel))
+    _flip(os.path.join(second.path, rel))
+    lines, say = report_sink()
+    assert find_latest_valid(run, report=say) is None
+    assert len(lines) == 2 and all(rel in line for line in lines)
+    assert "no older checkpoint left" in lines[1]
+
+
+def test_layout_without_links_writes_independent_checkpoints(tmp_path) -> None:
+    run = str(tmp_path / "run")
+    cfg = tiny_config()
+    shard = new_shard(seed=2, C=192, S=48)
+    fill(shard, [0, 1], seed=1, rounds=3)
+    layout = CheckpointLayout(run, keep=3, fsync=False, link=False)
+    first = write_checkpoint(run, 1, cfg, [shard], layout=layout)
+    second = write_checkpoint(run, 2, cfg, [shard], layout=layout)
+    for name in os.listdir(second.shard_dir(0)):
+        a = os.path.join(first.shard_dir(0), name)
+        if os.path.exists(a):
+            assert not os.path.samefile(a, os.path.join(second.shard_dir(0), name))
+    _flip(os.path.join(second.path, _a_segment(second.path)))
+    assert find_latest_valid(run, report=None).path == first.path
