@@ -258,6 +258,9 @@ def ensure_cluster(base: str = DEFAULT_BASE, timeout: float = 90.0,
                    install: bool = True) -> Cluster:
     """Installs (if needed) and starts the one-node cluster; returns it once the node is idle.
 
+    Concurrent callers (two test sessions) are serialised by a lock file in
+    ``base``; the second finds the cluster running.
+
     Args:
       base: directory for the config, state, spool, logs and pid files.
       timeout: seconds to wait for the node to become usable.
@@ -267,6 +270,15 @@ def ensure_cluster(base: str = DEFAULT_BASE, timeout: float = 90.0,
       SlurmUnavailable: SLURM cannot be installed, or its daemons do not come up
         (the message includes the end of their logs).
     """
+    import fcntl
+
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_cluster(base, timeout, install)
+
+
+def _ensure_cluster(base: str, timeout: float, install: bool) -> Cluster:
     if install:
         install_if_missing()
     elif _have(DAEMONS + CLIENTS[:4]):

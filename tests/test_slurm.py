@@ -90,14 +90,14 @@ def test_scripts_are_valid_bash_with_the_required_sbatch_options() -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """The one-node cluster; stopped afterwards if these tests started it
-    (R2D2_SLURM_KEEP=1 keeps it running for the next session)."""
+    """The one-node cluster. It keeps running for the next session (and for a
+    concurrent one); R2D2_SLURM_STOP=1 stops it afterwards if these tests started it."""
     try:
         c = slurm_cluster.ensure_cluster()
     except slurm_cluster.SlurmUnavailable as exc:
         pytest.skip(f"no SLURM cluster on this machine: {exc}")
     yield c
-    if c.started_here and os.environ.get("R2D2_SLURM_KEEP") != "1":
+    if c.started_here and os.environ.get("R2D2_SLURM_STOP") == "1":
         slurm_cluster.stop_cluster(c.base)
 
 
