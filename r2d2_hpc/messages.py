@@ -105,11 +105,15 @@ class Command(enum.IntEnum):
     """CONTROL message commands."""
 
     STOP = 1
-    """Finish: flush what is in flight and exit cleanly (argument: unused, 0)."""
+    """Finish: flush what is in flight and exit cleanly (argument: the exit code, 0 or 3)."""
     CHECKPOINT = 2
     """Save state for checkpoint number ``argument``."""
     ABORT = 3
     """Stop at once after an error elsewhere (argument: the failing rank)."""
+    PREEMPT = 4
+    """To learner 0: this rank received SIGUSR1/SIGTERM (argument: the signal number)."""
+    CHECKPOINT_DONE = 5
+    """To learner 0: this shard wrote its part of checkpoint ``argument`` (-1: it failed)."""
 
 
 class MessageError(ValueError):
