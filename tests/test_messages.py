@@ -222,7 +222,9 @@ def test_sample_reply_carries_a_sequence_batch_and_stats():
 
 
 def test_commands():
-    assert [c.name for c in Command] == ["STOP", "CHECKPOINT", "ABORT"]
+    assert [c.name for c in Command] == ["STOP", "CHECKPOINT", "ABORT", "PREEMPT",
+                                         "CHECKPOINT_DONE"]
+    assert [int(c) for c in Command] == [1, 2, 3, 4, 5]  # wire values never change
     layout = tiny_messages().CONTROL
     buf = layout.new_buffer()
     layout.pack(buf, command=Command.CHECKPOINT, argument=-9)
