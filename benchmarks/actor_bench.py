@@ -10,10 +10,14 @@ Denominator ("bare"): the same vector env (same config, same seed) and the same
 ``ActorPolicy`` (same parameters, epsilons and seed) in the loop
 ``act -> env.step -> observe`` and nothing else.
 
-``ratio = actor env steps/s / bare env steps/s`` (target >= 0.9). Measured in
-this one run, with the actor and bare loops alternated ``--repeats`` times
-(medians reported, ratio of the medians), ``torch.set_num_threads(1)`` as on
-an actor rank of a job.
+``ratio = actor env steps/s / bare env steps/s`` (target >= 0.9), measured in
+this one run, ``torch.set_num_threads(1)`` as on an actor rank of a job. Each
+of ``--repeats`` measurements alternates actor and bare in slices of
+``--slice`` seconds until each side had ``--seconds``, so a machine whose load
+drifts (other processes on a shared machine) weighs on both sides alike;
+medians over the repeats are reported, and the ratio of the medians.
+``ratio_cpu_time`` uses the CPU time of the thread instead of wall time: the
+same comparison with the time other processes took the core away removed.
 
 Two setups:
 
@@ -24,17 +28,24 @@ Two setups:
 * ``mpi`` (unless ``--no-mpi``): ``mpiexec -n 3`` of this script: rank 0 publishes
   the parameters once (the learner's role for the actor), rank 1 runs the real
   ``ReplayRank`` loop, rank 2 the real ``ActorRank`` over ``MPIEndpoint``
-  (STEP_CHUNK ``Issend`` path); rates are wall-clock on the actor's rank, and the
+  (STEP_CHUNK ``Issend`` path) in the job runner's loop (a short sleep when
+  backpressure stops a tick); rates are wall-clock on the actor's rank, and the
   bare loop runs on that same rank while the shard idles.
 
+Every measurement also reports ``us_per_tick``: microseconds per tick inside
+``policy.act``, ``env.step``, ``adder.add``, ``ep.try_send`` (STEP_CHUNK
+packing and sending) and ``episodes.update``, and the rest (``other``), on
+both sides, to show where the actor's extra time goes.
+
 The environment and network are the embedded default job
-(``r2d2_hpc/presets/default.yaml``: masked CartPole, 16 envs per actor); no
-image environment exists before the Atari issue, so there is no Atari case.
+(``r2d2_hpc/presets/default.yaml``: masked CartPole, 16 envs per actor) with
+the shard's rate limiter off (nothing samples here); no image environment
+exists before the Atari issue, so there is no Atari case.
 
 Usage::
 
-    python benchmarks/actor_bench.py [--seconds 4] [--repeats 3] [--no-mpi] [--quick]
-                                     [--set section.field=value ...] [--out FILE]
+    python benchmarks/actor_bench.py [--seconds 4] [--repeats 3] [--slice 0.25] [--no-mpi]
+                                     [--quick] [--set section.field=value ...] [--out FILE]
 """
 from __future__ import annotations
 
@@ -48,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -69,10 +80,12 @@ from r2d2_hpc.topology import assign_role  # noqa: E402
 #: Ranks of the benchmark job: learner (parameter publisher), shard, actor.
 LEARNER, SHARD, ACTOR = 0, 1, 2
 
-
 #: Nothing samples in this benchmark, so the shard's rate limiter is off
 #: (with ``samples_per_insert > 0`` it would stop taking chunks after the minimum fill).
 ACTOR_SETTINGS = ["replay.samples_per_insert=0"]
+
+#: A measurement's raw totals: numbers, and ``phases`` (label -> seconds).
+Totals = Dict[str, Any]
 
 
 def bench_config(overrides: Sequence[str] = ()) -> Config:
@@ -106,6 +119,7 @@ class BareLoop:
         self.obs = self.env.reset(seed=seed)
         self.first = np.ones(n, bool)
         self.env_steps = 0
+        self.ticks = 0
 
     def tick(self) -> None:
         out = self.policy.act(self.obs, self.first)
@@ -114,22 +128,113 @@ class BareLoop:
         self.obs = res.obs
         self.first = np.asarray(res.terminated, bool) | np.asarray(res.truncated, bool)
         self.env_steps += self.env.num_envs
+        self.ticks += 1
 
 
-def run_bare(loop: BareLoop, seconds: float) -> Dict[str, float]:
-    """Steps ``loop`` for about ``seconds``; env steps/s over that wall and CPU time."""
-    start, cpu0, steps0 = time.perf_counter(), time.thread_time(), loop.env_steps
-    deadline = start + seconds
-    while True:
-        for _ in range(16):
-            loop.tick()
-        now = time.perf_counter()
-        if now >= deadline:
-            break
-    cpu = time.thread_time() - cpu0
-    n = loop.env_steps - steps0
-    return {"env_steps": n, "seconds": now - start, "cpu_seconds": cpu,
-            "env_steps_per_s": n / (now - start), "env_steps_per_cpu_s": n / cpu}
+class PhaseTimers:
+    """Wall time inside named methods of the actor's parts (where a tick goes).
+
+    ``wrap`` shadows a bound method by a timed one on that instance only; the
+    cost is two ``perf_counter`` calls per call, on both sides alike.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    def wrap(self, obj: Any, method: str, label: str) -> None:
+        inner = getattr(obj, method)
+        seconds = self.seconds
+        seconds.setdefault(label, 0.0)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                seconds[label] += time.perf_counter() - t0
+
+        setattr(obj, method, timed)
+
+    def snapshot(self) -> Dict[str, float]:
+        return dict(self.seconds)
+
+    def since(self, before: Dict[str, float]) -> Dict[str, float]:
+        return {k: v - before.get(k, 0.0) for k, v in self.seconds.items()}
+
+
+def time_actor(timers: PhaseTimers, actor: ActorRank) -> None:
+    """Times the parts of an actor tick (policy, env, adder, sends, episode stats)."""
+    timers.wrap(actor.policy, "act", "policy.act")
+    timers.wrap(actor.env, "step", "env.step")
+    timers.wrap(actor.adder, "add", "adder.add")
+    timers.wrap(actor.ep, "try_send", "ep.try_send")
+    timers.wrap(actor.episodes, "update", "episodes.update")
+
+
+def time_bare(timers: PhaseTimers, loop: BareLoop) -> None:
+    timers.wrap(loop.policy, "act", "policy.act")
+    timers.wrap(loop.env, "step", "env.step")
+
+
+def add_totals(a: Totals, b: Totals) -> Totals:
+    """Field-wise sum of two measurements (``phases`` summed per label)."""
+    out = dict(a)
+    for k, v in b.items():
+        if k == "phases":
+            ph = dict(out.get("phases", {}))
+            for label, s in v.items():
+                ph[label] = ph.get(label, 0.0) + s
+            out["phases"] = ph
+        else:
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def rates(t: Totals) -> Dict[str, Any]:
+    """A measurement with its rates: env steps per wall second (``seconds``) and
+    per CPU second, and microseconds per tick of each phase (``other``: the rest
+    of ``seconds``)."""
+    out = {k: v for k, v in t.items() if k != "phases"}
+    out["env_steps_per_s"] = t["env_steps"] / t["seconds"]
+    out["env_steps_per_cpu_s"] = t["env_steps"] / t["cpu_seconds"]
+    ticks = max(1, t["ticks"])
+    us = {k: 1e6 * s / ticks for k, s in t.get("phases", {}).items()}
+    us["other"] = 1e6 * t["seconds"] / ticks - sum(us.values())
+    out["us_per_tick"] = us
+    return out
+
+
+def alternate(run_actor: Callable[[float], Totals], run_bare: Callable[[float], Totals],
+              seconds: float, slice_s: float) -> tuple:
+    """Alternates actor and bare slices until each ran ``seconds``; returns both totals."""
+    a: Totals = {}
+    b: Totals = {}
+    done = 0.0
+    while done < seconds:
+        s = min(slice_s, seconds - done)
+        a = add_totals(a, run_actor(s))
+        b = add_totals(b, run_bare(s))
+        done += s
+    return rates(a), rates(b)
+
+
+def bare_runner(loop: BareLoop, timers: PhaseTimers) -> Callable[[float], Totals]:
+    """Runs the bare loop for about ``secs``; its totals."""
+    def run(secs: float) -> Totals:
+        phases = timers.snapshot()
+        start, cpu0 = time.perf_counter(), time.thread_time()
+        steps0, ticks0 = loop.env_steps, loop.ticks
+        deadline = start + secs
+        while True:
+            for _ in range(4):
+                loop.tick()
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        return {"env_steps": loop.env_steps - steps0, "ticks": loop.ticks - ticks0,
+                "seconds": now - start, "cpu_seconds": time.thread_time() - cpu0,
+                "phases": timers.since(phases)}
+    return run
 
 
 def summarize(actor_runs: List[Dict[str, float]],
@@ -158,15 +263,15 @@ def summarize(actor_runs: List[Dict[str, float]],
 # --------------------------------------------------------------------------- #
 # In-process: actor and shard over the in-memory hub.
 
-def bench_inproc(cfg: Config, seconds: float, repeats: int) -> Dict[str, Any]:
+def bench_inproc(cfg: Config, seconds: float, repeats: int, slice_s: float) -> Dict[str, Any]:
     """Actor tick time against the bare loop, shard drained in the same process."""
     from r2d2_hpc.transport import InMemoryHub
 
+    torch.set_num_threads(1)
     spec = job_spec(cfg)
     size = 3
     topo = TopologyConfig(learners=1, replay_shards=1)
     infos = [assign_role(r, size, topo) for r in range(size)]
-    assert [i.role for i in infos] == ["learner", "replay", "actor"]
     # Bounded chunk queue, as run_serial: a slow shard would show as backpressure.
     hub = InMemoryHub(job_messages(cfg, spec), size, capacity={"STEP_CHUNK": 64})
     learner_ep = hub.endpoint(LEARNER)
@@ -175,19 +280,15 @@ def bench_inproc(cfg: Config, seconds: float, repeats: int) -> Dict[str, Any]:
     params = initial_params(cfg, spec)
     learner_ep.publish_params(1, 0, params, [ACTOR])
     bare = BareLoop(cfg, spec, actor, params)
+    timers, bare_timers = PhaseTimers(), PhaseTimers()
+    time_actor(timers, actor)
+    time_bare(bare_timers, bare)
 
-    def drain_learner() -> None:  # SHARD_STATS and ACTOR_REPORT nobody else reads
-        for name in ("SHARD_STATS", "ACTOR_REPORT"):
-            learner_ep.poll(name)
-            learner_ep.release(name)
-
-    def run_actor(secs: float) -> Dict[str, float]:
+    def run_actor(secs: float) -> Totals:
         t_actor = t_shard = cpu_actor = 0.0
-        steps0, waits0 = actor.env_steps, actor.backpressure_waits
-        chunks0 = actor.chunks_sent
-        start = time.perf_counter()
-        deadline = start + secs
-        i = 0
+        steps0, ticks0, phases = actor.env_steps, actor.ticks, timers.snapshot()
+        chunks0, waits0 = actor.chunks_sent, actor.backpressure_waits
+        deadline = time.perf_counter() + secs
         while True:
             t0, c0 = time.perf_counter(), time.thread_time()
             actor.tick()
@@ -197,27 +298,26 @@ def bench_inproc(cfg: Config, seconds: float, repeats: int) -> Dict[str, Any]:
             t_actor += t1 - t0
             cpu_actor += c1 - c0
             t_shard += t2 - t1
-            i += 1
-            if i % 64 == 0:
-                drain_learner()
             if t2 >= deadline:
                 break
-        n = actor.env_steps - steps0
-        return {"env_steps": n, "seconds_in_actor_tick": t_actor,
-                "cpu_seconds_in_actor_tick": cpu_actor,
-                "seconds_in_shard_tick": t_shard, "wall_seconds": t2 - start,
-                "env_steps_per_s": n / t_actor, "env_steps_per_cpu_s": n / cpu_actor,
-                "env_steps_per_s_actor_and_shard_one_core": n / (t_actor + t_shard),
+        for name in ("SHARD_STATS", "ACTOR_REPORT"):  # nobody else reads them
+            learner_ep.poll(name)
+            learner_ep.release(name)
+        return {"env_steps": actor.env_steps - steps0, "ticks": actor.ticks - ticks0,
+                "seconds": t_actor, "cpu_seconds": cpu_actor, "shard_tick_seconds": t_shard,
                 "chunks_sent": actor.chunks_sent - chunks0,
-                "backpressure_waits": actor.backpressure_waits - waits0}
+                "backpressure_waits": actor.backpressure_waits - waits0,
+                "phases": timers.since(phases)}
 
-    torch.set_num_threads(1)
-    run_actor(min(0.5, seconds))   # warm-up: parameters, adder windows, shard pages
-    run_bare(bare, min(0.5, seconds))
+    run_bare = bare_runner(bare, bare_timers)
+    alternate(run_actor, run_bare, min(0.5, seconds), slice_s)   # warm-up
     actor_runs, bare_runs = [], []
     for _ in range(repeats):
-        actor_runs.append(run_actor(seconds))
-        bare_runs.append(run_bare(bare, seconds))
+        a, b = alternate(run_actor, run_bare, seconds, slice_s)
+        a["env_steps_per_s_actor_and_shard_one_core"] = (
+            a["env_steps"] / (a["seconds"] + a["shard_tick_seconds"]))
+        actor_runs.append(a)
+        bare_runs.append(b)
     out = summarize(actor_runs, bare_runs)
     out["actor_and_shard_one_core_env_steps_per_s"] = statistics.median(
         r["env_steps_per_s_actor_and_shard_one_core"] for r in actor_runs)
@@ -277,7 +377,8 @@ def loop_until_done(role: Role, idle_s: float = 0.002) -> Dict[str, float]:
             "cpu_seconds": time.thread_time() - cpu0}
 
 
-def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, out_path: str) -> None:
+def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, slice_s: float,
+               out_path: str) -> None:
     """Body of each rank of ``mpiexec -n 3 actor_bench.py --mpi-worker``."""
     from mpi4py import MPI
 
@@ -314,10 +415,14 @@ def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, out_path:
             actor.tick()
             time.sleep(0.001)
         bare = BareLoop(cfg, spec, actor, initial_params(cfg, spec))
+        timers, bare_timers = PhaseTimers(), PhaseTimers()
+        time_actor(timers, actor)
+        time_bare(bare_timers, bare)
 
-        def run_actor(secs: float) -> Dict[str, float]:
-            steps0, waits0 = actor.env_steps, actor.backpressure_waits
-            chunks0, stalls0 = actor.chunks_sent, ep.stalls("STEP_CHUNK")
+        def run_actor(secs: float) -> Totals:
+            steps0, ticks0, phases = actor.env_steps, actor.ticks, timers.snapshot()
+            chunks0, waits0 = actor.chunks_sent, actor.backpressure_waits
+            stalls0 = ep.stalls("STEP_CHUNK")
             start, cpu0 = time.perf_counter(), time.thread_time()
             deadline = start + secs
             sleep, slept = 0.0001, 0.0
@@ -331,22 +436,28 @@ def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, out_path:
                 now = time.perf_counter()
                 if now >= deadline:
                     break
-            cpu = time.thread_time() - cpu0
-            n = actor.env_steps - steps0
-            return {"env_steps": n, "seconds": now - start, "cpu_seconds": cpu,
-                    "backpressure_sleep_seconds": slept,
-                    "env_steps_per_s": n / (now - start), "env_steps_per_cpu_s": n / cpu,
-                    "chunks_sent": actor.chunks_sent - chunks0,
-                    "backpressure_waits": actor.backpressure_waits - waits0,
-                    "send_stalls": ep.stalls("STEP_CHUNK") - stalls0}
+            t = {"env_steps": actor.env_steps - steps0, "ticks": actor.ticks - ticks0,
+                 "seconds": now - start, "cpu_seconds": time.thread_time() - cpu0,
+                 "backpressure_sleep_seconds": slept,
+                 "chunks_sent": actor.chunks_sent - chunks0,
+                 "backpressure_waits": actor.backpressure_waits - waits0,
+                 "send_stalls": ep.stalls("STEP_CHUNK") - stalls0,
+                 "phases": timers.since(phases)}
+            t["phases"]["backpressure sleep"] = slept
+            return t
 
-        run_actor(min(0.5, seconds))
-        run_bare(bare, min(0.5, seconds))
+        run_bare_inner = bare_runner(bare, bare_timers)
+
+        def run_bare(secs: float) -> Totals:
+            ep.progress()   # keep the transport moving between slices
+            return run_bare_inner(secs)
+
+        alternate(run_actor, run_bare, min(0.5, seconds), slice_s)   # warm-up
         actor_runs, bare_runs = [], []
         for _ in range(repeats):
-            actor_runs.append(run_actor(seconds))
-            ep.flush(10.0)   # the shard catches up before the bare loop has the CPU
-            bare_runs.append(run_bare(bare, seconds))
+            a, b = alternate(run_actor, run_bare, seconds, slice_s)
+            actor_runs.append(a)
+            bare_runs.append(b)
         result = summarize(actor_runs, bare_runs)
         result["actor"] = actor.summary()
         for r in (LEARNER, SHARD):
@@ -372,13 +483,14 @@ def find_mpiexec() -> str:
     return found
 
 
-def bench_mpi(overrides: Sequence[str], seconds: float, repeats: int,
+def bench_mpi(overrides: Sequence[str], seconds: float, repeats: int, slice_s: float,
               timeout: float) -> Dict[str, Any]:
     """Launches the 3-rank MPI benchmark and returns the actor rank's result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "actor_mpi.json")
         cmd = [find_mpiexec(), "-n", "3", sys.executable, os.path.abspath(__file__),
-               "--mpi-worker", out, "--seconds", str(seconds), "--repeats", str(repeats)]
+               "--mpi-worker", out, "--seconds", str(seconds), "--repeats", str(repeats),
+               "--slice", str(slice_s)]
         for o in overrides:
             cmd += ["--set", o]
         env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -394,17 +506,18 @@ def bench_mpi(overrides: Sequence[str], seconds: float, repeats: int,
 
 def machine_info() -> Dict[str, Any]:
     return {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__,
-            "platform": platform.platform()}
+            "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "platform": platform.platform()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=4.0,
-                   help="seconds per timed actor run and per bare run (default 4)")
+                   help="seconds per side (actor, bare) in each measurement (default 4)")
     p.add_argument("--repeats", type=int, default=3,
-                   help="alternated actor/bare runs per setup; medians reported")
+                   help="measurements per setup; medians reported (default 3)")
+    p.add_argument("--slice", type=float, default=0.25, dest="slice_s",
+                   help="seconds per alternated actor/bare slice (default 0.25)")
     p.add_argument("--no-mpi", action="store_true", help="skip the mpiexec -n 3 setup")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     p.add_argument("--set", action="append", default=[], dest="overrides",
@@ -412,9 +525,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--mpi-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    seconds, repeats = (0.3, 1) if a.quick else (a.seconds, a.repeats)
+    seconds, repeats, slice_s = (0.2, 1, 0.1) if a.quick else (a.seconds, a.repeats, a.slice_s)
     if a.mpi_worker:
-        mpi_worker(a.overrides, seconds, repeats, a.mpi_worker)
+        mpi_worker(a.overrides, seconds, repeats, slice_s, a.mpi_worker)
         return {}
     cfg = bench_config(a.overrides)
     result: Dict[str, Any] = {
@@ -427,14 +540,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                "head_hidden": cfg.network.head_hidden},
                    "sequence_length": cfg.replay.sequence_length,
                    "sequence_period": cfg.replay.sequence_period,
-                   "overrides": list(a.overrides), "seconds": seconds, "repeats": repeats,
-                   "torch_threads": 1, "quick": a.quick},
+                   "overrides": ACTOR_SETTINGS + list(a.overrides), "seconds": seconds,
+                   "repeats": repeats, "slice_seconds": slice_s, "torch_threads": 1,
+                   "quick": a.quick},
         "machine": machine_info(),
     }
-    result["inproc"] = bench_inproc(cfg, seconds, repeats)
+    result["inproc"] = bench_inproc(cfg, seconds, repeats, slice_s)
     if not a.no_mpi:
-        result["mpi"] = bench_mpi(a.overrides, seconds, repeats,
-                                  timeout=120 + 3 * seconds * repeats)
+        result["mpi"] = bench_mpi(a.overrides, seconds, repeats, slice_s,
+                                  timeout=120 + 4 * seconds * repeats)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     text = json.dumps(result, indent=1, default=float)
     print(text)

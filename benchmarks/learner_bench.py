@@ -29,7 +29,11 @@ Configurations (``--configs``):
 * ``big``: the same with LSTM 256, MLP 256, head 256, batch 64, closer to
   Atari scale, where compute dominates more.
 
-Also reported, to tell why a ratio is below 1: the live run's mean time inside
+``ratio_cpu_time`` compares updates per CPU-second of the learner's thread
+(live: from the CPU time the benchmark adds to each metrics row), which
+other processes taking the core away does not change: it is the learner
+rank's own per-step overhead (receiving, concatenating, weights, priorities,
+publishing, logging). Also reported, to tell why a ratio is below 1: the live run's mean time inside
 ``Learner.step`` (``compute_seconds / steps``, contention shows here) against
 the in-memory step time, and the live fraction of wall time spent in steps.
 
@@ -172,6 +176,18 @@ def live_worker(overrides: Sequence[str], out_path: str) -> None:
 
     from r2d2_hpc.job import run_mpi
 
+    from r2d2_hpc.ranks import learner as learner_rank
+
+    # Instrumentation of this benchmark only: each metrics row also carries the
+    # learner thread's CPU time, so the steady window has a CPU-time rate too.
+    metrics_row = learner_rank.LearnerRank.metrics_row
+
+    def metrics_row_with_cpu(self: Any) -> Dict[str, float]:
+        row = metrics_row(self)
+        row["thread_cpu_s"] = time.thread_time()
+        return row
+
+    learner_rank.LearnerRank.metrics_row = metrics_row_with_cpu  # type: ignore[method-assign]
     world = MPI.COMM_WORLD
     cfg = bench_config(overrides)
     cpu0 = time.thread_time()
@@ -188,19 +204,29 @@ def steady_rate(rows: List[Dict[str, float]], warmup_steps: int) -> Dict[str, fl
     """Learner steps per second between the first row at/after ``warmup_steps`` and the last.
 
     Args:
-      rows: the lead learner's metrics rows (``learner_step``, ``wall_time_s``), in order.
+      rows: the lead learner's metrics rows (``learner_step``, ``wall_time_s``
+        and, when instrumented, ``thread_cpu_s``), in order.
       warmup_steps: steps excluded at the start.
 
     Returns:
-      ``updates_per_s``, the window's ``steps`` and ``seconds`` (NaN rate if the
-      window holds fewer than two rows or no time).
+      ``updates_per_s`` and the window's ``steps`` and ``seconds``; with
+      ``thread_cpu_s`` in the rows also ``cpu_seconds`` and ``updates_per_cpu_s``
+      (the learner thread's CPU time). Rates are NaN if the window holds fewer
+      than two rows or no time.
     """
     window = [r for r in rows if r["learner_step"] >= warmup_steps]
+    nan = {"updates_per_s": math.nan, "steps": 0, "seconds": 0.0,
+           "cpu_seconds": 0.0, "updates_per_cpu_s": math.nan}
     if len(window) < 2 or window[-1]["wall_time_s"] <= window[0]["wall_time_s"]:
-        return {"updates_per_s": math.nan, "steps": 0, "seconds": 0.0}
+        return nan
     steps = window[-1]["learner_step"] - window[0]["learner_step"]
     secs = window[-1]["wall_time_s"] - window[0]["wall_time_s"]
-    return {"updates_per_s": steps / secs, "steps": steps, "seconds": secs}
+    out = {"updates_per_s": steps / secs, "steps": steps, "seconds": secs,
+           "cpu_seconds": 0.0, "updates_per_cpu_s": math.nan}
+    if "thread_cpu_s" in window[0] and "thread_cpu_s" in window[-1]:
+        cpu = window[-1]["thread_cpu_s"] - window[0]["thread_cpu_s"]
+        out.update(cpu_seconds=cpu, updates_per_cpu_s=steps / cpu if cpu > 0 else math.nan)
+    return out
 
 
 def find_mpiexec() -> str:
@@ -240,6 +266,7 @@ def bench_one(name: str, overrides: Sequence[str], seconds: float, baseline_seco
     rows = live.get("metrics", [])
     steady = steady_rate(rows, warmup_steps)
     base_rate = 0.5 * (before["updates_per_s"] + after["updates_per_s"])
+    base_cpu_rate = 0.5 * (before["updates_per_cpu_s"] + after["updates_per_cpu_s"])
     base_step = 0.5 * (before["mean_step_seconds"] + after["mean_step_seconds"])
     steps = int(live["learner_step"])
     live_step = live["compute_seconds"] / steps if steps else math.nan
@@ -254,6 +281,9 @@ def bench_one(name: str, overrides: Sequence[str], seconds: float, baseline_seco
         "in_memory_updates_per_s": base_rate,
         "ratio": steady["updates_per_s"] / base_rate,
         "target_ratio_min": 0.9,
+        "live_updates_per_cpu_s": steady["updates_per_cpu_s"],
+        "in_memory_updates_per_cpu_s": base_cpu_rate,
+        "ratio_cpu_time": steady["updates_per_cpu_s"] / base_cpu_rate,
         "live_window": steady,
         "live_mean_step_seconds": live_step,
         "in_memory_mean_step_seconds": base_step,
@@ -269,8 +299,9 @@ def bench_one(name: str, overrides: Sequence[str], seconds: float, baseline_seco
                                                "insert_waits", "backpressure_waits",
                                                "param_updates", "clean_shutdown")
                         if k in r} for r in ranks],
-        "live_rows": [{k: r.get(k) for k in ("learner_step", "wall_time_s", "updates_per_s",
-                                             "env_steps_per_s", "sample_per_s", "insert_per_s")}
+        "live_rows": [{k: r.get(k) for k in ("learner_step", "wall_time_s", "thread_cpu_s",
+                                             "updates_per_s", "env_steps_per_s", "sample_per_s",
+                                             "insert_per_s")}
                       for r in rows],
     }
 

@@ -220,11 +220,17 @@ def mpi_worker(names: Sequence[str], seconds: float, repeats: int, send_depth: i
                                                         mode == "raw_issend"))
             return timed(world, lambda: _raw_receiver(MPI, raw, case, count, recv_depth))
 
-        # Calibrate each mode's count so that each timed run takes about ``seconds``.
-        probe = 100 if case.nbytes < 100_000 else 20
+        # Calibrate each mode's count so that each timed run takes about
+        # ``seconds``: grow a probe until it takes a fifth of that (a single
+        # short probe on a busy machine can be off by 10x), then scale.
         counts: Dict[str, int] = {}
         for m in MODES:   # also the warm-up: first touch of every buffer
-            t = world.bcast(run(m, probe), root=SENDER)
+            probe = 20
+            while True:
+                t = world.bcast(run(m, probe), root=SENDER)
+                if t >= seconds / 5 or probe >= 1_000_000:
+                    break
+                probe *= 4
             counts[m] = max(probe, int(probe * seconds / max(t, 1e-6)))
         runs: Dict[str, List[float]] = {m: [] for m in MODES}
         for _ in range(repeats):

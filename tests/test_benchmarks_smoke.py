@@ -56,6 +56,40 @@ def test_actor_summarize_medians_and_ratios(actor, bare, ratio, ratio_cpu):
     assert s["target_ratio_min"] == 0.9
 
 
+def test_actor_totals_add_up_and_rates_per_tick():
+    a = {"env_steps": 160, "ticks": 10, "seconds": 0.02, "cpu_seconds": 0.016,
+         "phases": {"policy.act": 0.01, "env.step": 0.002}}
+    b = {"env_steps": 320, "ticks": 20, "seconds": 0.04, "cpu_seconds": 0.024,
+         "phases": {"policy.act": 0.02, "env.step": 0.004}}
+    total = actor_bench.add_totals(actor_bench.add_totals({}, a), b)
+    assert total["env_steps"] == 480 and total["ticks"] == 30
+    assert total["phases"] == pytest.approx({"policy.act": 0.03, "env.step": 0.006})
+    r = actor_bench.rates(total)
+    assert r["env_steps_per_s"] == pytest.approx(480 / 0.06)        # 8000
+    assert r["env_steps_per_cpu_s"] == pytest.approx(480 / 0.04)    # 12000
+    # per tick: act 0.03 s / 30 = 1000 us, step 200 us, tick 2000 us, so other 800 us
+    assert r["us_per_tick"] == pytest.approx({"policy.act": 1000.0, "env.step": 200.0,
+                                              "other": 800.0})
+    assert "phases" not in r
+
+
+def test_actor_alternate_gives_each_side_the_same_time():
+    calls = []
+
+    def side(name):
+        def run(secs):
+            calls.append((name, secs))
+            return {"env_steps": 16, "ticks": 1, "seconds": secs, "cpu_seconds": secs}
+        return run
+
+    a, b = actor_bench.alternate(side("actor"), side("bare"), 1.0, 0.4)
+    # slices 0.4, 0.4, 0.2, actor first each time
+    assert [n for n, _ in calls] == ["actor", "bare"] * 3
+    assert [s for _, s in calls] == pytest.approx([0.4, 0.4, 0.4, 0.4, 0.2, 0.2])
+    assert a["seconds"] == pytest.approx(1.0) and b["seconds"] == pytest.approx(1.0)
+    assert a["env_steps_per_s"] == pytest.approx(48.0)
+
+
 def _rows(*pairs):
     return [{"learner_step": float(s), "wall_time_s": float(t)} for s, t in pairs]
 
@@ -73,6 +107,19 @@ def test_learner_steady_rate_window(rows, warmup, rate, steps, seconds):
     assert got["updates_per_s"] == pytest.approx(rate)
     assert got["steps"] == steps
     assert got["seconds"] == pytest.approx(seconds)
+
+
+def test_learner_steady_rate_cpu_time_window():
+    rows = [{"learner_step": s, "wall_time_s": t, "thread_cpu_s": c}
+            for s, t, c in ((0, 0.5, 0.2), (20, 1.0, 0.6), (70, 2.0, 1.4), (120, 3.0, 2.6))]
+    got = learner_bench.steady_rate(rows, 20)
+    # window (20, 1.0, 0.6) .. (120, 3.0, 2.6): 100 steps in 2.0 CPU-seconds
+    assert got["cpu_seconds"] == pytest.approx(2.0)
+    assert got["updates_per_cpu_s"] == pytest.approx(50.0)
+    assert got["updates_per_s"] == pytest.approx(50.0)
+    # without CPU times in the rows: no CPU rate
+    assert math.isnan(learner_bench.steady_rate(_rows((0, 0.5), (20, 1.0)), 0)
+                      ["updates_per_cpu_s"])
 
 
 @pytest.mark.parametrize("rows, warmup", [
@@ -161,6 +208,7 @@ def test_learner_bench_quick(tmp_path):
     assert res["benchmark"] == "learner"
     r = res["configs"]["default"]
     for key in ("live_updates_per_s", "in_memory_updates_per_s", "ratio",
+                "live_updates_per_cpu_s", "in_memory_updates_per_cpu_s", "ratio_cpu_time",
                 "live_mean_step_seconds", "in_memory_mean_step_seconds"):
         assert positive(r[key]), key
     assert r["live_summary"]["learner_step"] > 0
