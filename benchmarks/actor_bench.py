@@ -430,8 +430,9 @@ def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, slice_s: 
                 if actor.tick():
                     sleep = 0.0001
                 else:   # backpressure: the job runner sleeps the same way
+                    t0 = time.perf_counter()
                     time.sleep(sleep)
-                    slept += sleep
+                    slept += time.perf_counter() - t0   # with the scheduler's overshoot
                     sleep = min(sleep * 2, 0.002)
                 now = time.perf_counter()
                 if now >= deadline:
