@@ -163,6 +163,11 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"r2d2-train: done: {lead.get('stop_reason', '')}; learner steps "
               f"{lead.get('learner_step')}, env steps {lead.get('env_steps')}, episodes "
               f"{lead.get('episodes')}", flush=True)
+        if "final_eval_return" in lead:
+            print(f"r2d2-train: final greedy evaluation (epsilon "
+                  f"{lead['final_eval_epsilon']:g}): mean return "
+                  f"{lead['final_eval_return']:.1f} over {lead['final_eval_episodes']} "
+                  f"episodes", flush=True)
     return 0
 
 

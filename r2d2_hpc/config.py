@@ -208,6 +208,8 @@ class LoggingConfig:
     """Episodes per greedy evaluation (ours)."""
     eval_epsilon: float = 0.001
     """Epsilon of the evaluation policy (R2D2/Ape-X evaluation protocol: 0.001)."""
+    final_eval_episodes: int = 0
+    """Episodes of a greedy evaluation at the end of the run; 0 = none (ours; Atari: minutes)."""
 
 
 @dataclass(frozen=True)
@@ -446,7 +448,7 @@ def _validate(cfg: Config) -> List[str]:
     positive(t, "topology", "learners", "replay_shards")
 
     positive(g, "logging", "log_interval_seconds", "eval_episodes")
-    non_negative(g, "logging", "eval_interval_steps")
+    non_negative(g, "logging", "eval_interval_steps", "final_eval_episodes")
     unit(g, "logging", "eval_epsilon")
     need(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     return errors

@@ -69,10 +69,34 @@ class MetricsSink:
             self.printer.show(row)
 
     def close(self) -> None:
+        """Ends the progress line and closes the writers (idempotent)."""
         if self.printer is not None:
             self.printer.finish()
+            self.printer = None
         if self.writer is not None:
             self.writer.close()
+
+    @property
+    def all_rows(self) -> List[Dict[str, float]]:
+        """Every row of the run directory's metrics (a resumed run's earlier ones too)."""
+        return self.writer.rows if self.writer is not None else list(self.rows)
+
+
+def write_lead_outputs(cfg: Config, run_dir: str, sink: MetricsSink, role: Role) -> None:
+    """Learner 0's end-of-run files: learning curve PNG and final learner state (HDF5).
+
+    See :mod:`r2d2_hpc.run_outputs`. Called after every rank left the
+    shutdown barrier, so it delays nobody.
+    """
+    from r2d2_hpc.run_outputs import write_run_outputs
+
+    learner = getattr(role, "learner", None)
+    summary = role.summary()
+    extra = {k: summary[k] for k in ("final_eval_return", "final_eval_episodes",
+                                     "final_eval_epsilon", "learner_step", "env_steps")
+             if k in summary}
+    write_run_outputs(run_dir, cfg, sink.all_rows,
+                      learner.state() if learner is not None else None, extra=extra)
 
 
 def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
@@ -117,6 +141,7 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
                   **r.summary()} for i, r in enumerate(roles)]
     if run_dir:
         _write_json(os.path.join(run_dir, "summary.json"), summaries)
+        write_lead_outputs(cfg, run_dir, sink, roles[0])
     return {"roles": [(r.name, r.summary()) for r in roles], "ranks": summaries,
             "metrics": sink.rows}
 
@@ -218,6 +243,9 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
             summary["ranks"] = everyone
             if run_dir:
                 _write_json(os.path.join(run_dir, "summary.json"), everyone)
+                if sink is not None:
+                    sink.close()  # the last TensorBoard events, before the plot
+                    write_lead_outputs(cfg, run_dir, sink, role)
         if sink is not None:
             summary["metrics"] = sink.rows
         return summary

@@ -17,6 +17,12 @@ Each tick:
    aggregates ACTOR_REPORTs, writes metrics and decides when the run's budget
    is spent; it then sends CONTROL STOP to every other rank.
 
+Learner 0 also evaluates: every ``logging.eval_interval_steps`` learner steps
+and, with ``logging.final_eval_episodes > 0``, once when the budget is spent
+(before the STOP), it plays separate near-greedy episodes with the online
+parameters (:class:`~r2d2_hpc.evaluation.Evaluator`, whose docstring gives
+the cost) and logs their mean as ``eval_return`` in a metrics row of its own.
+
 With several learners (``topology.learners > 1``) each samples its own batch
 and the gradients are averaged with an MPI Allreduce over the learners'
 sub-communicator before every optimizer step, so their parameters stay
@@ -33,8 +39,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from r2d2_hpc.config import Config
+from r2d2_hpc.evaluation import EvalResult, Evaluator
 from r2d2_hpc.learner import Learner
-from r2d2_hpc.losses import importance_weights
+from r2d2_hpc.losses import apex_epsilon, importance_weights
 from r2d2_hpc.messages import Command
 from r2d2_hpc.ranks.common import JobSpec, Role, stop_requested
 from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
@@ -45,6 +52,37 @@ from r2d2_hpc.types import SequenceBatch
 _T_FIELDS = ("obs", "action", "reward", "discount", "first", "mask", "prev_action",
              "prev_reward")
 _B_FIELDS = ("state_h", "state_c", "keys", "probs")
+
+#: Metric columns of the mean training return per epsilon bucket, greediest first.
+EPSILON_BUCKET_COLUMNS = ("return_eps_low", "return_eps_mid", "return_eps_high")
+
+
+def epsilon_buckets(episode_eps: np.ndarray, all_eps: np.ndarray,
+                    num_buckets: int = len(EPSILON_BUCKET_COLUMNS)) -> np.ndarray:
+    """Bucket of each episode by the rank of its env's epsilon among all envs.
+
+    With ``all_eps`` the ``N`` Ape-X epsilons of every env of the job, env
+    ``j`` (``j = 0`` the greediest) is in bucket ``floor(num_buckets * j / N)``;
+    an episode goes to the bucket of the env whose epsilon is nearest its own
+    (an epsilon travels exactly, so nearest means equal in practice). With
+    ``N = 6, num_buckets = 3``: envs 0-1 -> 0 (greediest third), 2-3 -> 1,
+    4-5 -> 2 (most exploring third).
+
+    Args:
+      episode_eps: ``<float>[E]`` epsilon of each finished episode's env.
+      all_eps: ``<float>[N]`` epsilons of all envs (any order), ``N >= 1``.
+      num_buckets: buckets, >= 1.
+
+    Returns:
+      ``<int64>[E]`` bucket in ``[0, num_buckets)``, 0 the greediest.
+    """
+    ranked = np.sort(np.asarray(all_eps, np.float64))            # greediest first
+    eps = np.asarray(episode_eps, np.float64)
+    n = ranked.size
+    right = np.clip(np.searchsorted(ranked, eps), 0, n - 1)
+    left = np.clip(right - 1, 0, n - 1)
+    nearest = np.where(np.abs(ranked[left] - eps) <= np.abs(ranked[right] - eps), left, right)
+    return (nearest * num_buckets // n).astype(np.int64)
 
 
 def concat_replies(replies: Sequence[Dict[str, np.ndarray]]) -> SequenceBatch:
@@ -132,7 +170,21 @@ class LearnerRank(Role):
         self.actor_versions: Dict[int, int] = {}
         self.episode_returns: List[float] = []
         self.episode_lengths: List[int] = []
+        self.episode_eps: List[float] = []
         self.all_returns: List[float] = []
+        total_envs = cfg.actor.num_envs * max(1, len(info.actor_ranks))
+        #: Epsilon of every env of the job (Ape-X, over the global env index).
+        self.all_epsilons = np.asarray(apex_epsilon(np.arange(total_envs), total_envs,
+                                                    cfg.actor.epsilon_base,
+                                                    cfg.actor.epsilon_alpha), np.float64)
+        g = cfg.logging
+        self.evaluator: Optional[Evaluator] = None
+        if self.lead and (g.eval_interval_steps > 0 or g.final_eval_episodes > 0):
+            self.evaluator = Evaluator(cfg, spec.obs_shape, spec.num_actions,
+                                       seed=cfg.seed * 7_919 + 424_242)
+        self.evaluations: List[EvalResult] = []
+        self.final_eval: Optional[EvalResult] = None
+        self._eval_row: Optional[EvalResult] = None
         self.priority_sum = 0.0
         self.priority_max = 0.0
         self.priority_n = 0
@@ -191,6 +243,7 @@ class LearnerRank(Role):
                 self.actor_versions[msg.source] = int(f["params_version"])
                 self.episode_returns += f["episode_return"].tolist()
                 self.episode_lengths += f["episode_length"].tolist()
+                self.episode_eps += f["episode_epsilon"].tolist()
             self.ep.release("ACTOR_REPORT")
 
     def _request(self) -> None:
@@ -271,6 +324,9 @@ class LearnerRank(Role):
             self.staleness = float(self.learner.q_staleness(batch))
         if self.lead and step % self.cfg.learner.publish_period == 0:
             self._publish()
+        interval = self.cfg.logging.eval_interval_steps
+        if self.lead and interval and step % interval == 0:
+            self.evaluate()
         if self.lead:
             self._maybe_log()
             self._check_budget()
@@ -301,6 +357,30 @@ class LearnerRank(Role):
         if self.averager is None:
             self._finish()
 
+    def evaluate(self, episodes: Optional[int] = None, log: bool = True) -> EvalResult:
+        """Greedy evaluation of the current online parameters (lead learner).
+
+        Args:
+          episodes: episodes to play; default ``logging.eval_episodes``.
+          log: write a metrics row with its ``eval_return`` right away.
+
+        Returns:
+          The ``EvalResult`` (also kept in ``evaluations``).
+        """
+        if self.evaluator is None:
+            self.evaluator = Evaluator(self.cfg, self.spec.obs_shape, self.spec.num_actions,
+                                       seed=self.cfg.seed * 7_919 + 424_242)
+        ev = self.evaluator
+        if episodes is not None and episodes != ev.episodes:
+            ev = Evaluator(self.cfg, self.spec.obs_shape, self.spec.num_actions,
+                           seed=self.cfg.seed * 7_919 + 525_252, episodes=episodes)
+        result = ev.evaluate(self.learner.flat_params(), self.learner.params_version)
+        self.evaluations.append(result)
+        self._eval_row = result
+        if log:
+            self._maybe_log(force=True)
+        return result
+
     def _finish(self) -> None:
         if self.done:
             return
@@ -308,6 +388,11 @@ class LearnerRank(Role):
         self.stop_time = time.time()
         if self.lead:
             self._publish()
+            if self.cfg.logging.final_eval_episodes > 0:
+                # Before the STOP: the other ranks keep waiting (rate limited)
+                # rather than time out in the shutdown barrier.
+                self.final_eval = self.evaluate(self.cfg.logging.final_eval_episodes,
+                                                log=False)
             self._maybe_log(force=True)
             others = [r for r in range(self.ep.size) if r != self.ep.rank
                       and r not in self.info.learner_ranks]
@@ -346,11 +431,25 @@ class LearnerRank(Role):
             else math.nan,
             "max_priority": self.priority_max if self.priority_n else math.nan,
             "delta_q": self.staleness,
+            "eval_return": self._eval_row.mean_return if self._eval_row is not None
+            else math.nan,
+            "eval_episode_length": float(np.mean(self._eval_row.lengths))
+            if self._eval_row is not None else math.nan,
         }
+        if self.episode_returns:
+            buckets = epsilon_buckets(np.asarray(self.episode_eps), self.all_epsilons)
+            returns = np.asarray(self.episode_returns, np.float64)
+            for b, name in enumerate(EPSILON_BUCKET_COLUMNS):
+                sel = returns[buckets == b]
+                row[name] = float(sel.mean()) if sel.size else math.nan
+        else:
+            row.update({name: math.nan for name in EPSILON_BUCKET_COLUMNS})
+        self._eval_row = None
         self._last_log, self._last_log_step, self._last_log_env = now, step, env
         self._last_inserted, self._last_sampled = inserted, sampled
         self.all_returns += self.episode_returns
         self.episode_returns, self.episode_lengths, self.losses = [], [], []
+        self.episode_eps = []
         self.priority_sum, self.priority_n, self.priority_max = 0.0, 0, 0.0
         return row
 
@@ -367,4 +466,23 @@ class LearnerRank(Role):
                 "episodes": len(self.all_returns) + len(self.episode_returns),
                 "compute_seconds": self.compute_seconds,
                 "params_version": self.learner.params_version,
-                "allreduce_seconds": self.averager.seconds if self.averager else 0.0}
+                "allreduce_seconds": self.averager.seconds if self.averager else 0.0,
+                **self._eval_summary()}
+
+    def _eval_summary(self) -> Dict[str, Any]:
+        """Evaluation figures for summary.json (lead learner)."""
+        if not self.lead:
+            return {}
+        out: Dict[str, Any] = {
+            "evaluations": len(self.evaluations),
+            "eval_seconds": float(sum(e.seconds for e in self.evaluations)),
+            "eval_env_steps": int(sum(e.env_steps for e in self.evaluations)),
+        }
+        fe = self.final_eval
+        if fe is not None:
+            out.update(final_eval_return=fe.mean_return,
+                       final_eval_returns=fe.returns.tolist(),
+                       final_eval_episodes=int(fe.returns.size),
+                       final_eval_epsilon=self.cfg.logging.eval_epsilon,
+                       final_eval_params_version=fe.params_version)
+        return out
