@@ -251,7 +251,7 @@ class Layout:
                 offset = _round_up(offset, max(ALIGN, f.dtype.alignment))
                 shape = f.resolve(named)
                 entries.append((f.name, offset, shape, f.dtype))
-                offset += int(np.prod(shape, dtype=np.int64)) * f.dtype.itemsize
+                offset += math.prod(shape) * f.dtype.itemsize
             plan = (tuple(entries), offset)
             if len(self._plans) > 4096:  # bound the cache; plans are cheap to rebuild
                 self._plans.clear()
@@ -300,7 +300,7 @@ class Layout:
         entries, total = self._plan(counts)
         out = {}
         for name, off, shape, dtype in entries:
-            nb = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nb = math.prod(shape) * dtype.itemsize
             out[name] = buf[off:off + nb].view(dtype).reshape(shape)
         return out, total
 
