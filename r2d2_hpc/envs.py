@@ -32,7 +32,8 @@ Environments (``make_vector_env``, ``env.name``):
 * ``cartpole``: CartPole-v1 (gymnasium's dynamics exactly, NumPy over envs).
 * ``cartpole_masked``: CartPole-v1 with the velocities hidden, obs
   ``(cart position, pole angle)``: the embedded default task, which needs memory.
-* ``atari``: arrives with the Atari-57 issue (not built here).
+* ``atari``: the Atari-57 games through ale-py's C++ vector env with the
+  paper's protocol (``r2d2_hpc.atari.AtariEnv``; ``env.game`` picks the game).
 
 With ``env.frame_stack > 1`` the non-Atari observations are stacked by
 ``FrameStack`` (zeros before an episode's first frame, as the replay shard's
@@ -397,18 +398,20 @@ def make_vector_env(env_cfg: EnvConfig, num_envs: int, seed: int) -> VectorEnv:
       seed: seed of the env's generator (give each actor rank its own).
 
     Returns:
-      The vector env; not yet reset. ``counter`` terminates env ``i`` after
+      The vector env; not yet reset. ``atari``: ``AtariEnv.from_config`` (one
+      ALE thread). ``counter`` terminates env ``i`` after
       ``counter_episode_lengths`` steps and truncates at ``max_episode_steps``.
 
     Raises:
-      ValueError: for ``atari`` (not built yet) or an unknown ``env.name``.
+      ValueError: for an unknown ``env.name`` or (``atari``) an unknown ``env.game``.
     """
     name = env_cfg.name
     env: VectorEnv
     if name == "atari":
-        raise ValueError("env.name='atari': the Atari environment arrives with the Atari-57 "
-                         "issue and is not available yet; use one of "
-                         f"{', '.join(n for n in KNOWN_ENVS if n != 'atari')}")
+        # ale-py stacks the frames itself (zeros before an episode's first frame).
+        from r2d2_hpc.atari import make_atari_env
+
+        return make_atari_env(env_cfg, num_envs, seed)
     if name == "counter":
         env = CounterEnv(num_envs, counter_episode_lengths(num_envs),
                          max_episode_steps=env_cfg.max_episode_steps)
