@@ -365,3 +365,49 @@ def test_env_config_defaults_are_the_paper_protocol():
     assert (e.frame_stack, e.frame_skip, e.screen_size, e.noop_max, e.max_episode_frames,
             e.full_action_space, e.terminal_on_life_loss, e.clip_rewards,
             e.sticky_action_prob) == (4, 4, 84, 30, 108_000, True, False, False, 0.0)
+
+
+# --------------------------------------------------------------------------- #
+# The workstation config and the actor benchmark.
+
+def test_pong_workstation_config_is_64_ranks_with_the_paper_protocol():
+    import os
+
+    from r2d2_hpc.config import load_config
+    from r2d2_hpc.topology import assign_role
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "pong_workstation.yaml"))
+    assert cfg.env == EnvConfig(name="atari", game="Pong")  # the paper's protocol
+    assert (cfg.topology.learners, cfg.topology.replay_shards) == (1, 4)
+    roles = [assign_role(r, 64, cfg.topology).role for r in range(64)]
+    assert {k: roles.count(k) for k in set(roles)} == {"learner": 1, "replay": 4, "actor": 59}
+    assert cfg.learner.device == "cuda" and cfg.actor.num_envs == 64
+    assert cfg.replay.capacity_observations == 4_000_000
+
+
+def test_atari_actor_bench_quick(tmp_path):
+    import json
+    import os
+    import sys
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import atari_actor_bench
+    finally:
+        sys.path.remove(bench)
+    out = tmp_path / "bench.json"
+    res = atari_actor_bench.main(["--envs", "2", "--seconds", "0.2", "--repeats", "1",
+                                  "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    r = res["by_num_envs"]["2"]
+    for loop in ("raw", "env", "actor"):
+        assert r[loop]["steps_per_s"] > 0 and r[loop]["steps_per_cpu_s"] > 0
+        assert r[loop]["repeats"] == 1
+    assert 0 < r["ratio_actor_to_raw"] and math.isfinite(r["ratio_actor_to_raw_cpu"])
+    assert res["torch_threads"] == 1 and res["network"]["lstm_size"] == 512
+    # Hand-checked Ape-X epsilons: 0.4^(1 + 7 i / (N - 1)).
+    np.testing.assert_allclose(atari_actor_bench.ape_x_epsilons(3),
+                               [0.4, 0.4 ** 4.5, 0.4 ** 8])
