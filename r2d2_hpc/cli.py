@@ -32,6 +32,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    dest="overrides", help="override one config field (repeatable)")
     p.add_argument("--run-dir", metavar="DIR", default=None,
                    help="run directory (default: runs/<env>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR from its newest valid checkpoint (a run "
+                        "directory that holds a complete checkpoint is also resumed by itself)")
     p.add_argument("--print-config", action="store_true",
                    help="print the effective config as YAML and exit")
     p.add_argument("--serial", action="store_true",
@@ -53,7 +56,17 @@ def default_run_dir(cfg: Config, now: Optional[datetime.datetime] = None) -> str
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """Config from the embedded preset (when no --config), file and overrides."""
+    """Config from the embedded preset (when no --config), file and overrides.
+
+    With ``--resume RUN_DIR`` and no ``--config`` the base is that run's
+    effective ``config.yaml``.
+    """
+    if args.resume and not args.config:
+        saved = os.path.join(args.resume, "config.yaml")
+        if not os.path.isfile(saved):
+            raise ConfigError([f"--resume {args.resume!r}: no config.yaml there; pass the "
+                               f"run directory of an earlier r2d2-train run"])
+        return load_config(saved, args.overrides)
     base = None if args.config else load_preset("default")
     return load_config(args.config, args.overrides, base=base)
 
@@ -70,23 +83,42 @@ def prepare_run_dir(path: str) -> None:
                            f"place with --run-dir"])
 
 
-def _check_environment(cfg: Config) -> None:
+def _check_environment(cfg: Config) -> Any:
     """Builds the environment and network once, so a bad env fails before anything starts."""
     from r2d2_hpc.ranks.common import job_spec
 
     try:
-        job_spec(cfg)
+        return job_spec(cfg)
     except (ValueError, ImportError) as exc:
         raise ConfigError([f"env: cannot build environment {cfg.env.name!r}: {exc}"]) from exc
 
 
-def _root_setup(args: argparse.Namespace,
-                world_size: int) -> Tuple[Optional[dict], Optional[str], str]:
-    """Rank 0's part: (config dict, error message, run dir)."""
+def _resume_point(run_dir: str, cfg: Config, spec: Any, required: bool) -> Any:
+    """The checkpoint to continue from (None: fresh start); ConfigError if unusable."""
+    from r2d2_hpc.checkpoint import CheckpointIncompatible, list_checkpoints, resume_point
+
+    if not os.path.isdir(run_dir) or not (required or list_checkpoints(run_dir)):
+        if required:
+            raise ConfigError([f"--resume {run_dir!r}: no such run directory"])
+        return None
+    report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        info = resume_point(run_dir, cfg, spec, report=report)
+    except CheckpointIncompatible as exc:
+        raise ConfigError([f"cannot resume from {run_dir!r}: {exc}"]) from exc
+    if info is None and required:
+        raise ConfigError([f"--resume {run_dir!r}: it holds no complete, valid checkpoint; "
+                           f"start a new run with --run-dir"])
+    return info
+
+
+def _root_setup(args: argparse.Namespace, world_size: int
+                ) -> Tuple[Optional[dict], Optional[str], str, Any]:
+    """Rank 0's part: (config dict, error message, run dir, checkpoint to resume)."""
     try:
         cfg = resolve_config(args)
         if args.print_config:
-            return cfg.to_dict(), None, ""
+            return cfg.to_dict(), None, "", None
         errors = []
         if args.serial and world_size > 1:
             errors.append(f"--serial runs every role in one process, but this job has "
@@ -100,12 +132,19 @@ def _root_setup(args: argparse.Namespace,
                 f"least 1 actor need {t.min_ranks} MPI ranks, but the job has {world_size}; "
                 f"run mpiexec -n {t.min_ranks} (or more), lower topology.replay_shards / "
                 f"topology.learners, or use --serial")
-        for check in (_check_environment,):
+        spec = None
+        try:
+            spec = _check_environment(cfg)
+        except ConfigError as exc:
+            errors += exc.errors
+        run_dir = (args.resume or args.run_dir or cfg.logging.run_dir
+                   or default_run_dir(cfg))
+        resume = None
+        if spec is not None:
             try:
-                check(cfg)
+                resume = _resume_point(run_dir, cfg, spec, required=bool(args.resume))
             except ConfigError as exc:
                 errors += exc.errors
-        run_dir = args.run_dir or cfg.logging.run_dir or default_run_dir(cfg)
         if not errors:  # create nothing when the job cannot start
             try:
                 prepare_run_dir(run_dir)
@@ -114,9 +153,9 @@ def _root_setup(args: argparse.Namespace,
         if errors:
             raise ConfigError(errors)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        return cfg.to_dict(), None, run_dir
+        return cfg.to_dict(), None, run_dir, resume
     except ConfigError as exc:
-        return None, str(exc), ""
+        return None, str(exc), "", None
 
 
 def _world() -> Tuple[Any, int]:
@@ -135,7 +174,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     payload = _root_setup(args, size) if rank == 0 else None
     if comm is not None and comm.Get_size() > 1:
         payload = comm.bcast(payload, root=0)
-    cfg_dict, error, run_dir = payload
+    cfg_dict, error, run_dir, resume = payload
     if error is not None:
         if rank == 0:
             print(f"r2d2-train: {error}", file=sys.stderr, flush=True)
@@ -153,12 +192,16 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         mode = "serial" if args.serial else f"{size} MPI ranks"
         print(f"r2d2-train: run directory {run_dir} ({mode}; effective config in "
               f"config.yaml)", flush=True)
+        if resume is not None:
+            print(f"r2d2-train: resuming from checkpoint {resume.name} (learner step "
+                  f"{resume.step}, {resume.num_shards} replay shard(s))", flush=True)
     if args.serial:
         result = run_serial(cfg, run_dir, num_actors=args.serial_actors, quiet=args.quiet,
-                            hooks=hooks)
+                            hooks=hooks, resume=resume)
         lead = dict(result["roles"][0][1])
     else:
-        lead = run_mpi(cfg, comm, run_dir, quiet=args.quiet, hooks=hooks)
+        lead = run_mpi(cfg, comm, run_dir, quiet=args.quiet, hooks=hooks, resume=resume)
+    code = int(lead.get("exit_code", 0) or 0)
     if rank == 0:
         print(f"r2d2-train: done: {lead.get('stop_reason', '')}; learner steps "
               f"{lead.get('learner_step')}, env steps {lead.get('env_steps')}, episodes "
@@ -168,7 +211,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{lead['final_eval_epsilon']:g}): mean return "
                   f"{lead['final_eval_return']:.1f} over {lead['final_eval_episodes']} "
                   f"episodes", flush=True)
-    return 0
+        if code:
+            print(f"r2d2-train: exiting with code {code} (checkpointed after a signal; "
+                  f"requeue the job to resume)", flush=True)
+    return code
 
 
 def _entry() -> None:  # pragma: no cover - console script shim

@@ -178,7 +178,9 @@ class CheckpointConfig:
     keep: int = 3
     """Complete checkpoints kept; older ones are deleted (ours)."""
     on_signal: bool = True
-    """Write one coordinated checkpoint on SIGUSR1/SIGTERM, then exit (ours)."""
+    """Write one coordinated checkpoint on SIGUSR1/SIGTERM, then exit 3 (ours)."""
+    at_end: bool = True
+    """Write a checkpoint when the run's budget is spent (for r2d2-eval and resume; ours)."""
 
 
 @dataclass(frozen=True)

@@ -38,16 +38,17 @@ class RunHooks:
 def build_role(cfg: Config, spec: JobSpec, ep: Any, info: RoleInfo,
                learner_comm: Any = None,
                on_metrics: Optional[Callable[[Dict[str, float]], None]] = None,
-               hooks: Optional[RunHooks] = None) -> Role:
-    """The role object of one rank."""
+               hooks: Optional[RunHooks] = None, run_dir: Optional[str] = None,
+               resume: Any = None) -> Role:
+    """The role object of one rank (restored from checkpoint ``resume`` if given)."""
     hooks = hooks or RunHooks()
     if info.role == "learner":
         from r2d2_hpc.ranks.learner import LearnerRank
         return LearnerRank(cfg, spec, ep, info, learner_comm=learner_comm,
-                           on_metrics=on_metrics)
+                           on_metrics=on_metrics, run_dir=run_dir, resume=resume)
     if info.role == "replay":
         from r2d2_hpc.ranks.replay import ReplayRank
-        return ReplayRank(cfg, spec, ep, info)
+        return ReplayRank(cfg, spec, ep, info, run_dir=run_dir, resume=resume)
     from r2d2_hpc.ranks.actor import ActorRank
     fail = hooks.fail_actor_at_step if info.index == 0 else 0
     return ActorRank(cfg, spec, ep, info, fail_after_steps=fail)
@@ -100,7 +101,8 @@ def write_lead_outputs(cfg: Config, run_dir: str, sink: MetricsSink, role: Role)
 
 
 def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
-               quiet: bool = False, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
+               quiet: bool = False, hooks: Optional[RunHooks] = None,
+               resume: Any = None) -> Dict[str, Any]:
     """Runs every role in this process over in-memory queues.
 
     The topology is ``topology.learners`` forced to 1, ``topology.replay_shards``
@@ -123,15 +125,22 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
         info = assign_role(rank, size, topo)
         ep = InMemoryEndpoint(hub, rank)
         roles.append(build_role(cfg, spec, ep, info,
-                                on_metrics=sink if rank == 0 else None, hooks=hooks))
+                                on_metrics=sink if rank == 0 else None, hooks=hooks,
+                                run_dir=run_dir, resume=resume))
+    flag = _preemption_flag(cfg)
     try:
         while not all(r.done for r in roles):
+            if flag is not None and flag.count and not roles[0].done:
+                roles[0].on_preempt(flag.signum or 0)
+                flag.count = 0
             for role in roles:
                 if not role.done:
                     role.tick()
         for role in roles:  # in-memory queues: one pass takes in everything left
             role.drain(role.ep)
     finally:
+        if flag is not None:
+            flag.uninstall()
         for role in roles:
             if hasattr(role, "finish"):
                 role.finish()
@@ -143,7 +152,18 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
         _write_json(os.path.join(run_dir, "summary.json"), summaries)
         write_lead_outputs(cfg, run_dir, sink, roles[0])
     return {"roles": [(r.name, r.summary()) for r in roles], "ranks": summaries,
-            "metrics": sink.rows}
+            "metrics": sink.rows, "exit_code": roles[0].exit_code}
+
+
+def _preemption_flag(cfg: Config) -> Any:
+    """SIGUSR1/SIGTERM -> a polled flag (installed after MPI_Init: MPICH's own
+    SIGUSR1 handler would otherwise swallow the signal)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    from r2d2_hpc.checkpoint import PreemptionFlag
+    return PreemptionFlag().install()
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -198,7 +218,7 @@ def _idle(sleep_s: float) -> float:
 
 
 def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False,
-            hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
+            hooks: Optional[RunHooks] = None, resume: Any = None) -> Dict[str, Any]:
     """Runs this rank's role of an MPI job; every rank of ``world`` calls it.
 
     Returns:
@@ -222,11 +242,15 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
         import torch
         torch.set_num_threads(torch_threads(info.role, *_node_cores_and_ranks(world)))
         role = build_role(cfg, spec, ep, info, learner_comm=comms.learners, on_metrics=sink,
-                          hooks=hooks)
+                          hooks=hooks, run_dir=run_dir, resume=resume)
         for name in role.listen_names():
             ep.listen(name)
+        flag = _preemption_flag(cfg)
         sleep = 0.0001
         while not role.done:
+            if flag is not None and flag.count:
+                role.on_preempt(flag.signum or 0)  # learner 0 coordinates
+                flag.count = 0
             if role.tick():
                 sleep = 0.0001
             else:
@@ -235,7 +259,8 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
             role.finish()
         clean = drain_and_close(ep, role, comm=world, timeout=SHUTDOWN_TIMEOUT_S)
         summary = {"role": info.role, "index": info.index, "rank": info.rank,
-                   "clean_shutdown": clean, "exit_time": time.time(), **role.summary()}
+                   "clean_shutdown": clean, "exit_time": time.time(),
+                   "exit_code": role.exit_code, **role.summary()}
         role.close()
         # Every rank has left the drain barrier: a collective is safe here.
         everyone = world.gather(summary, root=0)

@@ -29,7 +29,7 @@ from r2d2_hpc.config import Config
 from r2d2_hpc.envs import EpisodeStats, make_vector_env
 from r2d2_hpc.losses import apex_epsilon
 from r2d2_hpc.policy import ActorPolicy
-from r2d2_hpc.ranks.common import JobSpec, Role, stop_requested
+from r2d2_hpc.ranks.common import JobSpec, Role, poll_control, stop_requested
 from r2d2_hpc.topology import RoleInfo, stream_id
 
 #: Seconds between ACTOR_REPORT messages.
@@ -99,8 +99,7 @@ class ActorRank(Role):
     def tick(self) -> bool:
         if self.done:
             return False
-        if stop_requested(self.ep) is not None:
-            self.done = True
+        if stop_requested(self, poll_control(self.ep)):
             return False
         if not self.have_params:  # act only with the learner's parameters
             self._refresh_params()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,12 +69,48 @@ def job_messages(cfg: Config, spec: JobSpec) -> Messages:
                             spec.num_params, spec.num_actions, obs_shape=spec.obs_shape)
 
 
+def state_digest(tree: Any) -> str:
+    """CRC32 over every array and scalar of a nested state, in key order (bit-exact check).
+
+    Dataclass records (e.g. ``ShardState``) are walked field by field.
+    """
+    import dataclasses
+    import zlib
+
+    crc = 0
+
+    def walk(x: Any) -> None:
+        nonlocal crc
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            walk({f.name: getattr(x, f.name) for f in dataclasses.fields(x)})
+        elif isinstance(x, dict):
+            for k in sorted(x):
+                crc = zlib.crc32(str(k).encode(), crc)
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        else:
+            a = np.asarray(x)
+            if a.dtype == object:
+                crc = zlib.crc32(repr(x).encode(), crc)
+            else:
+                crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+
+    walk(tree)
+    return f"{crc:08x}"
+
+
 class Role(abc.ABC):
     """One rank's work. ``tick`` never blocks for long; ``done`` ends the loop."""
 
     #: 'learner', 'replay' or 'actor'
     name: str = "role"
     done: bool = False
+    #: Process exit code once done (0; EXIT_REQUEUE after a preemption checkpoint).
+    exit_code: int = 0
+    ep: Any = None
+    info: Any = None
 
     @abc.abstractmethod
     def tick(self) -> bool:
@@ -88,6 +124,11 @@ class Role(abc.ABC):
         """Counters for the end-of-run summary and the tests."""
         return {}
 
+    def on_preempt(self, signum: int) -> None:
+        """A SIGUSR1/SIGTERM reached this rank: tell learner 0, which coordinates."""
+        self.ep.send("CONTROL", self.info.learner_ranks[0], timeout=30.0,
+                     command=int(Command.PREEMPT), argument=int(signum))
+
     def drain(self, ep: Any) -> None:
         """At shutdown: takes in what still arrives (default: discards it)."""
         for name in self.listen_names():
@@ -98,15 +139,32 @@ class Role(abc.ABC):
         """Frees what the role holds (not the endpoint)."""
 
 
-def stop_requested(ep: Any) -> Optional[int]:
-    """The CONTROL command that arrived (STOP/ABORT), or None."""
-    for msg in ep.poll("CONTROL"):
-        cmd = int(msg.fields["command"])
-        if cmd in (int(Command.STOP), int(Command.ABORT)):
-            ep.release("CONTROL")
-            return cmd
+class Control(NamedTuple):
+    """One CONTROL message: who sent it, the command and its argument."""
+
+    source: int
+    command: int
+    argument: int
+
+
+def poll_control(ep: Any) -> List[Control]:
+    """The CONTROL messages that arrived (never blocks)."""
+    out = [Control(m.source, int(m.fields["command"]), int(m.fields["argument"]))
+           for m in ep.poll("CONTROL")]
     ep.release("CONTROL")
-    return None
+    return out
+
+
+def stop_requested(role: "Role", controls: Sequence[Control]) -> bool:
+    """Applies STOP/ABORT among ``controls`` to ``role`` (done, exit code)."""
+    for c in controls:
+        if c.command == int(Command.STOP):
+            role.done, role.exit_code = True, c.argument
+            return True
+        if c.command == int(Command.ABORT):
+            role.done, role.exit_code = True, 1
+            return True
+    return False
 
 
 def drain_and_close(ep: Any, role: Role, comm: Any = None, timeout: float = 20.0) -> bool:

@@ -32,6 +32,7 @@ after the same step.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -43,7 +44,8 @@ from r2d2_hpc.evaluation import EvalResult, Evaluator
 from r2d2_hpc.learner import Learner
 from r2d2_hpc.losses import apex_epsilon, importance_weights
 from r2d2_hpc.messages import Command
-from r2d2_hpc.ranks.common import JobSpec, Role, stop_requested
+from r2d2_hpc.ranks.common import (Control, JobSpec, Role, poll_control, state_digest,
+                                   stop_requested)
 from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
                                       global_probabilities)
 from r2d2_hpc.topology import RoleInfo
@@ -95,6 +97,19 @@ def concat_replies(replies: Sequence[Dict[str, np.ndarray]]) -> SequenceBatch:
     return SequenceBatch(**out)
 
 
+def _exit_requeue() -> int:
+    from r2d2_hpc.checkpoint import EXIT_REQUEUE
+    return EXIT_REQUEUE
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class MpiAllreduceAverager:
     """Averages the flat gradient over the learners with mpi4py ``Allreduce``.
 
@@ -109,17 +124,20 @@ class MpiAllreduceAverager:
         self.comm = comm
         self.size = comm.Get_size()
         self.buf = np.zeros(num_params + 1, np.float32)
-        self.want_stop = False
+        #: 0 = go on; exit code + 1 = stop after this step (only learner 0 sets it)
+        self.want_stop = 0
         self.stop = False
+        self.stop_code = 0
         self.seconds = 0.0
 
     def __call__(self, flat: Any) -> None:
         t0 = time.perf_counter()
         n = self.buf.size - 1
         self.buf[:n] = flat.detach().cpu().numpy()
-        self.buf[n] = 1.0 if self.want_stop else 0.0
+        self.buf[n] = float(self.want_stop)
         self.comm.Allreduce(self._mpi.IN_PLACE, self.buf, op=self._mpi.SUM)
         self.stop = self.buf[n] > 0
+        self.stop_code = max(0, int(round(float(self.buf[n]))) - 1)
         self.buf[:n] /= self.size
         import torch
 
@@ -145,11 +163,20 @@ class LearnerRank(Role):
     def __init__(self, cfg: Config, spec: JobSpec, ep: Any, info: RoleInfo,
                  learner_comm: Any = None,
                  on_metrics: Optional[Callable[[Dict[str, float]], None]] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 run_dir: Optional[str] = None, resume: Any = None) -> None:
         self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
         self.lead = info.index == 0
         self.averager: Optional[MpiAllreduceAverager] = None
         self.learner = Learner(cfg, spec.obs_shape, spec.num_actions, device=cfg.learner.device)
+        self.run_dir = run_dir
+        self.env_steps_base = 0
+        self.episodes_base = 0
+        self.seconds_base = 0.0
+        self.resumed_from: Optional[int] = None
+        self.resume_digest = ""
+        if resume is not None:
+            self._restore(resume)
         if learner_comm is not None and learner_comm.Get_size() > 1:
             self.averager = MpiAllreduceAverager(learner_comm, self.learner.num_params)
             self.learner.grad_reducer = self.averager
@@ -199,6 +226,20 @@ class LearnerRank(Role):
         self._last_sampled = 0
         self.compute_seconds = 0.0
         self.wait_seconds = 0.0
+        ck = cfg.checkpoint
+        self.layout: Any = None
+        if self.lead and run_dir:
+            from r2d2_hpc.checkpoint import CheckpointLayout, CheckpointSchedule
+            self.layout = CheckpointLayout(run_dir, keep=ck.keep)
+            self.schedule = CheckpointSchedule(ck)
+            self.schedule.mark(self.learner.step_count)
+        self._ckpt: Optional[Dict[str, Any]] = None
+        self._finish_after_checkpoint = False
+        self._preempt_signal = ""
+        self.checkpoints_committed: List[str] = []
+        #: learner step -> digest of the learner state written (tests: bit-exact resume)
+        self.checkpoint_digests: Dict[str, str] = {}
+        self.checkpoint_seconds: List[float] = []
         self._published_version = -1
         self.stop_time = math.nan
         if self.lead:
@@ -210,7 +251,8 @@ class LearnerRank(Role):
     # ---------------------------------------------------------------- helpers
     @property
     def env_steps(self) -> int:
-        return int(sum(self.actor_steps.values()))
+        """Agent steps of the whole run (before a resume plus reported since)."""
+        return self.env_steps_base + int(sum(self.actor_steps.values()))
 
     def _publish(self) -> None:
         if self.info.actor_ranks:
@@ -289,9 +331,21 @@ class LearnerRank(Role):
     def tick(self) -> bool:
         if self.done:
             return False
-        if not self.lead and stop_requested(self.ep) is not None and self.averager is None:
-            self.done = True
+        controls = poll_control(self.ep)
+        if not self.lead:
+            if self.averager is None and stop_requested(self, controls):
+                return False
+        else:
+            self._lead_controls(controls)
+        if self._ckpt is not None:  # no learner step while a checkpoint is written
+            self._take_messages()
+            self._progress_checkpoint()
             return False
+        if self._preempt_signal and not self.stop_reason:
+            self.request_stop(f"preempted by {self._preempt_signal}",
+                              exit_code=_exit_requeue())
+            if self.done or self._ckpt is not None:
+                return False
         self._take_messages()
         while (len(self.requests) < self.cfg.learner.samples_in_flight
                and any(s.total_priority > 0 for s in self.stats)):
@@ -304,7 +358,7 @@ class LearnerRank(Role):
             return False
         batch, weights, owners = ready
         if self.averager is not None:
-            self.averager.want_stop = bool(self.stop_reason)
+            self.averager.want_stop = (self.exit_code + 1) if self.stop_reason else 0
         t0 = time.perf_counter()
         result = self.learner.step(batch, weights)
         self.compute_seconds += time.perf_counter() - t0
@@ -330,7 +384,11 @@ class LearnerRank(Role):
         if self.lead:
             self._maybe_log()
             self._check_budget()
+            if (not self.done and self._ckpt is None and self.layout is not None
+                    and self.schedule.due(step)):
+                self._start_checkpoint()
         if self.averager is not None and self.averager.stop:
+            self.exit_code = self.averager.stop_code
             self._finish()
         return True
 
@@ -345,17 +403,89 @@ class LearnerRank(Role):
             self.stop_reason = f"learner.max_steps={l.max_steps} reached"
         elif a.max_env_steps and self.env_steps >= a.max_env_steps:
             self.stop_reason = f"actor.max_env_steps={a.max_env_steps} reached"
-        elif l.max_seconds and self.clock() - self.start_time >= l.max_seconds:
+        elif l.max_seconds and (self.seconds_base + self.clock() - self.start_time
+                                >= l.max_seconds):
             self.stop_reason = f"learner.max_seconds={l.max_seconds:g} reached"
         if self.stop_reason and self.averager is None:
             self._finish()
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, exit_code: int = 0) -> None:
         """Stops the run after the current step (signals, tests)."""
         if not self.stop_reason:
             self.stop_reason = reason
+            self.exit_code = exit_code
         if self.averager is None:
             self._finish()
+
+    def on_preempt(self, signum: int) -> None:
+        """A signal reached learner 0 itself (others send it CONTROL PREEMPT)."""
+        if self.lead:
+            self._preempt_signal = self._preempt_signal or _signal_name(signum)
+        else:
+            super().on_preempt(signum)
+
+    # ------------------------------------------------------------ checkpoints
+    def _lead_controls(self, controls: Sequence[Control]) -> None:
+        for c in controls:
+            if c.command == int(Command.PREEMPT):
+                self._preempt_signal = self._preempt_signal or _signal_name(c.argument)
+            elif c.command == int(Command.CHECKPOINT_DONE) and self._ckpt is not None:
+                self._ckpt["pending"].discard(c.source)
+                if c.argument != self._ckpt["step"]:
+                    self._ckpt["failed"] = True
+
+    def counters(self) -> Dict[str, Any]:
+        """The job's counters as a checkpoint records them."""
+        frames = self.cfg.env.frame_skip if self.cfg.env.name == "atari" else 1
+        return {"env_steps": self.env_steps, "env_frames": self.env_steps * frames,
+                "learner_step": self.learner.step_count,
+                "episodes": self.episodes_base + len(self.all_returns)
+                + len(self.episode_returns),
+                "train_seconds": self.seconds_base + (self.clock() - self.start_time)}
+
+    def _start_checkpoint(self) -> None:
+        """Lead: learner and actor files now, shards asked to write theirs."""
+        step = self.learner.step_count
+        t0 = time.monotonic()
+        path = self.layout.begin(step)
+        for rank in self.shard_ranks:
+            self.ep.send("CONTROL", rank, timeout=60.0, command=int(Command.CHECKPOINT),
+                         argument=step)
+        state = self.learner.state()
+        self.layout.write_learner(path, state, self.cfg, self.counters(), step=step,
+                                  job_spec=self.spec)
+        self.checkpoint_digests[str(step)] = state_digest(state)
+        self.layout.write_actors(path, [{"env_steps": int(self.actor_steps.get(r, 0))}
+                                        for r in self.info.actor_ranks])
+        self._ckpt = {"step": step, "path": path, "pending": set(self.shard_ranks),
+                      "failed": False, "t0": t0}
+
+    def _progress_checkpoint(self) -> None:
+        ck = self._ckpt
+        if ck is None or ck["pending"]:
+            return
+        self._ckpt = None
+        if ck["failed"]:
+            print(f"r2d2-train: checkpoint at step {ck['step']} failed on a replay shard; "
+                  f"the previous checkpoint is kept", file=sys.stderr, flush=True)
+        else:
+            info = self.layout.commit(ck["path"], ck["step"], len(self.shard_ranks))
+            self.checkpoints_committed.append(info.name)
+            self.checkpoint_seconds.append(time.monotonic() - ck["t0"])
+        self.schedule.mark(ck["step"])
+        if self._finish_after_checkpoint:
+            self._complete_finish()
+
+    def _restore(self, resume: Any) -> None:
+        from r2d2_hpc.checkpoint import read_learner
+
+        ck = read_learner(resume)
+        self.learner.load_state(ck.state)
+        self.env_steps_base = int(ck.counters.get("env_steps", 0))
+        self.episodes_base = int(ck.counters.get("episodes", 0))
+        self.seconds_base = float(ck.counters.get("train_seconds", 0.0))
+        self.resumed_from = int(ck.step)
+        self.resume_digest = state_digest(self.learner.state())
 
     def evaluate(self, episodes: Optional[int] = None, log: bool = True) -> EvalResult:
         """Greedy evaluation of the current online parameters (lead learner).
@@ -382,6 +512,20 @@ class LearnerRank(Role):
         return result
 
     def _finish(self) -> None:
+        if self.done or self._finish_after_checkpoint:
+            return
+        ck = self.cfg.checkpoint
+        preempted = self.exit_code == _exit_requeue()
+        if self.lead and self.layout is not None and \
+                ((preempted and ck.on_signal) or (not preempted and ck.at_end)):
+            # One coordinated checkpoint, then the STOP (with the exit code).
+            self._finish_after_checkpoint = True
+            if self._ckpt is None:
+                self._start_checkpoint()
+            return
+        self._complete_finish()
+
+    def _complete_finish(self) -> None:
         if self.done:
             return
         self.done = True
@@ -397,7 +541,8 @@ class LearnerRank(Role):
             others = [r for r in range(self.ep.size) if r != self.ep.rank
                       and r not in self.info.learner_ranks]
             for r in others:
-                self.ep.send("CONTROL", r, timeout=30.0, command=int(Command.STOP), argument=0)
+                self.ep.send("CONTROL", r, timeout=30.0, command=int(Command.STOP),
+                             argument=self.exit_code)
 
     # --------------------------------------------------------------- metrics
     def metrics_row(self) -> Dict[str, float]:
@@ -463,7 +608,13 @@ class LearnerRank(Role):
     def summary(self) -> Dict[str, Any]:
         return {"learner_step": self.learner.step_count, "env_steps": self.env_steps,
                 "stop_reason": self.stop_reason, "stop_time": self.stop_time,
-                "episodes": len(self.all_returns) + len(self.episode_returns),
+                "exit_code": self.exit_code, "resumed_from": self.resumed_from,
+                "resume_digest": self.resume_digest,
+                "checkpoints": list(self.checkpoints_committed),
+                "checkpoint_seconds": list(self.checkpoint_seconds),
+                "checkpoint_digests": dict(self.checkpoint_digests),
+                "episodes": (self.episodes_base + len(self.all_returns)
+                             + len(self.episode_returns)),
                 "compute_seconds": self.compute_seconds,
                 "params_version": self.learner.params_version,
                 "allreduce_seconds": self.averager.seconds if self.averager else 0.0,

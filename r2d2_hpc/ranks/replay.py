@@ -18,15 +18,17 @@ cross-shard sampling exact (``r2d2_hpc.replay.sampling``).
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
-from typing import Any, Deque, Dict, Sequence, Tuple
+from typing import Any, Deque, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from r2d2_hpc.config import Config
 from r2d2_hpc.messages import sample_reply_arrays
-from r2d2_hpc.ranks.common import JobSpec, Role, stop_requested
+from r2d2_hpc.messages import Command
+from r2d2_hpc.ranks.common import JobSpec, Role, poll_control, state_digest, stop_requested
 from r2d2_hpc.replay import ReplayShard
 from r2d2_hpc.topology import RoleInfo
 
@@ -46,14 +48,35 @@ def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) ->
         priority_exponent=r.priority_exponent, seed=cfg.seed * 7_919 + 104_729 * (shard_index + 1))
 
 
+def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo, resume: Any) -> ReplayShard:
+    """This rank's shard from checkpoint ``resume``: exact when the shard count and
+    layout are unchanged, else re-sharded by the actors' routing rule."""
+    from r2d2_hpc.checkpoint import restore_shard
+
+    same = resume.num_shards == info.num_shards
+    # np.zeros pages are not touched, so building a shard only for its spec is cheap.
+    fresh = None if same else make_shard(cfg, spec, info.index, info.num_shards).spec
+    return restore_shard(resume, info.index, info.num_shards, num_envs=cfg.actor.num_envs,
+                         spec=fresh,
+                         seed=cfg.seed * 7_919 + 104_729 * (info.index + 1))
+
+
 class ReplayRank(Role):
     """Message loop of one replay shard (see the module docstring)."""
 
     name = "replay"
 
     def __init__(self, cfg: Config, spec: JobSpec, ep: Any, info: RoleInfo,
-                 shard: ReplayShard | None = None) -> None:
+                 shard: ReplayShard | None = None, run_dir: Optional[str] = None,
+                 resume: Any = None) -> None:
         self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
+        self.run_dir = run_dir
+        self.checkpoints_written = 0
+        self.resume_digest = ""
+        self.checkpoint_digests: Dict[str, str] = {}
+        if shard is None and resume is not None:
+            shard = restore_replay(cfg, spec, info, resume)
+            self.resume_digest = state_digest(shard.get_state())
         self.shard = shard or make_shard(cfg, spec, info.index, info.num_shards)
         self.pending: Deque[Tuple[int, int, int]] = deque()  # (learner rank, request id, k)
         self.inserted_sequences = 0
@@ -109,8 +132,11 @@ class ReplayRank(Role):
     def tick(self) -> bool:
         if self.done:
             return False
-        if stop_requested(self.ep) is not None:
-            self.done = True
+        controls = poll_control(self.ep)
+        for c in controls:
+            if c.command == int(Command.CHECKPOINT):
+                self.write_checkpoint(c.argument, c.source)
+        if stop_requested(self, controls):
             return False
         worked = False
         if self.may_insert():
@@ -148,6 +174,24 @@ class ReplayRank(Role):
             self._last_stats = now
         return worked
 
+    def write_checkpoint(self, step: int, lead: int) -> None:
+        """Writes this shard's part of checkpoint ``step``; tells the lead (-1 on failure)."""
+        from r2d2_hpc.checkpoint import CheckpointLayout
+
+        layout = CheckpointLayout(self.run_dir or ".", keep=self.cfg.checkpoint.keep)
+        result = step
+        try:
+            layout.write_shard(layout.partial_path(step), self.info.index, self.shard)
+            # after the write: it records the snapshot's id in the shard's counters
+            self.checkpoint_digests[str(step)] = state_digest(self.shard.get_state())
+            self.checkpoints_written += 1
+        except OSError as exc:  # e.g. disk full: the lead keeps the previous checkpoint
+            sys.stderr.write(f"r2d2-train: replay shard {self.info.index}: checkpoint {step} "
+                             f"failed: {exc}\n")
+            result = -1
+        self.ep.send("CONTROL", lead, timeout=60.0, command=int(Command.CHECKPOINT_DONE),
+                     argument=result)
+
     def drain(self, ep: Any) -> None:
         """Late chunks are still stored (nothing an actor sent is lost); the rest is dropped."""
         for msg in ep.poll("STEP_CHUNK"):
@@ -176,4 +220,7 @@ class ReplayRank(Role):
                 "priority_updates": self.priority_updates,
                 "stale_priority_keys": self.stale_priority_keys,
                 "rate_limited_samples": self.rate_limited, "insert_waits": self.insert_waits,
-                "dropped_sequences": self.shard.num_dropped_sequences}
+                "dropped_sequences": self.shard.num_dropped_sequences,
+                "checkpoints_written": self.checkpoints_written,
+                "checkpoint_digests": dict(self.checkpoint_digests),
+                "resume_digest": self.resume_digest}
