@@ -264,7 +264,6 @@ def test_atari57_array_task_signal_requeues_itself_and_restarts(cluster, jobs,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="needs rank integration")
 def test_preempted_run_checkpoints_requeues_and_resumes(cluster, jobs, tmp_path) -> None:
     """SIGUSR1 -> one coordinated checkpoint -> every rank exits 3 -> requeue ->
     the same command resumes from the checkpoint and finishes the budget."""
