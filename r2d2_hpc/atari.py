@@ -248,7 +248,7 @@ class AtariEnv(VectorEnv):
                    num_threads=num_threads)
 
     def _in_env_order(self, info: Dict[str, Any], *arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
-        """Reorders ALE's results by ``info['env_id']`` (ALE may return them in completion order)."""
+        """Reorders ALE's results by ``info['env_id']`` (ALE may return completion order)."""
         env_id = np.asarray(info["env_id"])
         if np.array_equal(env_id, self._order):
             return arrays

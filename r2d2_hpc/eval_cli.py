@@ -4,7 +4,9 @@
 [--set env.FIELD=VALUE ...] [--threads T] [--no-write] [--json]``
     CHECKPOINT is a checkpoint directory written by ``r2d2_hpc.checkpoint``
     (``RUN_DIR/checkpoints/ckpt-...``) or a run directory (its newest valid
-    checkpoint). Plays ``K`` episodes (one per env, in parallel; default
+    checkpoint; "valid" here: the manifest reads and ``learner.h5`` matches its
+    recorded size and crc32, the only file an evaluation reads). Plays ``K``
+    episodes (one per env, in parallel; default
     ``logging.eval_episodes`` of the run) with the learner's *online*
     parameters, epsilon-greedy with ``E`` (default ``logging.eval_epsilon``,
     0.001: the R2D2 / Ape-X evaluation protocol), in the run's environment
@@ -50,7 +52,8 @@ import numpy as np
 from r2d2_hpc import checkpoint as ck
 from r2d2_hpc.config import Config, ConfigError, parse_override
 
-__all__ = ["EVAL_FILE", "EVAL_FORMAT", "EXIT_BAD", "EvalInputError", "resolve_checkpoint",
+__all__ = ["EVAL_FILE", "EVAL_FORMAT", "EXIT_BAD", "EvalInputError", "learner_problems",
+           "resolve_checkpoint",
            "run_dir_of", "flat_online_params", "evaluate_checkpoint", "read_eval",
            "aggregate_runs", "main"]
 
@@ -71,19 +74,43 @@ class EvalInputError(ValueError):
 # --------------------------------------------------------------------------- #
 # Finding and reading the checkpoint.
 
-def resolve_checkpoint(path: str) -> ck.CheckpointInfo:
-    """The validated checkpoint that ``path`` designates.
+def learner_problems(path: str) -> Tuple[Optional[Dict[str, Any]], List[str]]:
+    """Whether a checkpoint can be evaluated: its manifest and its learner file.
 
-    Args:
-      path: a checkpoint directory, a run directory (newest valid checkpoint)
-        or a run's ``checkpoints/`` directory.
+    An evaluation reads only ``learner.h5``, so only that file's size and
+    crc32 are checked against ``MANIFEST.json`` (the replay files, possibly
+    tens of GB, are not read).
 
     Returns:
-      The checkpoint (every file's crc32 verified).
+      ``(manifest or None, problems)``; no problems means usable.
+    """
+    try:
+        manifest, problems = ck.validate(path, deep=False)
+    except OSError as exc:
+        return None, [str(exc)]
+    if manifest is None:
+        return None, problems
+    entry = manifest.get("files", {}).get(ck.LEARNER_FILE)
+    if entry is None:
+        return manifest, [f"{ck.LEARNER_FILE}: not listed in the manifest"]
+    problem = ck.check_file(path, ck.LEARNER_FILE, entry, deep=True)
+    return manifest, [problem] if problem else []
+
+
+def resolve_checkpoint(path: str) -> ck.CheckpointInfo:
+    """The checkpoint that ``path`` designates, its learner file verified.
+
+    Args:
+      path: a checkpoint directory, a run directory (its newest checkpoint
+        whose learner file is intact; older ones are tried in turn) or a
+        run's ``checkpoints/`` directory.
+
+    Returns:
+      The checkpoint (``learner.h5``'s crc32 verified; see :func:`learner_problems`).
 
     Raises:
       EvalInputError: missing path, not a checkpoint or run directory, no
-        valid checkpoint, or a corrupt checkpoint (naming what is wrong).
+        usable checkpoint, or a damaged one (naming what is wrong).
     """
     if not os.path.exists(path):
         raise EvalInputError(f"{path}: no such file or directory")
@@ -93,22 +120,24 @@ def resolve_checkpoint(path: str) -> ck.CheckpointInfo:
     norm = os.path.normpath(path)
     if os.path.exists(os.path.join(norm, ck.MANIFEST)) or \
             ck.checkpoint_key(os.path.basename(norm)) is not None:
-        try:
-            return ck.open_checkpoint(norm, deep=True)
-        except ck.CheckpointError as exc:
-            raise EvalInputError(str(exc)) from None
+        manifest, problems = learner_problems(norm)
+        if problems or manifest is None:
+            raise EvalInputError(f"checkpoint {norm} is invalid: {'; '.join(problems)}")
+        return ck.CheckpointInfo(norm, manifest)
     run_dir = os.path.dirname(norm) if os.path.basename(norm) == ck.CHECKPOINTS_DIR else norm
     if not os.path.isdir(os.path.join(run_dir, ck.CHECKPOINTS_DIR)):
         raise EvalInputError(f"{path}: neither a checkpoint directory (no {ck.MANIFEST}) nor "
                              f"a run directory (no {ck.CHECKPOINTS_DIR}/)")
-    problems: List[str] = []
-    info = ck.find_latest_valid(run_dir, report=problems.append, deep=True)
-    if info is None:
-        detail = f" ({'; '.join(problems)})" if problems else ""
-        raise EvalInputError(f"{run_dir}: no valid checkpoint{detail}")
-    for line in problems:
-        print(line, file=sys.stderr)
-    return info
+    skipped: List[str] = []
+    for ckpt in reversed(ck.list_checkpoints(run_dir)):
+        manifest, problems = learner_problems(ckpt)
+        if manifest is not None and not problems:
+            for line in skipped:
+                print(f"r2d2-eval: {line}; using an older checkpoint", file=sys.stderr)
+            return ck.CheckpointInfo(ckpt, manifest)
+        skipped.append(f"skipping {os.path.basename(ckpt)}: {'; '.join(problems)}")
+    detail = f" ({'; '.join(skipped)})" if skipped else ""
+    raise EvalInputError(f"{run_dir}: no valid checkpoint{detail}")
 
 
 def run_dir_of(info: ck.CheckpointInfo) -> str:
