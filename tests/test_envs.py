@@ -226,8 +226,8 @@ def test_make_counter_uses_per_env_lengths_and_cap():
 
 
 def test_make_vector_env_errors():
-    with pytest.raises(ValueError, match="Atari-57"):
-        make_vector_env(EnvConfig(name="atari"), 2, 0)
+    with pytest.raises(ValueError, match=r"env.game='Pongg'.*did you mean 'Pong'"):
+        make_vector_env(EnvConfig(name="atari", game="Pongg"), 2, 0)
     with pytest.raises(ValueError, match=r"'mujoco'.*cartpole_masked.*counter"):
         make_vector_env(EnvConfig(name="mujoco"), 2, 0)
     with pytest.raises(ValueError, match="num_envs"):
