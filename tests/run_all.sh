@@ -8,6 +8,8 @@ PY="${PYTHON:-python}"
 MPIEXEC="${MPIEXEC:-mpiexec}"
 NP="${R2D2_TEST_NP:-4}"
 echo "== plain tests =="
-"$PY" -m pytest -m "not mpi" "$@"
+# Horovod is optional (scripts/install_horovod.sh): its tests are deselected
+# here and run by `python -m pytest -m horovod tests/test_allreduce.py`.
+"$PY" -m pytest -m "not mpi and not horovod" "$@"
 echo "== MPI tests: $MPIEXEC -n $NP =="
 $MPIEXEC -n "$NP" "$PY" -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests

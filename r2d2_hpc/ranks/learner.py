@@ -24,10 +24,11 @@ parameters (:class:`~r2d2_hpc.evaluation.Evaluator`, whose docstring gives
 the cost) and logs their mean as ``eval_return`` in a metrics row of its own.
 
 With several learners (``topology.learners > 1``) each samples its own batch
-and the gradients are averaged with an MPI Allreduce over the learners'
-sub-communicator before every optimizer step, so their parameters stay
-identical; a stop flag rides in the same Allreduce so that all learners stop
-after the same step.
+and the gradients are averaged over the learners' sub-communicator before
+every optimizer step (:mod:`r2d2_hpc.allreduce`: MPI, torch.distributed or
+Horovod, ``learner.allreduce``), so their parameters stay identical; learner 0's
+state is broadcast at start and after a resume, and a stop flag rides in the
+same allreduce so that all learners stop after the same step.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from r2d2_hpc.allreduce import GradientAverager, make_averager, replica_digest
 from r2d2_hpc.config import Config
 from r2d2_hpc.evaluation import EvalResult, Evaluator
 from r2d2_hpc.learner import Learner
@@ -110,41 +112,6 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-class MpiAllreduceAverager:
-    """Averages the flat gradient over the learners with mpi4py ``Allreduce``.
-
-    A stop flag (any learner may raise it) travels in the same buffer, so all
-    learners learn of a stop after the same step without an extra collective.
-    """
-
-    def __init__(self, comm: Any, num_params: int) -> None:
-        from mpi4py import MPI
-
-        self._mpi = MPI
-        self.comm = comm
-        self.size = comm.Get_size()
-        self.buf = np.zeros(num_params + 1, np.float32)
-        #: 0 = go on; exit code + 1 = stop after this step (only learner 0 sets it)
-        self.want_stop = 0
-        self.stop = False
-        self.stop_code = 0
-        self.seconds = 0.0
-
-    def __call__(self, flat: Any) -> None:
-        t0 = time.perf_counter()
-        n = self.buf.size - 1
-        self.buf[:n] = flat.detach().cpu().numpy()
-        self.buf[n] = float(self.want_stop)
-        self.comm.Allreduce(self._mpi.IN_PLACE, self.buf, op=self._mpi.SUM)
-        self.stop = self.buf[n] > 0
-        self.stop_code = max(0, int(round(float(self.buf[n]))) - 1)
-        self.buf[:n] /= self.size
-        import torch
-
-        flat.copy_(torch.from_numpy(self.buf[:n]).to(flat.device))
-        self.seconds += time.perf_counter() - t0
-
-
 class LearnerRank(Role):
     """Learning loop of one learner rank (see the module docstring).
 
@@ -167,7 +134,7 @@ class LearnerRank(Role):
                  run_dir: Optional[str] = None, resume: Any = None) -> None:
         self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
         self.lead = info.index == 0
-        self.averager: Optional[MpiAllreduceAverager] = None
+        self.averager: Optional[GradientAverager] = None
         self.learner = Learner(cfg, spec.obs_shape, spec.num_actions, device=cfg.learner.device)
         self.run_dir = run_dir
         self.env_steps_base = 0
@@ -178,12 +145,16 @@ class LearnerRank(Role):
         if resume is not None:
             self._restore(resume)
         if learner_comm is not None and learner_comm.Get_size() > 1:
-            self.averager = MpiAllreduceAverager(learner_comm, self.learner.num_params)
+            self.averager = make_averager(cfg.learner.allreduce, learner_comm,
+                                          self.learner.device)
             self.learner.grad_reducer = self.averager
-            # Identical start: everyone takes learner 0's initial parameters.
-            flat = self.learner.flat_params()
-            learner_comm.Bcast(flat, root=0)
-            self.learner.load_flat_params(flat, version=0, update_target=True)
+            # Identical replicas: everyone takes learner 0's whole state (initial
+            # parameters, or after a resume parameters, target, Adam, counters).
+            self.averager.broadcast_learner(self.learner)
+            if self.lead:
+                print(f"r2d2-train: gradient allreduce over {learner_comm.Get_size()} "
+                      f"learners: {self.averager.description} (learner.allreduce="
+                      f"{cfg.learner.allreduce})", flush=True)
         self.on_metrics = on_metrics
         self.clock = clock
         self.rng = np.random.default_rng(cfg.seed * 31 + 17 + info.index)
@@ -247,6 +218,12 @@ class LearnerRank(Role):
 
     def listen_names(self) -> Sequence[str]:
         return ("SHARD_STATS", "SAMPLE_REPLY", "ACTOR_REPORT", "CONTROL")
+
+    def close(self) -> None:
+        """Frees the gradient averager (torch process group, Horovod)."""
+        if self.averager is not None:
+            self.averager.close()
+            self.averager = None
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -358,7 +335,11 @@ class LearnerRank(Role):
             return False
         batch, weights, owners = ready
         if self.averager is not None:
-            self.averager.want_stop = (self.exit_code + 1) if self.stop_reason else 0
+            # The stop rides in this step's allreduce; a step budget that this
+            # step spends is known in advance, so all learners end exactly on it.
+            max_steps = self.cfg.learner.max_steps
+            last = self.lead and bool(max_steps) and self.learner.step_count + 1 >= max_steps
+            self.averager.want_stop = (self.exit_code + 1) if (self.stop_reason or last) else 0
         t0 = time.perf_counter()
         result = self.learner.step(batch, weights)
         self.compute_seconds += time.perf_counter() - t0
@@ -618,6 +599,8 @@ class LearnerRank(Role):
                 "compute_seconds": self.compute_seconds,
                 "params_version": self.learner.params_version,
                 "allreduce_seconds": self.averager.seconds if self.averager else 0.0,
+                "allreduce_backend": self.averager.backend if self.averager else "",
+                "params_digest": replica_digest(self.learner.state()),
                 **self._eval_summary()}
 
     def _eval_summary(self) -> Dict[str, Any]:
