@@ -344,10 +344,9 @@ class ParamsOnce(Role):
         return ("SHARD_STATS", "ACTOR_REPORT", "CONTROL")
 
     def tick(self) -> bool:
-        from r2d2_hpc.ranks.common import stop_requested
+        from r2d2_hpc.ranks.common import poll_control, stop_requested
 
-        if stop_requested(self.ep) is not None:
-            self.done = True
+        stop_requested(self, poll_control(self.ep))
         for name in ("SHARD_STATS", "ACTOR_REPORT"):
             self.ep.poll(name)
             self.ep.release(name)
