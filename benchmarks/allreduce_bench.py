@@ -12,9 +12,15 @@ step's own timers (``Learner.step`` metrics)::
     alone     = the same averager on the same flat gradient, after a
                 barrier, outside any step: the communication itself
 
+``step_cpu_ms`` against ``step_wall_ms`` (the main thread's CPU time
+in a step against its wall time) tells a step slowed by losing its core (to
+the other learner, a backend's threads or other processes) from one that
+computes more.
+
 ``ratio_in_step = in_step / compute`` and ``ratio_alone = alone / compute``
 (medians over the measured updates, learner 0's figures; both learners'
-are in ``per_learner``) are measured in the same run, so the machine's
+are in ``per_learner``; the summary takes the median over ``--repeats``
+runs of every variant, run alternately) are measured in the same run, so the machine's
 load at that moment affects numerator and denominator alike.
 
 Throughput: ``updates_per_s`` of the group (learners step in lockstep) and
@@ -128,9 +134,11 @@ def worker(a: argparse.Namespace) -> None:
         if i == a.warmup:
             comm.Barrier()
             start = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.thread_time()
         m = learner.step(batches[i % len(batches)], weights).metrics
         if i >= a.warmup:
-            rows.append(m)
+            rows.append(dict(m, wall_s=time.perf_counter() - w0,
+                             cpu_s=time.thread_time() - c0))
     elapsed = time.perf_counter() - start
     alone: List[float] = []
     if averager is not None:
@@ -145,7 +153,9 @@ def worker(a: argparse.Namespace) -> None:
     mine = {"rank": comm.Get_rank(), "updates": len(rows), "seconds": elapsed,
             "updates_per_s": len(rows) / elapsed,
             "compute_ms": 1e3 * median(compute), "in_step_ms": 1e3 * median(in_step),
-            "alone_ms": 1e3 * median(alone) if alone else 0.0}
+            "alone_ms": 1e3 * median(alone) if alone else 0.0,
+            "step_wall_ms": 1e3 * median([r["wall_s"] for r in rows]),
+            "step_cpu_ms": 1e3 * median([r["cpu_s"] for r in rows])}
     everyone = comm.gather(mine, root=0)
     if comm.Get_rank() == 0:
         size = comm.Get_size()
@@ -157,7 +167,8 @@ def worker(a: argparse.Namespace) -> None:
                # lockstep: the group's rate is its slowest learner's
                "updates_per_s": min(e["updates_per_s"] for e in everyone),
                "compute_ms": lead["compute_ms"], "in_step_ms": lead["in_step_ms"],
-               "alone_ms": lead["alone_ms"], "per_learner": everyone}
+               "alone_ms": lead["alone_ms"], "step_wall_ms": lead["step_wall_ms"],
+               "step_cpu_ms": lead["step_cpu_ms"], "per_learner": everyone}
         out["sequences_per_s"] = size * b * out["updates_per_s"]
         if averager is not None:
             out["ratio_in_step"] = lead["in_step_ms"] / lead["compute_ms"]
@@ -166,6 +177,40 @@ def worker(a: argparse.Namespace) -> None:
             json.dump(out, fh)
     if averager is not None:
         averager.close()
+
+
+def summarize(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+    """Medians over the repeats of each variant (``L1_t1``, ``L1_t2``, ``L2_<backend>``).
+
+    Args:
+      runs: variant -> the workers' JSON of each repeat.
+
+    Returns:
+      ``num_params``, ``gradient_mb``, ``updates_per_s`` and ``sequences_per_s``
+      per variant; ``ratio_in_step``, ``ratio_alone``, ``compute_ms``,
+      ``alone_ms`` per backend; ``sequences_per_s_L2_over_L1_t1`` and
+      ``..._over_L1_t2`` per backend (quotients of the medians).
+    """
+    def med(key: str, field: str) -> float:
+        return median([r[field] for r in runs[key]])
+
+    base = runs["L1_t1"][0]
+    two = [k for k in runs if k.startswith("L2_")]
+    out: Dict[str, Any] = {
+        "num_params": base["num_params"],
+        "gradient_mb": 4 * base["num_params"] / 1e6,
+        "repeats": len(runs["L1_t1"]),
+        "updates_per_s": {k: med(k, "updates_per_s") for k in runs},
+        "sequences_per_s": {k: med(k, "sequences_per_s") for k in runs},
+        "compute_ms": {k: med(k, "compute_ms") for k in runs},
+        "alone_ms": {k[3:]: med(k, "alone_ms") for k in two},
+        "ratio_in_step": {k[3:]: med(k, "ratio_in_step") for k in two},
+        "ratio_alone": {k[3:]: med(k, "ratio_alone") for k in two},
+    }
+    for base_key in ("L1_t1", "L1_t2"):
+        out[f"sequences_per_s_L2_over_{base_key}"] = {
+            k[3:]: out["sequences_per_s"][k] / out["sequences_per_s"][base_key] for k in two}
+    return out
 
 
 def mpiexec() -> str:
@@ -213,6 +258,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--steps", type=int, default=60, help="measured updates per run")
     p.add_argument("--warmup", type=int, default=5, help="updates before the clock starts")
     p.add_argument("--alone-reps", type=int, default=30, help="allreduces timed alone")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs of every variant, alternating (medians reported)")
     p.add_argument("--set", action="append", default=[], dest="overrides",
                    metavar="SECTION.FIELD=VALUE", help="extra config override (repeatable)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
@@ -230,8 +277,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if unknown:
         p.error(f"unknown configs {unknown}; choose from {sorted(CONFIGS)}")
     steps, warmup, reps, extra = a.steps, a.warmup, a.alone_reps, list(a.overrides)
+    repeats = a.repeats
     if a.quick:
-        steps, warmup, reps = 4, 1, 3
+        steps, warmup, reps, repeats = 4, 1, 3, 1
         extra += ["network.lstm_size=16", "network.mlp_hidden=[16]", "network.head_hidden=16",
                   "learner.batch_size=8"]
     backends = usable_backends([b for b in a.backends.split(",") if b])
@@ -242,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "metric": "allreduce time per update / compute time per update, per backend; "
                   "learner updates/s and sequences/s for L = 1 vs 2",
         "config": {"configs": names, "steps": steps, "warmup": warmup, "alone_reps": reps,
-                   "overrides": extra, "quick": a.quick},
+                   "repeats": repeats, "overrides": extra, "quick": a.quick},
         "backends_not_usable": {b: why for b, why in backends.items() if why},
         "machine": {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                     "python": platform.python_version(), "torch": torch.__version__,
@@ -250,28 +298,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "configs": {},
     }
     for name in names:
-        runs: Dict[str, Any] = {
-            "L1_t1": launch(1, "none", 1, name, steps, warmup, reps, extra),
-            "L1_t2": launch(1, "none", 2, name, steps, warmup, reps, extra),
-        }
-        for b, why in backends.items():
-            if not why:
-                runs[f"L2_{b}"] = launch(2, b, 1, name, steps, warmup, reps, extra)
-        base = runs["L1_t1"]
-        summary = {
-            "num_params": base["num_params"],
-            "gradient_mb": 4 * base["num_params"] / 1e6,
-            "updates_per_s": {k: r["updates_per_s"] for k, r in runs.items()},
-            "sequences_per_s": {k: r["sequences_per_s"] for k, r in runs.items()},
-            "ratio_in_step": {k[3:]: r["ratio_in_step"] for k, r in runs.items()
-                              if "ratio_in_step" in r},
-            "ratio_alone": {k[3:]: r["ratio_alone"] for k, r in runs.items()
-                            if "ratio_alone" in r},
-            "sequences_per_s_L2_over_L1_t2": {
-                k[3:]: r["sequences_per_s"] / runs["L1_t2"]["sequences_per_s"]
-                for k, r in runs.items() if k.startswith("L2_")},
-        }
-        result["configs"][name] = {"summary": summary, "runs": runs}
+        variants = [("L1_t1", 1, "none", 1), ("L1_t2", 1, "none", 2)]
+        variants += [(f"L2_{b}", 2, b, 1) for b, why in backends.items() if not why]
+        runs: Dict[str, List[Dict[str, Any]]] = {v[0]: [] for v in variants}
+        for _ in range(repeats):  # variants alternate, so slow phases of the machine spread
+            for key, n, backend, threads in variants:
+                runs[key].append(launch(n, backend, threads, name, steps, warmup, reps, extra))
+        result["configs"][name] = {"summary": summarize(runs), "runs": runs}
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     text = json.dumps(result, indent=1, default=float)
     print(text)

@@ -294,7 +294,7 @@ def test_two_learner_job_keeps_the_replicas_identical(backend: str, tmp_path) ->
                      + sets(*JOB, f"learner.allreduce={backend}", "learner.max_steps=40"),
                      tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"gradient allreduce over 2 learners: " in proc.stdout
+    assert "gradient allreduce over 2 learners: " in proc.stdout
     lead, other = learners_of(run)
     assert lead["allreduce_backend"] == other["allreduce_backend"] == backend
     # the step budget's stop rides in the last step's allreduce: both end on step 40
@@ -350,8 +350,43 @@ def test_allreduce_bench_quick_reports_ratios_and_throughput(tmp_path) -> None:
     assert set(s["updates_per_s"]) == {"L1_t1", "L1_t2", "L2_mpi"}
     assert all(v > 0 for v in s["updates_per_s"].values())
     runs = result["configs"]["default"]["runs"]
+    assert all(len(r) == 1 for r in runs.values())  # --quick: one repeat
+    (two,) = runs["L2_mpi"]
     # sequences/s = L * batch * updates/s
-    assert runs["L2_mpi"]["sequences_per_s"] == pytest.approx(2 * 8 * runs["L2_mpi"]["updates_per_s"])
-    assert runs["L2_mpi"]["learners"] == 2 and len(runs["L2_mpi"]["per_learner"]) == 2
-    assert s["ratio_alone"]["mpi"] > 0 and s["ratio_in_step"]["mpi"] > 0
-    assert s["num_params"] == runs["L1_t1"]["num_params"] > 0
+    assert two["sequences_per_s"] == pytest.approx(2 * 8 * two["updates_per_s"])
+    assert two["learners"] == 2 and len(two["per_learner"]) == 2
+    assert s["ratio_alone"]["mpi"] == pytest.approx(two["alone_ms"] / two["compute_ms"])
+    assert s["ratio_in_step"]["mpi"] > 0
+    assert s["num_params"] == runs["L1_t1"][0]["num_params"] > 0
+    assert s["sequences_per_s_L2_over_L1_t1"]["mpi"] == pytest.approx(
+        two["sequences_per_s"] / runs["L1_t1"][0]["sequences_per_s"])
+
+
+@pytest.mark.parametrize("runs, expected_updates, expected_ratio", [
+    # one repeat: the values themselves; L1_t1 600 seq/s, L2 1000 -> 5/3
+    ({"L1_t1": [(10.0, 600.0, 0.0, 0.0)], "L1_t2": [(12.0, 720.0, 0.0, 0.0)],
+      "L2_mpi": [(8.0, 1000.0, 2.0, 0.1)]}, 8.0, 0.1),
+    # three repeats: medians 8 (of 4, 8, 9) and ratio 0.2 (of 0.2, 0.3, 0.1)
+    ({"L1_t1": [(10.0, 600.0, 0.0, 0.0)] * 3, "L1_t2": [(12.0, 720.0, 0.0, 0.0)] * 3,
+      "L2_mpi": [(4.0, 500.0, 1.0, 0.2), (8.0, 1000.0, 1.0, 0.3), (9.0, 1100.0, 1.0, 0.1)]},
+     8.0, 0.2),
+])
+def test_allreduce_bench_summary_takes_medians_over_repeats(runs, expected_updates,
+                                                            expected_ratio) -> None:
+    bench_dir = os.path.join(ROOT, "benchmarks")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    import allreduce_bench
+
+    def row(updates, seqs, compute, ratio):
+        return {"num_params": 100, "updates_per_s": updates, "sequences_per_s": seqs,
+                "compute_ms": compute, "alone_ms": ratio * compute, "ratio_alone": ratio,
+                "ratio_in_step": 2 * ratio}
+
+    s = allreduce_bench.summarize({k: [row(*r) for r in v] for k, v in runs.items()})
+    assert s["updates_per_s"]["L2_mpi"] == expected_updates
+    assert s["ratio_alone"]["mpi"] == pytest.approx(expected_ratio)
+    assert s["ratio_in_step"]["mpi"] == pytest.approx(2 * expected_ratio)
+    assert s["sequences_per_s_L2_over_L1_t1"]["mpi"] == pytest.approx(
+        s["sequences_per_s"]["L2_mpi"] / 600.0)
+    assert s["gradient_mb"] == pytest.approx(4e-4) and s["repeats"] == len(runs["L1_t1"])
