@@ -15,9 +15,10 @@ end of the run, with the online parameters (``Learner.flat_params``). The
 learner does no gradient step meanwhile. One evaluation is at most
 ``max_episode_steps`` batched forwards of ``K`` envs (``T = 1``):
 
-* CartPole (the embedded default, ``K = 32``, ``max_episode_steps = 500``):
-  at most 500 forwards of a 64-unit LSTM, about 0.1-0.4 s, against roughly
-  a minute between evaluations: negligible.
+* CartPole (the embedded default, ``K = 16`` every 1000 steps and ``K = 32``
+  at the end, ``max_episode_steps = 500``): at most 500 forwards of a 64-unit
+  LSTM; measured on 2 cores: 0.35 s for an evaluation of 500-step episodes,
+  3.8 s for all 11 evaluations of a 171 s run (2 %).
 * Atari (108,000 frames = 27,000 agent steps per episode at most, a 512-unit
   LSTM over 84x84x4 frame stacks): up to 27,000 CPU forwards of the Nature
   torso, i.e. minutes per evaluation during which the learner is idle. There

@@ -1,0 +1,203 @@
+"""Does the LSTM matter? The embedded default task with and without recurrence.
+
+Runs the real job (``mpiexec -n 4 python -m r2d2_hpc.cli``, the embedded
+default: CartPole with the velocities hidden) once per variant and seed:
+
+* ``lstm``: the default (LSTM core, burn-in 8 from the stored state);
+* ``feedforward``: ``network.core=feedforward``, the same torso, width and
+  head, the previous action and reward still fed to the core, no recurrence;
+* ``lstm_burnin0``: the LSTM with ``replay.burn_in=0`` (the trace starts from
+  the stored state directly; ``trace_length`` unchanged), to compare the
+  recurrent-state staleness ``delta_q`` (paper section 3, ``Learner.q_staleness``)
+  with and without burn-in.
+
+Writes, into ``--out`` (default ``benchmarks/results/lstm_ablation``):
+
+* ``lstm_vs_feedforward.png``: greedy evaluation return and training return vs
+  env steps (left) and vs wall time (right), LSTM and feedforward in one figure
+  (every seed, thin lines);
+* ``lstm_ablation.json``: per run the final greedy evaluation return (mean over
+  ``logging.final_eval_episodes`` episodes, epsilon 0.001), wall time, env and
+  learner steps, the mean ``delta_q`` over the second half of the run, and
+  per variant the mean and min/max over seeds;
+* ``runs/<variant>-s<seed>/``: each run's own run directory.
+
+Usage::
+
+    python benchmarks/lstm_ablation.py [--seeds 0 1 2] [--variants lstm feedforward lstm_burnin0]
+        [--np 4] [--set section.field=value ...] [--out DIR]
+
+On the 2-core CI machine one run of the default takes about 2 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+#: Config overrides of each variant on top of the embedded default.
+VARIANTS: Dict[str, List[str]] = {
+    "lstm": [],
+    "feedforward": ["network.core=feedforward"],
+    "lstm_burnin0": ["replay.burn_in=0"],
+}
+COLORS = {"lstm": "tab:red", "feedforward": "tab:blue", "lstm_burnin0": "tab:orange"}
+
+
+def mpiexec() -> str:
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = here if os.path.exists(here) else shutil.which("mpiexec")
+    if not found:
+        raise SystemExit("mpiexec not found: install the [mpich] extra or a system MPI")
+    return found
+
+
+def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
+            timeout: float) -> Dict[str, Any]:
+    """One job through the real entry point; returns its figures."""
+    if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [mpiexec(), "-n", str(np_ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+           "--run-dir", run_dir]
+    for o in overrides:
+        cmd += ["--set", o]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n"
+                           f"{proc.stderr}")
+    ranks = json.load(open(os.path.join(run_dir, "summary.json")))
+    lead = ranks[0]
+    rows = read_rows(os.path.join(run_dir, "metrics.csv"))
+    dq = column(rows, "delta_q")
+    half = dq[len(dq) // 2:]
+    half = half[np.isfinite(half)]
+    return {
+        "run_dir": os.path.relpath(run_dir, ROOT),
+        "overrides": list(overrides),
+        "final_eval_return": lead.get("final_eval_return", math.nan),
+        "final_eval_episodes": lead.get("final_eval_episodes", 0),
+        "job_wall_s": wall,
+        "train_wall_s": float(column(rows, "wall_time_s")[-1]) if rows else math.nan,
+        "env_steps": lead["env_steps"],
+        "learner_steps": lead["learner_step"],
+        "stop_reason": lead["stop_reason"],
+        "delta_q_second_half": float(half.mean()) if half.size else math.nan,
+        "eval_returns": [x for x in column(rows, "eval_return").tolist() if math.isfinite(x)],
+    }
+
+
+def read_rows(path: str) -> List[Dict[str, float]]:
+    with open(path, newline="") as fh:
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()}
+                for r in csv.DictReader(fh)]
+
+
+def column(rows: Sequence[Dict[str, float]], key: str) -> np.ndarray:
+    return np.asarray([r.get(key, math.nan) for r in rows], np.float64)
+
+
+def plot(out_png: str, runs: Dict[str, List[Dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for variant, results in runs.items():
+        if variant not in ("lstm", "feedforward"):
+            continue
+        for i, res in enumerate(results):
+            rows = read_rows(os.path.join(ROOT, res["run_dir"], "metrics.csv"))
+            for ax, xkey in ((axes[0], "env_steps"), (axes[1], "wall_time_s")):
+                x = column(rows, xkey)
+                for ykey, style in (("eval_return", dict(lw=1.6, marker="o", ms=3)),
+                                    ("episode_return", dict(lw=0.8, ls="--", alpha=0.6))):
+                    y = column(rows, ykey)
+                    ok = np.isfinite(x) & np.isfinite(y)
+                    kind = "greedy eval" if ykey == "eval_return" else "training"
+                    label = f"{variant} ({kind})" if i == 0 else None
+                    ax.plot(x[ok], y[ok], color=COLORS[variant], label=label, **style)
+    axes[0].set_xlabel("env steps")
+    axes[1].set_xlabel("wall time (s)")
+    axes[0].set_ylabel("episode return")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle("R2D2 on CartPole with hidden velocities: LSTM core vs feedforward core")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key in ("final_eval_return", "job_wall_s", "env_steps", "learner_steps",
+                "delta_q_second_half"):
+        v = np.asarray([r[key] for r in results], np.float64)
+        out[key] = {"mean": float(np.nanmean(v)), "min": float(np.nanmin(v)),
+                    "max": float(np.nanmax(v))}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--np", type=int, default=4, help="MPI ranks per job (default 4)")
+    p.add_argument("--set", action="append", default=[], dest="overrides",
+                   help="extra override for every run (repeatable)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
+                                                 "lstm_ablation"))
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    runs: Dict[str, List[Dict[str, Any]]] = {v: [] for v in args.variants}
+    for seed in args.seeds:
+        for variant in args.variants:
+            run_dir = os.path.join(args.out, "runs", f"{variant}-s{seed}")
+            res = run_job(run_dir, VARIANTS[variant] + list(args.overrides) + [f"seed={seed}"],
+                          args.np, args.timeout)
+            res["seed"] = seed
+            runs[variant].append(res)
+            print(f"{variant:13s} seed {seed}: final greedy eval {res['final_eval_return']:6.1f}"
+                  f" | {res['learner_steps']} learner steps, {res['env_steps']} env steps, "
+                  f"{res['job_wall_s']:.0f} s | delta_q {res['delta_q_second_half']:.3f}",
+                  flush=True)
+    report = {
+        "task": "cartpole_masked (embedded default), mpiexec -n %d" % args.np,
+        "extra_overrides": list(args.overrides),
+        "variants": {v: {"overrides": VARIANTS[v], "summary": aggregate(rs), "runs": rs}
+                     for v, rs in runs.items() if rs},
+    }
+    with open(os.path.join(args.out, "lstm_ablation.json"), "w") as fh:
+        json.dump(report, fh, indent=1)
+    if "lstm" in runs or "feedforward" in runs:
+        plot(os.path.join(args.out, "lstm_vs_feedforward.png"), runs)
+    for v, rs in runs.items():
+        s = aggregate(rs)
+        print(f"{v:13s} final greedy eval mean {s['final_eval_return']['mean']:.1f} "
+              f"(min {s['final_eval_return']['min']:.1f}, max "
+              f"{s['final_eval_return']['max']:.1f}) | delta_q "
+              f"{s['delta_q_second_half']['mean']:.3f}")
+    print(f"wrote {args.out}/lstm_ablation.json and lstm_vs_feedforward.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
