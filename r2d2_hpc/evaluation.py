@@ -65,6 +65,15 @@ class EvalResult(NamedTuple):
     params_version: int
 
 
+def default_step_cap(cfg: Config) -> int:
+    """Agent steps of the longest episode: the Atari frame cap over the frame skip
+    (27,000 for the paper's 108,000 frames), else ``env.max_episode_steps``."""
+    if cfg.env.name == "atari":
+        from r2d2_hpc.atari import step_cap
+        return step_cap(cfg.env)
+    return cfg.env.max_episode_steps
+
+
 class Evaluator:
     """Plays ``episodes`` separate episodes with epsilon-greedy parameters.
 
@@ -77,7 +86,7 @@ class Evaluator:
       episodes: episodes per evaluation; default ``cfg.logging.eval_episodes``.
       epsilon: exploration rate; default ``cfg.logging.eval_epsilon``.
       max_steps: safety cap on agent steps per episode; default
-        ``cfg.env.max_episode_steps`` (the envs truncate there anyway).
+        :func:`default_step_cap` (the envs truncate there anyway).
     """
 
     def __init__(self, cfg: Config, obs_shape: Tuple[int, ...], num_actions: int, seed: int,
@@ -88,7 +97,9 @@ class Evaluator:
         if self.episodes < 1:
             raise ValueError(f"Evaluator: episodes must be >= 1, got {self.episodes}")
         self.epsilon = float(epsilon if epsilon is not None else cfg.logging.eval_epsilon)
-        self.max_steps = int(max_steps if max_steps is not None else cfg.env.max_episode_steps)
+        if max_steps is None:
+            max_steps = default_step_cap(cfg)
+        self.max_steps = int(max_steps)
         self.seed = int(seed)
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.num_actions = int(num_actions)

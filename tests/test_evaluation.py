@@ -167,3 +167,13 @@ def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
     assert summary[0]["final_eval_return"] == pytest.approx(lead["final_eval_return"])
     assert (tmp_path / "learning_curve.png").is_file()
     assert (tmp_path / "learner_final.h5").is_file()
+
+
+def test_default_step_cap_is_the_atari_frame_cap_or_the_episode_cap():
+    from r2d2_hpc.config import load_config
+    from r2d2_hpc.evaluation import default_step_cap
+
+    atari = load_config(None, ["env.name=atari", "env.max_episode_frames=108000"])
+    assert default_step_cap(atari) == 27_000          # 108,000 frames / frame skip 4
+    cart = load_config(None, ["env.name=cartpole_masked", "env.max_episode_steps=321"])
+    assert default_step_cap(cart) == 321
