@@ -117,6 +117,7 @@ import numpy as np
 
 from r2d2_hpc.config import CheckpointConfig, Config, ConfigError
 from r2d2_hpc.replay.shard import ReplayShard, ShardSpec
+from r2d2_hpc.replay.snapshot import _crc32_file, _fsync_path  # noqa: F401 (shared helpers)
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, SnapshotReport,
                                       load_resharded, load_snapshot, save_snapshot)
 
@@ -146,7 +147,6 @@ CORRUPT_PREFIX = "corrupt-"
 _TRASH_PREFIX = ".trash-"
 _SNAPSHOT_FILE_RE = re.compile(r"^(index\.h5|(steps|seqs)_\d{5,}_\d{8,}\.h5)$")
 _CHUNK_BYTES = 256 << 10
-_CRC_BLOCK = 8 << 20
 _SCALAR_ATTR = "r2d2_0d"
 _JSON_ATTR = "r2d2_json"
 
@@ -213,22 +213,11 @@ class FileEntry:
 
 
 def crc32_file(path: str) -> int:
-    """zlib crc32 of a whole file, read in 8 MiB blocks."""
-    crc = 0
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(_CRC_BLOCK)
-            if not block:
-                return crc
-            crc = zlib.crc32(block, crc)
+    """zlib crc32 of a whole file, read in blocks (the replay snapshot's own helper)."""
+    return _crc32_file(path)
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync = _fsync_path
 
 
 def _write_json_atomic(path: str, data: Any, fsync: bool) -> None:
