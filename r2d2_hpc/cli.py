@@ -132,6 +132,9 @@ def _root_setup(args: argparse.Namespace, world_size: int
                 f"least 1 actor need {t.min_ranks} MPI ranks, but the job has {world_size}; "
                 f"run mpiexec -n {t.min_ranks} (or more), lower topology.replay_shards / "
                 f"topology.learners, or use --serial")
+        if not args.serial:  # --serial runs one learner: nothing is averaged
+            from r2d2_hpc.allreduce import check_allreduce
+            errors += check_allreduce(cfg)
         spec = None
         try:
             spec = _check_environment(cfg)
