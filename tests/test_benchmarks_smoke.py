@@ -217,4 +217,7 @@ def test_learner_bench_quick(tmp_path):
     assert roles == ["actor", "learner", "replay"]
     assert all(x["clean_shutdown"] for x in r["live_ranks"])
     # the live run and the in-memory batches use the same shapes
-    assert r["batch_size"] == 8 and r["sequence_length"] == 24
+    from r2d2_hpc.config import load_config
+    from r2d2_hpc.presets import load_preset
+    preset = load_config(None, base=load_preset("default"))
+    assert r["batch_size"] == 8 and r["sequence_length"] == preset.replay.sequence_length
