@@ -8,12 +8,13 @@ seeded budget must end with a final greedy evaluation (``final_eval_episodes``
 
 Why the threshold separates an agent with memory from one without
 (measurements in the docstring of ``THRESHOLD``): a uniformly random policy
-scores about 22; the best memoryless policies we could find score about 110;
+scores about 23; the best memoryless policies we could find score about 110;
 the same agent with ``network.core=feedforward`` stays near 75; the LSTM agent
 reaches several hundred.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -25,21 +26,21 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: Learner steps of the CI run (the embedded default runs 10,000).
-CI_MAX_STEPS = 8000
+#: Learner steps of the CI run: the embedded default's own budget.
+CI_MAX_STEPS = 10000
 #: Seed of the CI run.
 CI_SEED = 0
 
-THRESHOLD = 150.0
+THRESHOLD = 120.0
 """Final greedy evaluation return the CI run must exceed.
 
 Measured on the shared 2-core machine (32 evaluation episodes, epsilon 0.001,
 masked CartPole, episodes capped at 500 steps):
 
-* uniformly random actions: 22.6 (200 episodes);
-* the best *memoryless* deterministic policy of (x, theta, previous action)
-  found by random search plus the cross-entropy method over linear and
-  quadratic features: 110 (200 episodes); the sign of the pole angle alone: 42;
+* ``benchmarks/memoryless_baselines.py`` (200 episodes each): uniformly
+  random actions 23.2; the sign of the pole angle 41.7; the best *memoryless*
+  deterministic policy of (x, theta, previous action) found by random search
+  plus the cross-entropy method over linear and quadratic features: 110.3;
 * the same agent with ``network.core=feedforward`` (same torso and head
   width, previous action and reward still fed), this budget, seeds 0 and 1:
   79.2 and 62.2; no periodic evaluation of any feedforward run we made (7
@@ -49,11 +50,15 @@ masked CartPole, episodes capped at 500 steps):
   of all its periodic 16-episode evaluations after 7000 steps in those runs
   was 154.
 
-150 is well above everything memoryless (random, the feedforward agent, the
-searched memoryless policies) and well below what the LSTM reaches with every
-seed. The MPI job is not bit-reproducible (rank timing decides which batches
-the learner sees), so the seed fixes the start, not the outcome: the margin
-is what keeps the test from being flaky.
+120 is above everything memoryless we measured (random 23, the best searched
+memoryless policy 110, the feedforward agent never above 86) and below every
+LSTM run: one CI rehearsal on a heavily loaded machine (another training job
+and a test suite on the same 2 cores) ended at 137 after 8000 steps, the
+lowest final figure we have seen, which is why CI now runs the default's full
+10,000 steps and the threshold is 120 rather than 150. The MPI job is not
+bit-reproducible (rank timing decides which batches the learner sees), so the
+seed fixes the start, not the outcome: the margin is what keeps the test from
+being flaky.
 """
 
 
@@ -85,15 +90,18 @@ def test_embedded_default_learns_what_a_memoryless_agent_cannot(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = json.loads((run / "summary.json").read_text())
     lead = ranks[0]
-    assert lead["stop_reason"] == f"learner.max_steps={CI_MAX_STEPS} reached", lead
+    # the step budget, or the preset's 420-s safety cap on a very slow machine
+    assert lead["stop_reason"].startswith(("learner.max_steps", "learner.max_seconds")), lead
     assert lead["final_eval_episodes"] == 32
     score = lead["final_eval_return"]
     # rank 0 prints the same figure
     assert f"mean return {score:.1f} over 32 episodes" in proc.stdout, proc.stdout
+    evals = [(r["learner_step"], r["eval_return"]) for r in csv.DictReader(
+        open(run / "metrics.csv")) if r["eval_return"] not in ("", "nan")]
     assert score > THRESHOLD, (
         f"final greedy evaluation {score:.1f} <= {THRESHOLD} after {lead['learner_step']} "
         f"learner steps and {lead['env_steps']} env steps ({wall:.0f} s); returns "
-        f"{lead['final_eval_returns']}")
+        f"{lead['final_eval_returns']}; periodic evaluations {evals}")
     # the run directory of the issue
     for name in ("config.yaml", "metrics.csv", "summary.json", "learning_curve.png",
                  "learner_final.h5"):
