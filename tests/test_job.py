@@ -21,7 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["replay.min_fill_sequences=40", "actor.num_envs=8", "learner.batch_size=16",
         "network.lstm_size=32", "network.head_hidden=32", "network.mlp_hidden=[32]",
         "logging.log_interval_seconds=0.5", "logging.tensorboard=false",
-        "learner.publish_period=2", "actor.param_refresh_period=16"]
+        "learner.publish_period=2", "actor.param_refresh_period=16",
+        # no rate limit: these tests are about plumbing, not learning (a limited
+        # actor waits, and its parameter lag then depends on the machine's load)
+        "replay.samples_per_insert=0"]
 
 
 def tiny_config(*extra):
