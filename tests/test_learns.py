@@ -2,15 +2,25 @@
 
 ``mpiexec -n 4 python -m r2d2_hpc.cli`` with the embedded default (CartPole with
 the velocities hidden: 1 learner, 1 replay shard, 2 actors) and a shorter,
-seeded budget must end with a final greedy evaluation (``final_eval_episodes``
-= 32 episodes, epsilon 0.001, printed by rank 0 and in summary.json) above
-``THRESHOLD``.
+seeded step budget must end with a *late greedy evaluation* above
+``THRESHOLD``: the mean of the greedy evaluations (epsilon 0.001) of the last
+quarter of training, i.e. the periodic ones at 6000, 7000 and 8000 learner
+steps (16 episodes each) and the final one (32 episodes, printed by rank 0 and
+in summary.json).
 
-Why the threshold separates an agent with memory from one without
-(measurements in the docstring of ``THRESHOLD``): a uniformly random policy
-scores about 23; the best memoryless policies we could find score about 110;
-the same agent with ``network.core=feedforward`` stays near 75; the LSTM agent
-reaches several hundred.
+Why several evaluations and not the final one alone: the greedy policy of a
+DQN-style learner oscillates. A run whose policy scored 496 at step 7000
+scored 164 at step 8000; a single snapshot's lower tail reaches any threshold
+worth having now and then (137 once on a loaded machine), the mean over the
+last quarter never came close (table in ``THRESHOLD``'s docstring). Each
+evaluation is a greedy one of the agent's parameters at that time, so their
+mean is bounded by what the agent can do: a memoryless agent stays below the
+threshold in every single evaluation, hence in their mean.
+
+Why the threshold separates an agent with memory from one without: a
+uniformly random policy scores about 23; the best memoryless policies we could
+find score about 110; the same agent with ``network.core=feedforward`` stays
+near 75; the LSTM agent reaches several hundred.
 """
 from __future__ import annotations
 
@@ -26,39 +36,37 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: Learner steps of the CI run: the embedded default's own budget.
-CI_MAX_STEPS = 10000
+#: Learner steps of the CI run (the embedded default runs 10,000): 1.5 to 3.5
+#: minutes on 2 cores, depending on what else runs there.
+CI_MAX_STEPS = 8000
 #: Seed of the CI run.
 CI_SEED = 0
 
-THRESHOLD = 120.0
-"""Final greedy evaluation return the CI run must exceed.
+THRESHOLD = 150.0
+"""Late greedy evaluation return (module docstring) the CI run must exceed.
 
-Measured on the shared 2-core machine (32 evaluation episodes, epsilon 0.001,
-masked CartPole, episodes capped at 500 steps):
+Measured on the shared 2-core machine (epsilon 0.001, masked CartPole,
+episodes capped at 500 steps), "late" = mean of the evaluations at 6000,
+7000, 8000 and the final one:
 
 * ``benchmarks/memoryless_baselines.py`` (200 episodes each): uniformly
   random actions 23.2; the sign of the pole angle 41.7; the best *memoryless*
   deterministic policy of (x, theta, previous action) found by random search
   plus the cross-entropy method over linear and quadratic features: 110.3;
 * the same agent with ``network.core=feedforward`` (same torso and head
-  width, previous action and reward still fed), this budget, seeds 0 and 1:
-  79.2 and 62.2; no periodic evaluation of any feedforward run we made (7
-  runs, up to 10,000 steps) ever exceeded 86;
-* the LSTM agent, this budget (8000 learner steps, about 125k env steps,
-  about 3 minutes), seeds 0-4: 485.7, 496.2, 496.5, 482.9, 256.9; the lowest
-  of all its periodic 16-episode evaluations after 7000 steps in those runs
-  was 154.
+  width, previous action and reward still fed), 8000 steps, seeds 0 and 1:
+  late 79 and 65, final 79.2 and 62.2; no single evaluation of any
+  feedforward run we made (7 runs, up to 10,000 steps) exceeded 86;
+* the LSTM agent with this preset, 8000 steps, seeds 0-4: late 415, 272,
+  301, 299, 353; final 497.8, 369.2, 390.7, 164.4, 444.5;
+* the LSTM agent with ``target_update_period`` 100 (the preset before),
+  8000 steps, 8 runs: late 250-447, final 200-500, and 137 once (final only).
 
-120 is above everything memoryless we measured (random 23, the best searched
-memoryless policy 110, the feedforward agent never above 86) and below every
-LSTM run: one CI rehearsal on a heavily loaded machine (another training job
-and a test suite on the same 2 cores) ended at 137 after 8000 steps, the
-lowest final figure we have seen, which is why CI now runs the default's full
-10,000 steps and the threshold is 120 rather than 150. The MPI job is not
-bit-reproducible (rank timing decides which batches the learner sees), so the
-seed fixes the start, not the outcome: the margin is what keeps the test from
-being flaky.
+150 is well above everything memoryless (random, the feedforward agent, the
+searched memoryless policies) and well below the lowest late figure of the
+LSTM (250). The MPI job is not bit-reproducible (rank timing decides which
+batches the learner sees), so the seed fixes the start, not the outcome: the
+margin is what keeps the test from being flaky.
 """
 
 
@@ -82,26 +90,40 @@ def run_default_job(run_dir: str, *overrides: str, timeout: float = 600.0):
     return proc, time.monotonic() - t0
 
 
+def late_evaluations(metrics_csv: str, since_step: int):
+    """(learner step, eval_return) of every evaluation row at or after ``since_step``."""
+    with open(metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [(float(r["learner_step"]), float(r["eval_return"])) for r in rows
+            if r.get("eval_return") not in (None, "", "nan")
+            and float(r["learner_step"]) >= since_step]
+
+
 @pytest.mark.slow
 def test_embedded_default_learns_what_a_memoryless_agent_cannot(tmp_path):
     run = tmp_path / "run"
+    # Only the step budget ends the run (no wall-clock cap): the same amount
+    # of learning on a slow machine, just later.
     proc, wall = run_default_job(str(run), f"learner.max_steps={CI_MAX_STEPS}",
-                                 f"seed={CI_SEED}", "logging.tensorboard=false")
+                                 "learner.max_seconds=0", f"seed={CI_SEED}",
+                                 "logging.tensorboard=false", timeout=900.0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = json.loads((run / "summary.json").read_text())
     lead = ranks[0]
-    # the step budget, or the preset's 420-s safety cap on a very slow machine
-    assert lead["stop_reason"].startswith(("learner.max_steps", "learner.max_seconds")), lead
+    assert lead["stop_reason"] == f"learner.max_steps={CI_MAX_STEPS} reached", lead
     assert lead["final_eval_episodes"] == 32
-    score = lead["final_eval_return"]
+    final = lead["final_eval_return"]
     # rank 0 prints the same figure
-    assert f"mean return {score:.1f} over 32 episodes" in proc.stdout, proc.stdout
-    evals = [(r["learner_step"], r["eval_return"]) for r in csv.DictReader(
-        open(run / "metrics.csv")) if r["eval_return"] not in ("", "nan")]
+    assert f"mean return {final:.1f} over 32 episodes" in proc.stdout, proc.stdout
+    late = late_evaluations(str(run / "metrics.csv"), CI_MAX_STEPS * 3 // 4)
+    # the periodic evaluations of the last quarter, then the final one
+    assert [s for s, _ in late] == [6000.0, 7000.0, 8000.0, 8000.0], late
+    assert late[-1][1] == pytest.approx(final)
+    score = sum(v for _, v in late) / len(late)
     assert score > THRESHOLD, (
-        f"final greedy evaluation {score:.1f} <= {THRESHOLD} after {lead['learner_step']} "
-        f"learner steps and {lead['env_steps']} env steps ({wall:.0f} s); returns "
-        f"{lead['final_eval_returns']}; periodic evaluations {evals}")
+        f"late greedy evaluation {score:.1f} <= {THRESHOLD} after {lead['learner_step']} "
+        f"learner steps and {lead['env_steps']} env steps ({wall:.0f} s); evaluations "
+        f"{late}; final returns {lead['final_eval_returns']}")
     # the run directory of the issue
     for name in ("config.yaml", "metrics.csv", "summary.json", "learning_curve.png",
                  "learner_final.h5"):
