@@ -179,6 +179,10 @@ class Field:
         return f"Field({self.spec()})"
 
 
+#: Field views cached per layout for (pool buffer, counts) pairs; cleared when full.
+_VIEW_CACHE_SIZE = 512
+
+
 def _round_up(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
@@ -238,6 +242,25 @@ class Layout:
         self._plans: Dict[Tuple[int, ...], Tuple[Tuple[Tuple[str, int, Tuple[int, ...], np.dtype], ...], int]] = {}
         self.nbytes = self._plan(tuple(v.maximum for v in self.vars))[1]
         self.min_nbytes = self._plan(tuple(0 for _ in self.vars))[1]
+        # Fast paths (pack/unpack run once per message on the hot path): the
+        # fixed header is the same bytes in every message of this layout; each
+        # count is read from the first field that has it; field views into a
+        # pool buffer (``pool_buffer``) are cached per (buffer, counts).
+        fixed = np.zeros(1, _FIXED_HEADER)
+        fixed["magic"], fixed["protocol"], fixed["version"] = MAGIC, PROTOCOL_VERSION, version
+        fixed["type_id"], fixed["fingerprint"] = self.tag, self.fingerprint
+        self._fixed_header = fixed.view(np.uint8).copy()
+        self._fixed_header_bytes = self._fixed_header.tobytes()
+        source: Dict[str, Tuple[str, int]] = {}
+        for f in self.fields:
+            for k, d in enumerate(f.shape):
+                if isinstance(d, Var):
+                    source.setdefault(d.name, (f.name, k))
+        self._count_sources: Tuple[Tuple[str, int], ...] = tuple(source[v.name]
+                                                                for v in self.vars)
+        self._maxima: Tuple[int, ...] = tuple(v.maximum for v in self.vars)
+        self._pooled: Dict[int, np.ndarray] = {}
+        self._view_cache: Dict[Tuple[int, Tuple[int, ...]], Tuple[Dict[str, np.ndarray], int]] = {}
 
     # ------------------------------------------------------------------ sizes
     def _plan(self, counts: Tuple[int, ...]):
@@ -297,12 +320,41 @@ class Layout:
         return arr
 
     def _views(self, buf: np.ndarray, counts: Tuple[int, ...]) -> Tuple[Dict[str, np.ndarray], int]:
+        pooled = self._pooled.get(id(buf)) is buf
+        if pooled:
+            hit = self._view_cache.get((id(buf), counts))
+            if hit is not None:
+                return hit
         entries, total = self._plan(counts)
         out = {}
         for name, off, shape, dtype in entries:
             nb = math.prod(shape) * dtype.itemsize
             out[name] = buf[off:off + nb].view(dtype).reshape(shape)
+        if pooled:
+            if len(self._view_cache) >= _VIEW_CACHE_SIZE:
+                self._view_cache.clear()
+            self._view_cache[(id(buf), counts)] = (out, total)
         return out, total
+
+    def pool_buffer(self) -> np.ndarray:
+        """A long-lived 64-byte aligned ``<uint8>[nbytes]`` buffer for a send or
+        receive pool: pack/unpack cache its field views per counts (the
+        per-message Python cost on the hot path). Hand it back with
+        :meth:`drop_pool_buffer` when the pool closes."""
+        buf = aligned_empty(self.nbytes)
+        self._pooled[id(buf)] = buf
+        return buf
+
+    def drop_pool_buffer(self, buf: np.ndarray) -> None:
+        """Forgets a :meth:`pool_buffer` and its cached views."""
+        if self._pooled.get(id(buf)) is buf:
+            del self._pooled[id(buf)]
+            self._view_cache = {k: v for k, v in self._view_cache.items() if k[0] != id(buf)}
+
+    def _write_header(self, arr: np.ndarray, ct: Tuple[int, ...]) -> None:
+        arr[:_FIXED_HEADER.itemsize] = self._fixed_header
+        if ct:
+            arr[_FIXED_HEADER.itemsize:self.header_nbytes].view("<i8")[:] = ct
 
     def prepare(self, buf: Any, **counts: int) -> Tuple[Dict[str, np.ndarray], int]:
         """Writes the header for these counts and returns writable field views.
@@ -323,14 +375,7 @@ class Layout:
         if arr.size < total:
             raise MessageError(f"{self.name}: buffer of {arr.size} bytes is too small for "
                                f"{total} bytes; allocate Layout.nbytes = {self.nbytes}")
-        head = arr[:_FIXED_HEADER.itemsize].view(_FIXED_HEADER)
-        head["magic"] = MAGIC
-        head["protocol"] = PROTOCOL_VERSION
-        head["version"] = self.version
-        head["type_id"] = self.tag
-        head["fingerprint"] = self.fingerprint
-        if self.vars:
-            arr[_FIXED_HEADER.itemsize:self.header_nbytes].view("<i8")[:] = ct
+        self._write_header(arr, ct)
         return self._views(arr, ct)
 
     def counts_of(self, arrays: Mapping[str, Any]) -> Dict[str, int]:
@@ -390,16 +435,51 @@ class Layout:
         Raises:
           MessageError: see :meth:`counts_of`; also for values that cannot be cast.
         """
-        counts = self.counts_of(arrays)
-        views, total = self.prepare(buf, **counts)
+        ct = self._fast_counts(arrays)
+        if ct is None:  # the checked path: names every mismatch
+            ct = self._count_tuple(self.counts_of(arrays))
+        arr = buf if type(buf) is np.ndarray and buf.dtype == np.uint8 and buf.ndim == 1 \
+            and buf.flags.c_contiguous else self._as_bytes(buf)
+        total = self._plan(ct)[1]
+        if arr.size < total:
+            raise MessageError(f"{self.name}: buffer of {arr.size} bytes is too small for "
+                               f"{total} bytes; allocate Layout.nbytes = {self.nbytes}")
+        views = self._views(arr, ct)[0]
+        self._write_header(arr, ct)
         for f in self.fields:
+            value = arrays[f.name]
+            if type(value) is np.ndarray and value.dtype == f.dtype:
+                views[f.name][...] = value  # same dtype: a plain copy
+                continue
             try:
-                np.copyto(views[f.name], arrays[f.name], casting="same_kind")
+                np.copyto(views[f.name], value, casting="same_kind")
             except TypeError as exc:
                 raise MessageError(f"{self.name}.{f.name}: cannot store "
-                                   f"{np.asarray(arrays[f.name]).dtype} values in {f.spec()}"
+                                   f"{np.asarray(value).dtype} values in {f.spec()}"
                                    ) from exc
         return total
+
+    def _fast_counts(self, arrays: Mapping[str, Any]) -> Optional[Tuple[int, ...]]:
+        """The counts when every field is present with exactly its planned shape,
+        else None (then ``counts_of`` finds and names the problem)."""
+        if len(arrays) != len(self.fields):
+            return None
+        counts = []
+        for (name, k), m in zip(self._count_sources, self._maxima):
+            shape = getattr(arrays.get(name), "shape", ())
+            if len(shape) <= k or shape[k] > m:
+                return None
+            counts.append(shape[k])
+        ct = tuple(counts)
+        for name, _, shape, _ in self._plan(ct)[0]:
+            value = arrays.get(name)
+            got = getattr(value, "shape", None)
+            if got is None:  # a Python number fits a scalar field only
+                if shape or not isinstance(value, (int, float)):
+                    return None
+            elif got != shape:
+                return None
+        return ct
 
     # ------------------------------------------------------------- reading
     def read_counts(self, buf: Any, nbytes: Optional[int] = None) -> Dict[str, int]:
@@ -415,6 +495,9 @@ class Layout:
         """
         arr = self._as_bytes(buf)
         n = arr.size if nbytes is None else int(nbytes)
+        fast = self._fast_read_counts(arr, n)
+        if fast is not None:
+            return {v.name: c for v, c in zip(self.vars, fast)}
         if n < _FIXED_HEADER.itemsize:
             raise MessageError(f"{self.name}: got {n} bytes, fewer than a message header "
                                f"({_FIXED_HEADER.itemsize}); the sender did not send an "
@@ -459,6 +542,20 @@ class Layout:
                                f"counts {counts} need {need}; send the whole packed length")
         return counts
 
+    def _fast_read_counts(self, arr: np.ndarray, n: int) -> Optional[Tuple[int, ...]]:
+        """The counts of a well-formed message, else None (``read_counts`` then
+        diagnoses it)."""
+        if n < self.header_nbytes or \
+                arr[:_FIXED_HEADER.itemsize].tobytes() != self._fixed_header_bytes:
+            return None
+        ct = tuple(arr[_FIXED_HEADER.itemsize:self.header_nbytes].view("<i8").tolist())
+        for c, m in zip(ct, self._maxima):
+            if not 0 <= c <= m:
+                return None
+        if n < self._plan(ct)[1]:
+            return None
+        return ct
+
     def unpack(self, buf: Any, nbytes: Optional[int] = None) -> Dict[str, np.ndarray]:
         """Validates the header and returns views of every field into ``buf``.
 
@@ -472,8 +569,13 @@ class Layout:
         Raises:
           MessageError: see :meth:`read_counts`.
         """
-        counts = self.read_counts(buf, nbytes)
-        return self._views(self._as_bytes(buf), tuple(counts[v.name] for v in self.vars))[0]
+        arr = self._as_bytes(buf)
+        n = arr.size if nbytes is None else int(nbytes)
+        ct = self._fast_read_counts(arr, n)
+        if ct is None:
+            counts = self.read_counts(arr, n)
+            ct = tuple(counts[v.name] for v in self.vars)
+        return self._views(arr, ct)[0]
 
     def describe(self) -> str:
         """One line: name, tag, version and every field's dtype and shape."""

@@ -182,7 +182,7 @@ class RecvPool:
         self.layout = layout
         self.tag = layout.tag if tag is None else int(tag)
         self._source = MPI.ANY_SOURCE if source is None else int(source)
-        self._bufs = [aligned_empty(layout.nbytes) for _ in range(depth)]
+        self._bufs = [layout.pool_buffer() for _ in range(depth)]
         self._reqs: List[Any] = [MPI.REQUEST_NULL] * depth
         self._statuses = [MPI.Status() for _ in range(depth)]
         self._done = [False] * depth
@@ -284,6 +284,8 @@ class RecvPool:
                 dropped += 1
         self._order.clear()
         self._held.clear()
+        for buf in self._bufs:
+            self.layout.drop_pool_buffer(buf)
         return dropped
 
     cancel = close
@@ -319,7 +321,7 @@ class SendPool:
         self.comm = comm
         self.layout = layout
         self.tag = layout.tag if tag is None else int(tag)
-        self._bufs = [aligned_empty(layout.nbytes) for _ in range(size)]
+        self._bufs = [layout.pool_buffer() for _ in range(size)]
         self._reqs: List[Any] = [MPI.REQUEST_NULL] * size
         self._free: List[int] = list(range(size - 1, -1, -1))
         self._lent: Dict[int, int] = {}  # id(buffer) -> slot
@@ -451,6 +453,8 @@ class SendPool:
         for ok, req in zip(done, pending):
             if not ok:
                 _ABANDONED.append((req, self._bufs))
+        for buf in self._bufs:
+            self.layout.drop_pool_buffer(buf)
         return len(pending)
 
     def __enter__(self) -> "SendPool":

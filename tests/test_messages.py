@@ -337,3 +337,61 @@ def test_bad_declarations():
         Field("not a name", np.int8)
     with pytest.raises(ValueError, match="cannot travel"):
         Field("o", object)
+
+
+# --------------------------------------------------------------------------- #
+# Pool buffers: field views cached per counts (the hot path) must behave exactly
+# like plain buffers.
+
+def test_pool_buffer_round_trips_with_changing_counts():
+    layout = tiny_messages().STEP_CHUNK
+    rng = np.random.default_rng(5)
+    send, recv = layout.pool_buffer(), layout.pool_buffer()
+    # the same counts twice in a row (cached views), then others, then back
+    for n, m in [(3, 1), (3, 1), (0, 0), (7, 10), (3, 1), (1, 0)]:
+        want = random_arrays(layout, {"steps": n, "sequences": m}, rng)
+        used = layout.pack(send, **want)
+        recv[:used] = send[:used]
+        recv[used:] = 0xAB  # garbage after the message must not matter
+        assert_fields_equal(layout.unpack(recv, used), want, layout)
+        assert layout.read_counts(recv, used) == {"steps": n, "sequences": m}
+    layout.drop_pool_buffer(send)
+    layout.drop_pool_buffer(recv)
+    assert not layout._view_cache and not layout._pooled
+
+
+@pytest.mark.parametrize("arrays,message", PACK_ERRORS)
+def test_pack_errors_name_the_field_in_pool_buffers(arrays, message):
+    layout = small_layout()
+    buf = layout.pool_buffer()
+    layout.pack(buf, a=1, b=np.zeros(2), c=np.zeros((2, 2), np.uint8))  # warm the cache
+    with pytest.raises(MessageError, match=message):
+        layout.pack(buf, **arrays)
+
+
+def test_pool_buffer_rejects_what_plain_buffers_reject():
+    layout = small_layout()
+    buf = layout.pool_buffer()
+    used = layout.pack(buf, a=1, b=np.zeros(3), c=np.zeros((3, 2), np.uint8))
+    layout.unpack(buf, used)  # cached
+    with pytest.raises(MessageError, match="truncated message"):
+        layout.unpack(buf, used - 1)
+    buf[16:24].view("<i8")[0] = 4
+    with pytest.raises(MessageError, match="header count n=4 outside"):
+        layout.unpack(buf, used)
+    buf[16:24].view("<i8")[0] = 3
+    buf[0] ^= 0xFF
+    with pytest.raises(MessageError, match="not an r2d2_hpc message"):
+        layout.unpack(buf, used)
+
+
+def test_pack_casts_by_same_kind_and_never_broadcasts():
+    layout = small_layout()
+    buf = layout.pool_buffer()
+    used = layout.pack(buf, a=np.int64(-3), b=np.arange(2, dtype=np.float32),
+                       c=np.ones((2, 2), np.uint8))
+    got = layout.unpack(buf, used)
+    assert got["a"] == -3 and got["b"].dtype == np.float64
+    np.testing.assert_array_equal(got["b"], [0.0, 1.0])
+    with pytest.raises(MessageError, match="SMALL.c"):  # (1, 2) would broadcast to (2, 2)
+        layout.pack(buf, a=1, b=np.zeros(2), c=np.zeros((1, 2), np.uint8))
