@@ -180,6 +180,9 @@ def test_actor_bench_quick(tmp_path):
     res = actor_bench.main(["--quick", "--out", str(out)])
     check_written(out, res)
     assert res["benchmark"] == "actor"
+    assert list(res["workloads"]) == ["default"]  # --quick runs the small workload only
+    assert res["target"] == {"workload": "atari", "ratio_min": 0.9}
+    res = res["workloads"]["default"]
     assert res["config"]["env"] == "cartpole_masked"
     for setup in ("inproc", "mpi"):
         r = res[setup]
