@@ -25,6 +25,9 @@ import yaml
 #: Environments this package knows (``env.name``).
 KNOWN_ENVS = ("cartpole_masked", "cartpole", "counter", "atari")
 
+#: Values of ``learner.mixed_precision``.
+MIXED_PRECISION = ("none", "bf16", "fp16")
+
 
 class ConfigError(ValueError):
     """One or more configuration errors; ``errors`` lists each one."""
@@ -167,6 +170,8 @@ class LearnerConfig:
     """auto | cpu | cuda | cuda:N: where the learner runs (actors always use the CPU)."""
     allreduce: str = "auto"
     """Gradient averaging with several learners: auto | horovod | torch | mpi."""
+    mixed_precision: str = "none"
+    """none | bf16 (bfloat16 autocast; CPU or GPU) | fp16 (float16 autocast + GradScaler; CUDA) (ours)."""
 
 
 @dataclass(frozen=True)
@@ -443,6 +448,7 @@ def _validate(cfg: Config) -> List[str]:
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         errors.append(f"learner.device: unknown value {dev!r}; choose auto, cpu, cuda or cuda:N")
     choice(l, "learner", "allreduce", ("auto", "horovod", "torch", "mpi"))
+    choice(l, "learner", "mixed_precision", MIXED_PRECISION)
 
     non_negative(c, "checkpoint", "interval_seconds", "interval_steps")
     positive(c, "checkpoint", "keep")

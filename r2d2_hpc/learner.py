@@ -19,6 +19,25 @@ One ``step``::
     step_count += 1; params_version += 1
     if step_count % target_update_period == 0: target ◄── online
 
+Mixed precision (``learner.mixed_precision``)::
+
+    mode   forward (torso, core, head)           backward              optimizer
+    none   float32                               float32               Adam on float32
+    bf16   autocast bfloat16; core in float32    float32 grads         Adam on float32
+    fp16   autocast float16 (cuDNN LSTM fp16)    loss × S, grads / S   skipped if inf/nan
+           CUDA only                             GradScaler S          S halves / doubles
+
+Parameters, gradients and Adam state stay float32 in every mode; Q-values
+leave the network as float32, so targets, TD errors, the loss and the
+priorities are computed in float32. ``bf16`` keeps the recurrent core out of
+the autocast region: CUDA autocast runs a cuDNN RNN in float16 whatever the
+autocast dtype, and float16 LSTM gradients without loss scaling underflow
+(``dL/dq`` is about ``|δ| / (B · trace)``, ~1e-6). ``fp16`` is the standard
+AMP recipe (``torch.amp.GradScaler``): the scaled gradient is averaged over
+learners, then unscaled; a step whose averaged gradient holds inf/nan is
+skipped by every learner alike, which keeps replicas identical. The scaler's
+state is part of ``state()``.
+
 Target network schedule (paper, section 2.3: "copied from the online network
 parameters every 2500 learner steps"): the target starts as a copy of the
 online network; the update is done *after* the optimizer step of the step that
@@ -37,7 +56,7 @@ import numpy as np
 import torch
 
 from r2d2_hpc import losses
-from r2d2_hpc.config import Config
+from r2d2_hpc.config import MIXED_PRECISION, Config, ConfigError
 from r2d2_hpc.network import R2D2Network, TorchState
 from r2d2_hpc.types import SequenceBatch
 
@@ -60,7 +79,17 @@ METRIC_KEYS: Tuple[str, ...] = (
     "time_forward_backward_s",
     "time_reduce_s",
     "time_optimizer_s",
+    "loss_scale",
+    "skipped_step",
 )
+
+#: ``learner.mixed_precision`` -> autocast dtype (None: no autocast).
+AUTOCAST_DTYPES: Dict[str, Optional[torch.dtype]] = {
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+assert tuple(AUTOCAST_DTYPES) == MIXED_PRECISION
 
 #: Where ``q_value_discrepancy`` compares the two unrolls.
 STALENESS_POSITIONS: Tuple[str, ...] = ("first", "last")
@@ -77,7 +106,8 @@ def resolve_device(spec: DeviceSpec) -> torch.device:
       The device.
 
     Raises:
-      ValueError: if CUDA is asked for but not available.
+      ConfigError: (a ``ValueError``) if CUDA is asked for but not available,
+        or the CUDA device index does not exist.
     """
     if isinstance(spec, torch.device):
         device = spec
@@ -85,10 +115,128 @@ def resolve_device(spec: DeviceSpec) -> torch.device:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"learner device {str(spec)!r} needs CUDA, which is not available; "
-                         f"set learner.device=cpu or auto")
+    error = _cuda_error(str(spec), device)
+    if error:
+        raise ConfigError([error])
     return device
+
+
+def _cuda_error(spec: str, device: torch.device) -> str:
+    """Why ``device`` (asked for as ``spec``) cannot be used, or ``''``."""
+    if device.type != "cuda":
+        return ""
+    if not torch.cuda.is_available():
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None
+               else "no CUDA device is visible")
+        return (f"learner.device: {spec!r} needs CUDA, which is not available here ({why}, "
+                f"torch {torch.__version__}); set learner.device=cpu or auto (r2d2-train "
+                f"--device cpu)")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        return (f"learner.device: {spec!r}, but only {count} CUDA device(s) are visible; "
+                f"choose cuda:0 .. cuda:{count - 1}, cuda or auto")
+    return ""
+
+
+def device_errors(device: DeviceSpec, mixed_precision: str = "none") -> List[str]:
+    """Start-up check of ``learner.device`` and ``learner.mixed_precision``.
+
+    ================  ===============  ==============================
+    device            mixed_precision  result
+    ================  ===============  ==============================
+    cpu / auto (CPU)  none, bf16       fine
+    cpu / auto (CPU)  fp16             error: fp16 needs CUDA
+    cuda, no CUDA     any              error: no CUDA here
+    cuda:N, N >= n    any              error: no such device
+    cuda              bf16             error if the GPU lacks bf16
+    ================  ===============  ==============================
+
+    Args:
+      device: ``learner.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) or a
+        ``torch.device``.
+      mixed_precision: ``learner.mixed_precision``.
+
+    Returns:
+      Error messages, each naming the field and the fix; empty if fine.
+    """
+    spec = str(device)
+    resolved = device if isinstance(device, torch.device) else torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
+    error = _cuda_error(spec, resolved)
+    if error:
+        return [error]
+    if mixed_precision not in AUTOCAST_DTYPES:
+        return [f"learner.mixed_precision: unknown value {mixed_precision!r}; choose one of "
+                f"{', '.join(MIXED_PRECISION)}"]
+    if mixed_precision == "fp16" and resolved.type != "cuda":
+        return [f"learner.mixed_precision: 'fp16' needs a CUDA learner (float16 autocast "
+                f"with a GradScaler), but the learner runs on the CPU "
+                f"(learner.device={spec}); set learner.mixed_precision=bf16 (bfloat16 "
+                f"autocast works on the CPU) or none, or run the learner on a GPU "
+                f"(learner.device=cuda)"]
+    if (mixed_precision == "bf16" and resolved.type == "cuda"
+            and not torch.cuda.is_bf16_supported()):
+        return [f"learner.mixed_precision: 'bf16' is not supported by "
+                f"{torch.cuda.get_device_name(resolved)}; set learner.mixed_precision=fp16 "
+                f"or none"]
+    return []
+
+
+def mixed_precision_forward(net: R2D2Network, dtype: Optional[torch.dtype],
+                            obs: torch.Tensor, prev_action: torch.Tensor,
+                            prev_reward: torch.Tensor, first: torch.Tensor,
+                            state: Optional[TorchState]) -> Tuple[torch.Tensor, TorchState]:
+    """``net(obs, prev_action, prev_reward, first, state)`` under autocast ``dtype``.
+
+    The same composition as ``R2D2Network.forward`` (torso -> core -> residual
+    link -> head), with the autocast region around torso and head; the core
+    runs in float32 for bfloat16 (see the module docstring) and under the
+    autocast for float16. ``dtype=None`` is the plain float32 forward.
+
+    Args:
+      net: the network.
+      dtype: ``torch.bfloat16``, ``torch.float16`` or None.
+      obs: ``<uint8|float32>[T, B, ...]``.
+      prev_action: ``<int64>[T, B]``.
+      prev_reward: ``<float32>[T, B]``.
+      first: ``<bool>[T, B]``.
+      state: ``(h, c)``, each ``<float32>[B, H]``, or None (zeros).
+
+    Returns:
+      ``(q <float32>[T, B, A], (h, c) <float32>[B, H] each)``.
+    """
+    if dtype is None:
+        return net(obs, prev_action, prev_reward, first, state)
+    if state is None:
+        state = net.initial_state(obs.shape[1], device=obs.device)
+    device_type = obs.device.type
+    with torch.autocast(device_type, dtype=dtype):
+        torso_out, core_in = net.embed(obs, prev_action, prev_reward)
+        if dtype == torch.bfloat16:
+            with torch.autocast(device_type, enabled=False):
+                core_out, new_state = net.unroll_core(core_in.float(), first,
+                                                      (state[0].float(), state[1].float()))
+        else:
+            core_out, new_state = net.unroll_core(core_in, first, state)
+        if net.cfg.res_link:
+            core_out = core_out + (net.res_proj(torso_out) if net.res_proj is not None
+                                   else torso_out)
+        q = net.head(core_out)
+    return q.float(), (new_state[0].float(), new_state[1].float())
+
+
+class _MixedPrecisionQ:
+    """A ``losses.RecurrentQFunction``: a network's forward under autocast."""
+
+    def __init__(self, net: R2D2Network, dtype: Optional[torch.dtype]) -> None:
+        self.net = net
+        self.dtype = dtype
+
+    def __call__(self, obs: torch.Tensor, prev_action: torch.Tensor,
+                 prev_reward: torch.Tensor, first: torch.Tensor,
+                 state: TorchState) -> Tuple[torch.Tensor, TorchState]:
+        return mixed_precision_forward(self.net, self.dtype, obs, prev_action, prev_reward,
+                                       first, state)
 
 
 def q_value_discrepancy(q_hat: torch.Tensor, q_true: torch.Tensor, valid: torch.Tensor,
@@ -141,7 +289,9 @@ class LearnerStepResult(NamedTuple):
       priorities: ``<float64>[B]`` new priorities of the batch's sequences
         (``p = η max|δ| + (1 − η) mean|δ|``), in batch order.
       loss: the loss value of this step (before the update).
-      metrics: ``METRIC_KEYS`` -> float; times in seconds.
+      metrics: ``METRIC_KEYS`` -> float; times in seconds; ``loss_scale``
+        the GradScaler's scale used by the step (1 without one),
+        ``skipped_step`` 1 when the scaler skipped the Adam step (inf/nan).
     """
 
     priorities: np.ndarray
@@ -163,6 +313,10 @@ class Learner:
       step_count: completed ``step`` calls (restored by ``load_state``).
       params_version: version of the online parameters, +1 per step; the
         parameter publication carries it.
+      mixed_precision: ``cfg.learner.mixed_precision`` (``none``, ``bf16``,
+        ``fp16``).
+      scaler: the ``torch.amp.GradScaler`` of ``fp16``, else None (a step
+        uses whatever scaler is set here; its state goes into ``state()``).
     """
 
     def __init__(self, cfg: Config, obs_shape: Tuple[int, ...], num_actions: int,
@@ -177,9 +331,21 @@ class Learner:
             ``cfg.learner.device``.
           grad_reducer: called once per step with the flat gradient, which it
             must overwrite in place (e.g. with the mean over learners).
+
+        Raises:
+          ConfigError: (a ``ValueError``) naming the field and the fix when the
+            device or ``learner.mixed_precision`` cannot run here (see
+            ``device_errors``).
         """
         self.cfg = cfg
         self.device = resolve_device(device)
+        self.mixed_precision = cfg.learner.mixed_precision
+        errors = device_errors(self.device, self.mixed_precision)
+        if errors:
+            raise ConfigError(errors)
+        self._autocast_dtype = AUTOCAST_DTYPES[self.mixed_precision]
+        self.scaler: Optional[torch.amp.GradScaler] = (
+            torch.amp.GradScaler(self.device.type) if self.mixed_precision == "fp16" else None)
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.num_actions = int(num_actions)
         self.grad_reducer = grad_reducer
@@ -189,6 +355,8 @@ class Learner:
             p.requires_grad_(False)
         self.online.train()
         self.target.eval()
+        self._online_q = _MixedPrecisionQ(self.online, self._autocast_dtype)
+        self._target_q = _MixedPrecisionQ(self.target, self._autocast_dtype)
         self.optimizer = torch.optim.Adam(self.online.parameters(),
                                           lr=cfg.learner.learning_rate,
                                           eps=cfg.learner.adam_epsilon)
@@ -259,25 +427,43 @@ class Learner:
         tbatch = self.batch_to_device(batch)
         tweights = self._to_device("weights", weights)
         out = losses.sequence_loss(
-            self.online, self.target, tbatch, tweights,
+            self._online_q, self._target_q, tbatch, tweights,
             burn_in=self.cfg.replay.burn_in, n=lcfg.n_step, gamma=lcfg.discount,
             eps=lcfg.value_rescaling_epsilon, eta=self.cfg.replay.priority_eta)
         self.optimizer.zero_grad(set_to_none=False)
-        out.loss.backward()
+        scaler = self.scaler
+        loss_scale = 1.0
+        if scaler is not None:
+            loss_scale = float(scaler.get_scale())
+            scaler.scale(out.loss).backward()
+        else:
+            out.loss.backward()
         flat = self._flat_grad()
         self._sync()
         t1 = time.perf_counter()
 
         if self.grad_reducer is not None:
-            self.grad_reducer(flat)
+            self.grad_reducer(flat)  # the scaled gradient: S is the same on every learner
             self._sync()
         t2 = time.perf_counter()
 
+        if scaler is not None:
+            # Unscale the averaged gradient through the scaler, which records
+            # inf/nan for its step(); every learner sees the same flat.
+            self._set_grads(flat)
+            scaler.unscale_(self.optimizer)
+            flat = self._flat_grad()
         grad_norm = torch.linalg.vector_norm(flat)
         if lcfg.max_grad_norm > 0:
             flat.mul_(torch.clamp(lcfg.max_grad_norm / (grad_norm + 1e-6), max=1.0))
         self._set_grads(flat)
-        self.optimizer.step()
+        skipped = False
+        if scaler is not None:
+            scaler.step(self.optimizer)  # skipped when the gradient holds inf/nan
+            scaler.update()
+            skipped = float(scaler.get_scale()) < loss_scale
+        else:
+            self.optimizer.step()
         self.step_count += 1
         self.params_version += 1
         target_updated = self.step_count % lcfg.target_update_period == 0
@@ -300,6 +486,8 @@ class Learner:
             "time_forward_backward_s": t1 - t0,
             "time_reduce_s": t2 - t1,
             "time_optimizer_s": t3 - t2,
+            "loss_scale": loss_scale,
+            "skipped_step": float(skipped),
         }
         return LearnerStepResult(priorities=priorities, loss=loss_value, metrics=metrics)
 
@@ -372,6 +560,9 @@ class Learner:
             params_version: int
             torch_rng_state: <uint8>[...]
             cuda_rng_state: <uint8>[...]  (only on CUDA)
+            grad_scaler: {scale: float, growth_factor: float,
+                          backoff_factor: float, growth_interval: int,
+                          _growth_tracker: int}    (only with a scaler: fp16)
         """
         def params_of(net: R2D2Network) -> Dict[str, np.ndarray]:
             return {name: p.detach().cpu().numpy().copy() for name, p in net.named_parameters()}
@@ -396,10 +587,17 @@ class Learner:
         }
         if self.device.type == "cuda":
             state["cuda_rng_state"] = torch.cuda.get_rng_state(self.device).numpy().copy()
+        if self.scaler is not None:
+            state["grad_scaler"] = {k: (float(v) if isinstance(v, float) else int(v))
+                                    for k, v in self.scaler.state_dict().items()}
         return state
 
     def load_state(self, state: Dict[str, object]) -> None:
         """Restores what ``state`` returned (same config and shapes).
+
+        ``grad_scaler`` is restored when this learner has a scaler (fp16);
+        without one (``mixed_precision`` changed on resume) it is ignored, and
+        an fp16 learner given a state without it keeps its fresh scaler.
 
         Args:
           state: a dict of the form ``state()`` returns.
@@ -455,6 +653,9 @@ class Learner:
         if self.device.type == "cuda" and "cuda_rng_state" in state:
             torch.cuda.set_rng_state(
                 torch.from_numpy(np.array(state["cuda_rng_state"], dtype=np.uint8)), self.device)
+        saved_scaler = state.get("grad_scaler")
+        if self.scaler is not None and isinstance(saved_scaler, dict):
+            self.scaler.load_state_dict({k: _py_number(v) for k, v in saved_scaler.items()})
 
     # ------------------------------------------------------------------ #
     # Diagnostics.
@@ -497,6 +698,12 @@ class Learner:
                                      tb.mask[burn_in:].bool(), position)
             dq = dq[~torch.isnan(dq)]
             return float(dq.mean()) if dq.numel() > 0 else float("nan")
+
+
+def _py_number(value: object) -> Union[int, float]:
+    """A Python int or float from a number, numpy scalar or 0-d array."""
+    item = np.asarray(value).item()
+    return item if isinstance(item, (int, float)) else float(item)
 
 
 def _check_flat(flat: np.ndarray, num_params: int) -> torch.Tensor:

@@ -155,6 +155,8 @@ def test_wrong_type(override, field):
     ("env.name=pong", "env.name"),
     ("learner.device=gpu", "learner.device"),
     ("learner.allreduce=nccl", "learner.allreduce"),
+    ("learner.mixed_precision=fp8", "learner.mixed_precision"),
+    ("learner.mixed_precision=true", "learner.mixed_precision"),
 ])
 def test_out_of_range(override, field):
     errs = errors_of([override])
@@ -164,6 +166,16 @@ def test_out_of_range(override, field):
 def test_choice_error_suggests():
     errs = errors_of(["network.core=lsmt"])
     assert "did you mean 'lstm'" in errs[0]
+
+
+def test_mixed_precision_default_and_values():
+    assert Config().learner.mixed_precision == "none"  # float32 unless asked for
+    for value in ("none", "bf16", "fp16"):  # fp16 needs CUDA: checked at start-up
+        assert load_config(None, [f"learner.mixed_precision={value}"]) \
+            .learner.mixed_precision == value
+    (err,) = errors_of(["learner.mixed_precision=bf61"])
+    assert err == ("learner.mixed_precision: unknown value 'bf61'; did you mean 'bf16'? "
+                   "choose one of none, bf16, fp16")
 
 
 @pytest.mark.parametrize("overrides,field", [

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from r2d2_hpc.config import Config
+from r2d2_hpc.config import Config, ConfigError
 from r2d2_hpc.learner import (
     METRIC_KEYS,
     Learner,
+    device_errors,
+    mixed_precision_forward,
     q_value_discrepancy,
     resolve_device,
 )
@@ -373,3 +375,246 @@ def test_q_staleness_grows_with_the_stored_state_error() -> None:
     small = random_sequence_batch(learner.cfg, seed=14, state_scale=0.05)
     large = random_sequence_batch(learner.cfg, seed=14, state_scale=2.0)
     assert 0.0 < learner.q_staleness(small) < learner.q_staleness(large)
+
+
+# --------------------------------------------------------------------------- #
+# Mixed precision (learner.mixed_precision).
+
+def dtypes_seen(net: torch.nn.Module, forward: Callable[[], object]) -> dict:
+    """Output dtypes of the torso, the LSTM and the head's last layer during ``forward``."""
+    seen: dict = {}
+
+    def hook(name: str):
+        def record(_module, _inputs, output):
+            seen[name] = (output[0] if isinstance(output, tuple) else output).dtype
+        return record
+
+    handles = [net.torso.register_forward_hook(hook("torso")),
+               net.lstm.register_forward_hook(hook("lstm")),
+               net.advantage_head.register_forward_hook(hook("head"))]
+    try:
+        forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("dtype, expected", [
+    (None, {"torso": torch.float32, "lstm": torch.float32, "head": torch.float32}),
+    # bf16: torso and head under autocast, the recurrent core in float32
+    (torch.bfloat16, {"torso": torch.bfloat16, "lstm": torch.float32,
+                      "head": torch.bfloat16}),
+])
+def test_mixed_precision_forward_casts_torso_and_head_not_the_core(dtype, expected) -> None:
+    learner = make_learner()
+    tb = learner.batch_to_device(random_sequence_batch(learner.cfg, seed=20))
+    state = (tb.state_h, tb.state_c)
+    out: list = []
+    seen = dtypes_seen(learner.online, lambda: out.append(mixed_precision_forward(
+        learner.online, dtype, tb.obs, tb.prev_action, tb.prev_reward, tb.first.bool(),
+        state)))
+    assert seen == expected
+    q, (h, c) = out[0]
+    assert q.dtype == h.dtype == c.dtype == torch.float32  # the loss math is float32
+    reference, (h_ref, c_ref) = learner.online(tb.obs, tb.prev_action, tb.prev_reward,
+                                               tb.first.bool(), state)
+    if dtype is None:  # the same computation as R2D2Network.forward, to the bit
+        assert torch.equal(q, reference) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+    else:  # bfloat16 keeps ~3 significant digits
+        assert not torch.equal(q, reference)
+        torch.testing.assert_close(q, reference, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("res_link", [False, True])
+def test_mixed_precision_forward_follows_the_residual_link(res_link: bool) -> None:
+    cfg = tiny_config()
+    cfg = cfg.replace(network=dataclasses.replace(cfg.network, res_link=res_link))
+    learner = make_learner(cfg)
+    tb = learner.batch_to_device(random_sequence_batch(cfg, seed=21))
+    args = (tb.obs, tb.prev_action, tb.prev_reward, tb.first.bool(), (tb.state_h, tb.state_c))
+    q_plain, _ = mixed_precision_forward(learner.online, None, *args)
+    q_bf16, _ = mixed_precision_forward(learner.online, torch.bfloat16, *args)
+    torch.testing.assert_close(q_bf16, q_plain, rtol=3e-2, atol=3e-2)
+
+
+def test_bf16_steps_stay_close_to_float32_and_keep_float32_parameters() -> None:
+    grads: dict = {"none": [], "bf16": []}
+    learners = {}
+    for mode in grads:
+        learners[mode] = make_learner(tiny_config(mixed_precision=mode, learning_rate=1e-3),
+                                      grad_reducer=lambda f, m=mode: grads[m].append(f.clone()))
+    assert learners["bf16"].scaler is None and learners["bf16"].mixed_precision == "bf16"
+    start = learners["none"].flat_params()
+    np.testing.assert_array_equal(learners["bf16"].flat_params(), start)  # same seed
+    batch = random_sequence_batch(learners["none"].cfg, seed=22)
+    for _ in range(4):
+        fp32 = learners["none"].step(batch, ones())
+        bf16 = learners["bf16"].step(batch, ones())
+        assert math.isfinite(bf16.loss)
+        assert bf16.priorities.dtype == np.float64 and np.all(np.isfinite(bf16.priorities))
+        assert bf16.loss != fp32.loss  # the autocast did run
+        assert bf16.loss == pytest.approx(fp32.loss, rel=1e-2)
+        np.testing.assert_allclose(bf16.priorities, fp32.priorities,
+                                   rtol=2e-2, atol=2e-2 * fp32.priorities.max())
+        g32, g16 = grads["none"][-1], grads["bf16"][-1]
+        assert g16.dtype == torch.float32
+        assert float((g16 - g32).norm() / g32.norm()) < 3e-2
+        assert bf16.metrics["loss_scale"] == 1.0 and bf16.metrics["skipped_step"] == 0.0
+    for net in (learners["bf16"].online, learners["bf16"].target):
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+    for st in learners["bf16"].optimizer.state.values():
+        assert st["exp_avg"].dtype == st["exp_avg_sq"].dtype == torch.float32
+    # Both moved the parameters the same way.
+    d32 = learners["none"].flat_params() - start
+    d16 = learners["bf16"].flat_params() - start
+    cosine = float(np.dot(d32, d16) / (np.linalg.norm(d32) * np.linalg.norm(d16)))
+    assert cosine > 0.95, cosine
+
+
+def test_bf16_state_round_trip_gives_bit_identical_steps() -> None:
+    cfg = tiny_config(mixed_precision="bf16", learning_rate=1e-2)
+    batch = random_sequence_batch(cfg, seed=23)
+    original = make_learner(cfg, seed=0)
+    original.step(batch, ones())
+    state = original.state()
+    assert "grad_scaler" not in state  # only fp16 has a scaler
+    restored = make_learner(cfg, seed=5)
+    restored.load_state(state)
+    for _ in range(2):
+        r1, r2 = original.step(batch, ones()), restored.step(batch, ones())
+        assert r1.loss == r2.loss
+        np.testing.assert_array_equal(r1.priorities, r2.priorities)
+    np.testing.assert_array_equal(original.flat_params(), restored.flat_params())
+
+
+def with_cpu_scaler(learner: Learner, scale: float = 2.0 ** 10) -> Learner:
+    """The fp16 scaler path on the CPU: the same step code, a CPU GradScaler."""
+    learner.scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=2)
+    return learner
+
+
+def test_loss_scaling_by_a_power_of_two_changes_no_bit() -> None:
+    """(S·L)' / S = L' exactly for S = 2^k: the scaler path equals the plain step."""
+    seen: dict = {"plain": [], "scaled": []}
+    plain = make_learner(grad_reducer=lambda f: seen["plain"].append(f.clone()))
+    scaled = with_cpu_scaler(make_learner(grad_reducer=lambda f: seen["scaled"].append(
+        f.clone())))
+    batch = random_sequence_batch(plain.cfg, seed=24)
+    scales = []
+    for _ in range(3):
+        r_plain, r_scaled = plain.step(batch, ones()), scaled.step(batch, ones())
+        assert r_scaled.loss == r_plain.loss  # the returned loss is unscaled
+        np.testing.assert_array_equal(r_scaled.priorities, r_plain.priorities)
+        assert r_scaled.metrics["grad_norm"] == r_plain.metrics["grad_norm"]
+        assert r_scaled.metrics["skipped_step"] == 0.0
+        scales.append(r_scaled.metrics["loss_scale"])
+    assert scales == [1024.0, 1024.0, 2048.0]  # growth_interval=2: doubled after 2 steps
+    # The reducer (the allreduce) sees the scaled gradient.
+    for s_grad, p_grad, scale in zip(seen["scaled"], seen["plain"], scales):
+        assert torch.equal(s_grad, p_grad * scale)
+    np.testing.assert_array_equal(scaled.flat_params(), plain.flat_params())
+
+
+def test_an_inf_gradient_skips_the_step_and_halves_the_scale() -> None:
+    poison = {"on": True}
+
+    def reducer(flat: torch.Tensor) -> None:
+        if poison["on"]:
+            flat[0] = float("inf")  # as if one learner's fp16 backward overflowed
+
+    learner = with_cpu_scaler(make_learner(grad_reducer=reducer), scale=2.0 ** 12)
+    before = learner.flat_params()
+    batch = random_sequence_batch(learner.cfg, seed=25)
+    result = learner.step(batch, ones())
+    assert result.metrics["skipped_step"] == 1.0 and result.metrics["loss_scale"] == 4096.0
+    assert math.isfinite(result.loss) and np.all(np.isfinite(result.priorities))
+    np.testing.assert_array_equal(learner.flat_params(), before)  # no Adam step
+    assert not learner.optimizer.state  # Adam's state untouched (no step yet)
+    assert learner.scaler.get_scale() == 2048.0
+    assert learner.step_count == 1  # the step still counts for the target schedule
+    poison["on"] = False
+    result = learner.step(batch, ones())
+    assert result.metrics["skipped_step"] == 0.0 and result.metrics["loss_scale"] == 2048.0
+    assert not np.array_equal(learner.flat_params(), before)
+
+
+def test_scaler_state_round_trip_through_a_checkpoint_file(tmp_path) -> None:
+    import h5py
+
+    from r2d2_hpc.checkpoint import read_tree, write_tree
+
+    cfg = tiny_config(learning_rate=1e-2)
+    batch = random_sequence_batch(cfg, seed=26)
+    original = with_cpu_scaler(make_learner(cfg, seed=0), scale=2.0 ** 8)
+    original.step(batch, ones())  # growth tracker 1, scale 256
+    saved = original.state()
+    assert _walk(saved) == []
+    assert saved["grad_scaler"] == {"scale": 256.0, "growth_factor": 2.0,
+                                    "backoff_factor": 0.5, "growth_interval": 2,
+                                    "_growth_tracker": 1}
+    with h5py.File(tmp_path / "learner.h5", "w") as f:
+        write_tree(f, saved)
+    with h5py.File(tmp_path / "learner.h5", "r") as f:
+        state = read_tree(f)
+    assert state["grad_scaler"] == saved["grad_scaler"]
+    restored = with_cpu_scaler(make_learner(cfg, seed=7), scale=2.0 ** 20)
+    restored.load_state(state)
+    assert restored.scaler.get_scale() == 256.0
+    for expected_scale in (256.0, 512.0):  # the tracker carried over: grows after 1 step
+        r1, r2 = original.step(batch, ones()), restored.step(batch, ones())
+        assert r1.metrics["loss_scale"] == r2.metrics["loss_scale"] == expected_scale
+        np.testing.assert_array_equal(r1.priorities, r2.priorities)
+    assert original.scaler.state_dict() == restored.scaler.state_dict()
+    np.testing.assert_array_equal(original.flat_params(), restored.flat_params())
+    # A learner without a scaler (mixed_precision changed on resume) ignores it.
+    plain = make_learner(cfg, seed=8)
+    plain.load_state(state)
+    assert plain.scaler is None and plain.step_count == 1
+
+
+def test_fp16_on_the_cpu_is_a_config_error_naming_the_field_and_the_fix() -> None:
+    with pytest.raises(ConfigError) as info:
+        make_learner(tiny_config(mixed_precision="fp16"))
+    (message,) = info.value.errors
+    assert message.startswith("learner.mixed_precision: 'fp16' needs a CUDA learner")
+    assert "learner.mixed_precision=bf16" in message and "learner.device=cuda" in message
+
+
+def fake_cuda(monkeypatch: pytest.MonkeyPatch, count: int, bf16: bool = True) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake V100")
+
+
+@pytest.mark.parametrize("gpus, bf16, device, mode, needle", [
+    (0, True, "cpu", "none", None),
+    (0, True, "auto", "bf16", None),
+    (0, True, "cpu", "fp16", "learner.mixed_precision: 'fp16' needs a CUDA learner"),
+    (0, True, "auto", "fp16", "learner.mixed_precision: 'fp16' needs a CUDA learner"),
+    (0, True, "cuda", "none", "learner.device: 'cuda' needs CUDA"),
+    (0, True, "cuda:1", "bf16", "learner.device: 'cuda:1' needs CUDA"),
+    (2, True, "cuda:1", "fp16", None),
+    (2, True, "auto", "fp16", None),
+    (2, True, "cuda:2", "none", "only 2 CUDA device(s)"),
+    (2, False, "cuda", "bf16", "'bf16' is not supported by Fake V100"),
+    (2, False, "cuda", "fp16", None),
+    (0, True, "cpu", "fp8", "learner.mixed_precision: unknown value 'fp8'"),
+])
+def test_device_errors_table(monkeypatch: pytest.MonkeyPatch, gpus: int, bf16: bool,
+                             device: str, mode: str, needle: Optional[str]) -> None:
+    fake_cuda(monkeypatch, gpus, bf16)
+    errors = device_errors(device, mode)
+    if needle is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and needle in errors[0], errors
+
+
+def test_no_cuda_message_says_how_to_run_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda(monkeypatch, 0)
+    (message,) = device_errors("cuda")
+    assert "learner.device=cpu" in message and "--device cpu" in message
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        resolve_device("cuda")
