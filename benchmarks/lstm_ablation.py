@@ -99,7 +99,20 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
         "stop_reason": lead["stop_reason"],
         "delta_q_second_half": float(half.mean()) if half.size else math.nan,
         "eval_returns": [x for x in column(rows, "eval_return").tolist() if math.isfinite(x)],
+        "late_eval_return": late_eval(rows),
     }
+
+
+def late_eval(rows: Sequence[Dict[str, float]]) -> float:
+    """Mean greedy evaluation return of the last quarter of training (the
+    periodic evaluations at or after 3/4 of the last learner step, the final
+    one included): the figure tests/test_learns.py holds to its threshold."""
+    steps, evals = column(rows, "learner_step"), column(rows, "eval_return")
+    ok = np.isfinite(evals)
+    if not ok.any():
+        return math.nan
+    late = evals[ok & (steps >= steps[ok].max() * 3 // 4)]
+    return float(late.mean())
 
 
 def read_rows(path: str) -> List[Dict[str, float]]:
@@ -147,7 +160,7 @@ def plot(out_png: str, runs: Dict[str, List[Dict[str, Any]]]) -> None:
 
 def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    for key in ("final_eval_return", "job_wall_s", "env_steps", "learner_steps",
+    for key in ("final_eval_return", "late_eval_return", "job_wall_s", "env_steps", "learner_steps",
                 "delta_q_second_half"):
         v = np.asarray([r[key] for r in results], np.float64)
         out[key] = {"mean": float(np.nanmean(v)), "min": float(np.nanmin(v)),
@@ -176,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             res["seed"] = seed
             runs[variant].append(res)
             print(f"{variant:13s} seed {seed}: final greedy eval {res['final_eval_return']:6.1f}"
+                  f" (late {res['late_eval_return']:6.1f})"
                   f" | {res['learner_steps']} learner steps, {res['env_steps']} env steps, "
                   f"{res['job_wall_s']:.0f} s | delta_q {res['delta_q_second_half']:.3f}",
                   flush=True)
