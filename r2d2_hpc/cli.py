@@ -3,7 +3,10 @@
 ``r2d2-train`` reads the configuration on rank 0, broadcasts it, prepares the
 run directory and writes the effective config into it. Bad input of any kind
 is reported once (rank 0) with the thing and the fix, and every rank exits
-with :data:`EXIT_BAD_INPUT`.
+with :data:`EXIT_BAD_INPUT`. That includes a learner device that is not there
+(``--device cuda`` / ``learner.device=cuda`` without CUDA) and
+``learner.mixed_precision=fp16`` on a CPU learner, checked on rank 0, which
+is learner 0.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="YAML config (see configs/); default: the embedded default preset")
     p.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[],
                    dest="overrides", help="override one config field (repeatable)")
+    p.add_argument("--device", metavar="DEVICE", default=None,
+                   help="where the learner runs: auto, cpu, cuda or cuda:N (overrides "
+                        "learner.device, like --set learner.device=DEVICE; actors always "
+                        "use the CPU)")
     p.add_argument("--run-dir", metavar="DIR", default=None,
                    help="run directory (default: runs/<env>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -59,16 +66,19 @@ def resolve_config(args: argparse.Namespace) -> Config:
     """Config from the embedded preset (when no --config), file and overrides.
 
     With ``--resume RUN_DIR`` and no ``--config`` the base is that run's
-    effective ``config.yaml``.
+    effective ``config.yaml``. ``--device`` is applied after every ``--set``.
     """
+    overrides = list(args.overrides)
+    if args.device is not None:
+        overrides.append(f"learner.device={args.device}")
     if args.resume and not args.config:
         saved = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(saved):
             raise ConfigError([f"--resume {args.resume!r}: no config.yaml there; pass the "
                                f"run directory of an earlier r2d2-train run"])
-        return load_config(saved, args.overrides)
+        return load_config(saved, overrides)
     base = None if args.config else load_preset("default")
-    return load_config(args.config, args.overrides, base=base)
+    return load_config(args.config, overrides, base=base)
 
 
 def prepare_run_dir(path: str) -> None:
@@ -135,6 +145,8 @@ def _root_setup(args: argparse.Namespace, world_size: int
         if not args.serial:  # --serial runs one learner: nothing is averaged
             from r2d2_hpc.allreduce import check_allreduce
             errors += check_allreduce(cfg)
+        from r2d2_hpc.learner import device_errors  # rank 0 is learner 0
+        errors += device_errors(cfg.learner.device, cfg.learner.mixed_precision)
         spec = None
         try:
             spec = _check_environment(cfg)

@@ -14,8 +14,9 @@ from r2d2_hpc.cli import EXIT_BAD_INPUT, train_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(args, cwd, launcher=()):
+def run_cli(args, cwd, launcher=(), env_overrides=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(env_overrides or {})
     cmd = list(launcher) + [sys.executable, "-m", "r2d2_hpc.cli"] + list(args)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -84,3 +85,61 @@ def test_bad_input_under_mpiexec_is_printed_once(tmp_path):
     proc = run_cli(["--set", "learner.discount=7"], cwd=tmp_path, launcher=[mpiexec, "-n", "2"])
     assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
     assert proc.stderr.count("learner.discount") == 1
+
+
+# --------------------------------------------------------------------------- #
+# --device and the learner's device / mixed-precision check.
+
+#: No GPU visible, on any machine: the no-CUDA path runs everywhere.
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.parametrize("args", [
+    ["--device", "cuda"],
+    ["--set", "learner.device=cuda"],  # the same check, the same message
+])
+def test_cuda_without_cuda_exits_2_with_one_message(tmp_path, args):
+    proc = run_cli(["--serial", "--run-dir", str(tmp_path / "r")] + args, cwd=tmp_path,
+                   env_overrides=NO_GPU)
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
+    assert proc.stderr.count("r2d2-train:") == 1
+    assert "learner.device: 'cuda" in proc.stderr and "needs CUDA" in proc.stderr
+    assert "learner.device=cpu" in proc.stderr and "--device cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # nothing started
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--device", "cpu"], "cpu"),
+    (["--device", "cuda:1"], "cuda:1"),
+    (["--set", "learner.device=cuda", "--device", "cpu"], "cpu"),  # --device wins
+    (["--set", "learner.device=cpu"], "cpu"),
+    ([], "auto"),
+])
+def test_device_flag_overrides_learner_device(tmp_path, args, expected):
+    proc = run_cli(["--print-config"] + args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["learner"]["device"] == expected
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--device", "gpu"], "learner.device: unknown value 'gpu'"),
+    (["--device", "cpu", "--set", "learner.mixed_precision=fp16"],
+     "learner.mixed_precision: 'fp16' needs a CUDA learner"),
+])
+def test_bad_device_or_precision_exits_2(tmp_path, args, needle):
+    proc = run_cli(["--serial", "--run-dir", str(tmp_path / "r")] + args, cwd=tmp_path,
+                   env_overrides=NO_GPU)
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
+    assert needle in proc.stderr and proc.stderr.count("r2d2-train:") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_serial_run_with_bf16_on_the_cpu(tmp_path):
+    proc = run_cli(["--run-dir", str(tmp_path / "run"), "--device", "cpu", "--set",
+                    "learner.mixed_precision=bf16"] + SHORT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["learner"]["device"] == "cpu"
+    assert written["learner"]["mixed_precision"] == "bf16"
+    assert "learner.max_steps=3 reached" in proc.stdout
