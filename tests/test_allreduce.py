@@ -31,17 +31,20 @@ import pytest
 import torch
 
 from r2d2_hpc.allreduce import (
+    AUTO_ORDER,
     BACKENDS,
     HOROVOD_INSTALL,
     BackendUnavailable,
     MpiAllreduceAverager,
     TorchDistAverager,
+    auto_reason,
     backend_status,
     check_allreduce,
     choose_backend,
     decode_stop,
     encode_stop,
     horovod_status,
+    make_averager,
     replica_digest,
 )
 from r2d2_hpc.config import load_config
@@ -80,20 +83,70 @@ ALL_BACKENDS = [backend_param(b) for b in BACKENDS]
 Y, N = True, False
 
 
-@pytest.mark.parametrize("requested, horovod, torch_ok, mpi, expected", [
-    ("auto", Y, Y, Y, "horovod"),
-    ("auto", N, Y, Y, "torch"),
-    ("auto", N, N, Y, "mpi"),
-    ("auto", Y, N, N, "horovod"),
-    ("horovod", Y, Y, Y, "horovod"),
-    ("torch", Y, Y, Y, "torch"),
-    ("mpi", Y, Y, Y, "mpi"),
-    ("torch", N, Y, N, "torch"),
+@pytest.mark.parametrize("requested, device, horovod, torch_ok, mpi, expected", [
+    # CPU learners: mpi first (fastest in benchmarks/results/allreduce_bench.json)
+    ("auto", "cpu", Y, Y, Y, "mpi"),
+    ("auto", "cpu", N, N, Y, "mpi"),
+    ("auto", "cpu", Y, Y, N, "horovod"),
+    ("auto", "cpu", N, Y, N, "torch"),
+    # CUDA learners: torch (NCCL) first, then horovod, then mpi
+    ("auto", "cuda", Y, Y, Y, "torch"),
+    ("auto", "cuda", Y, N, Y, "horovod"),
+    ("auto", "cuda", N, N, Y, "mpi"),
+    ("auto", "mps", Y, Y, Y, "mpi"),  # any other device type: the CPU order
+    # an explicit choice ignores the device
+    ("horovod", "cpu", Y, Y, Y, "horovod"),
+    ("torch", "cpu", Y, Y, Y, "torch"),
+    ("mpi", "cuda", Y, Y, Y, "mpi"),
+    ("torch", "cuda", N, Y, N, "torch"),
 ])
-def test_choose_backend_table(requested: str, horovod: bool, torch_ok: bool, mpi: bool,
-                              expected: str) -> None:
+def test_choose_backend_table(requested: str, device: str, horovod: bool, torch_ok: bool,
+                              mpi: bool, expected: str) -> None:
     usable = {"horovod": horovod, "torch": torch_ok, "mpi": mpi}
-    assert choose_backend(requested, usable) == expected
+    assert choose_backend(requested, usable, device) == expected
+
+
+def test_choose_backend_defaults_to_the_cpu_order() -> None:
+    assert choose_backend("auto", {"horovod": Y, "torch": Y, "mpi": Y}) == "mpi"
+    assert AUTO_ORDER == {"cpu": ("mpi", "horovod", "torch"),
+                          "cuda": ("torch", "horovod", "mpi")}
+    assert all(sorted(order) == sorted(BACKENDS) for order in AUTO_ORDER.values())
+
+
+@pytest.mark.parametrize("choice, device, usable, expected", [
+    ("mpi", "cpu", {"horovod": Y, "torch": Y, "mpi": Y},
+     "auto picked mpi for cpu learners (order mpi > horovod > torch)"),
+    ("torch", "cpu", {"horovod": N, "torch": Y, "mpi": N},
+     "auto picked torch for cpu learners (order mpi > horovod > torch; not usable: mpi, "
+     "horovod)"),
+    ("mpi", "cuda", {"horovod": N, "torch": N, "mpi": Y},
+     "auto picked mpi for cuda learners (order torch > horovod > mpi; not usable: torch, "
+     "horovod)"),
+])
+def test_auto_reason_names_the_choice_the_order_and_what_was_skipped(
+        choice: str, device: str, usable: Dict[str, bool], expected: str) -> None:
+    assert auto_reason(choice, device, usable) == expected
+
+
+def test_auto_on_a_cpu_learner_logs_mpi_and_never_probes_horovod(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import r2d2_hpc.allreduce as allreduce
+
+    def no_probe() -> Tuple[bool, str]:
+        raise AssertionError("auto on a CPU learner must not import horovod")
+
+    monkeypatch.setattr(allreduce, "horovod_status", no_probe)
+    averager = make_averager("auto", MPI.COMM_SELF, "cpu")
+    try:
+        assert isinstance(averager, MpiAllreduceAverager)
+        assert averager.description.startswith("MPI Allreduce (")
+        assert averager.description.endswith(
+            "; auto picked mpi for cpu learners (order mpi > horovod > torch)")
+    finally:
+        averager.close()
+    explicit = make_averager("mpi", MPI.COMM_SELF, "cpu")
+    assert "auto" not in explicit.description
+    explicit.close()
 
 
 @pytest.mark.parametrize("requested, usable", [
@@ -219,6 +272,17 @@ def test_one_learner_group_leaves_the_gradient_and_state_alone(make) -> None:
         before = replica_digest(learner.state())
         averager.broadcast_learner(learner)
         assert replica_digest(learner.state()) == before
+
+        # fp16's loss scale travels with the state (a CPU GradScaler stands in)
+        learner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 9, growth_interval=3)
+        learner.step(batch, np.ones(5, np.float32))      # growth tracker 1
+        before = replica_digest(learner.state())
+        assert learner.state()["grad_scaler"]["_growth_tracker"] == 1
+        averager.broadcast_learner(learner)
+        assert replica_digest(learner.state()) == before
+        assert learner.scaler.state_dict() == {"scale": 512.0, "growth_factor": 2.0,
+                                               "backoff_factor": 0.5, "growth_interval": 3,
+                                               "_growth_tracker": 1}
     finally:
         averager.close()
 
@@ -315,6 +379,7 @@ def test_two_learner_job_resumes_both_learners_bit_identically(tmp_path) -> None
     proc, _ = launch(5, ["--run-dir", str(run)]
                      + sets(*JOB, "learner.allreduce=auto", "learner.max_steps=20"), tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"auto picked {expected} for cpu learners" in proc.stdout  # the lead logs it
     first_lead, first_other = learners_of(run)
     assert first_lead["allreduce_backend"] == expected
     assert first_lead["learner_step"] == first_other["learner_step"] == 20
