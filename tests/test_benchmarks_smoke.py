@@ -21,6 +21,7 @@ if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
 import actor_bench  # noqa: E402
+import gpu_learner_bench  # noqa: E402
 import learner_bench  # noqa: E402
 import transport_bench  # noqa: E402
 
@@ -224,3 +225,55 @@ def test_learner_bench_quick(tmp_path):
     from r2d2_hpc.presets import load_preset
     preset = load_config(None, base=load_preset("default"))
     assert r["batch_size"] == 8 and r["sequence_length"] == preset.replay.sequence_length
+
+
+# --------------------------------------------------------------------------- #
+# GPU learner benchmark (the CPU smoke run; the real figure needs a GPU).
+
+def test_gpu_learner_synthetic_batch_is_a_valid_atari_batch():
+    import numpy as np
+
+    cfg = gpu_learner_bench.bench_config(batch_size=6, burn_in=3, trace_length=5,
+                                         device="cpu")
+    batch, weights = gpu_learner_bench.synthetic_batch(cfg, seed=1, episode_length=4.0)
+    assert batch.obs.shape == (8, 6, 4, 84, 84) and batch.obs.dtype == np.uint8
+    assert batch.state_h.shape == batch.state_c.shape == (6, 512)
+    assert weights.shape == (6,) and np.all((weights >= 0.5) & (weights <= 1.0))
+    assert batch.mask.all() and batch.first.any(axis=0).all()  # T/4 >= 1: all cross
+    # an episode start follows a termination, and its previous action/reward are 0
+    t, b = np.nonzero(batch.first)
+    assert np.all(t >= 1) and np.all(batch.discount[t - 1, b] == 0.0)
+    assert np.all(batch.prev_action[t, b] == 0) and np.all(batch.prev_reward[t, b] == 0.0)
+    assert (batch.discount == 0.0).sum() == len(t)
+    np.testing.assert_array_equal(batch.prev_action[1:][~batch.first[1:]],
+                                  batch.action[:-1][~batch.first[1:]])
+
+
+def test_gpu_learner_bench_quick(tmp_path):
+    out = tmp_path / "gpu_learner.json"
+    res = gpu_learner_bench.main(["--quick", "--out", str(out)])
+    check_written(out, res)
+    assert res["benchmark"] == "gpu_learner"
+    assert res["reference"]["paper_updates_per_s"] == 5.0
+    assert res["reference"]["goal_updates_per_s"] == 20.0
+    c = res["config"]
+    assert (c["batch_size"], c["sequence_length"]) == (4, 8) and c["quick"]
+    assert (c["obs_shape"], c["num_actions"], c["torso"], c["lstm_size"]) == \
+        ([4, 84, 84], 18, "atari", 512)
+    assert c["num_params"] > 4_000_000  # the Atari network, not a toy
+    assert sum(c["sequences_with_reset"]) > 0  # the reset path ran
+    m = res["machine"]
+    assert m["device"] == "cpu" and m["torch"] and m["device_name"]
+    # --quick runs on the CPU: none and bf16 run, fp16 is refused with the fix
+    assert set(res["modes"]) == {"none", "bf16"}
+    assert "needs a CUDA learner" in res["modes_not_run"]["fp16"]
+    for mode, r in res["modes"].items():
+        assert r["mixed_precision"] == mode
+        for key in ("updates_per_s", "ms_per_update", "step_ms_median", "sequences_per_s",
+                    "forward_backward_ms_median", "optimizer_ms_median"):
+            assert positive(r[key]), (mode, key)
+        assert r["updates_per_s"] * r["ms_per_update"] == pytest.approx(1000.0)
+        assert r["steps"] == 3 and r["warmup_steps"] == 1 and r["skipped_steps"] == 0
+        assert r["losses_finite"] and r["params_float32"]
+    assert res["best"]["mode"] in res["modes"]
+    assert res["goal_met"] is None  # judged on CUDA only
