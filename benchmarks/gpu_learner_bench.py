@@ -20,8 +20,10 @@ growth) are excluded, then ``--steps`` steps are timed one by one with
 ``time.perf_counter`` (each step ends with the priorities on the host, so a
 step's wall time is complete). Reported per mode: ``updates_per_s`` (steps /
 total wall time), ``ms_per_update`` (its inverse), the median / min / max
-step, the step's own forward+backward and optimizer times, sequences/s,
-peak device memory, and loss-scale skips (fp16).
+step, the step's own forward+backward (batch transfer included) and
+optimizer times, the batch transfer alone (``host_to_device_ms_median``,
+``batch_mb``: the frame stacks are ~207 MB at full size), sequences/s, peak
+device memory, and loss-scale skips (fp16).
 
 Synthetic batches: uniform random frames, actions and rewards, stored states
 uniform in [-0.5, 0.5], every step valid; each sequence crosses an episode
@@ -185,6 +187,15 @@ def time_mode(cfg: Any, batches: List[Tuple[Any, np.ndarray]], steps: int,
         skipped += int(result.metrics["skipped_step"])
         losses.append(result.loss)
     total = time.perf_counter() - t_start
+    # The step's share spent moving the batch in (host -> pinned -> device),
+    # the same path as inside the step, timed alone with a device sync.
+    copies: List[float] = []
+    for i in range(min(steps, 5)):
+        t0 = time.perf_counter()
+        learner.batch_to_device(batches[i % len(batches)][0])
+        if cuda:
+            torch.cuda.synchronize(learner.device)
+        copies.append(time.perf_counter() - t0)
     params_fp32 = all(p.dtype == torch.float32 for p in learner.online.parameters())
     rate = steps / total
     out: Dict[str, Any] = {
@@ -196,6 +207,8 @@ def time_mode(cfg: Any, batches: List[Tuple[Any, np.ndarray]], steps: int,
         "step_ms_max": 1000.0 * max(walls),
         "forward_backward_ms_median": 1000.0 * statistics.median(fwd_bwd),
         "optimizer_ms_median": 1000.0 * statistics.median(opt),
+        "host_to_device_ms_median": 1000.0 * statistics.median(copies),
+        "batch_mb": sum(np.asarray(v).nbytes for v in batches[0][0]) / 2**20,
         "sequences_per_s": rate * cfg.learner.batch_size,
         "steps": steps,
         "warmup_steps": warmup,

@@ -270,7 +270,8 @@ def test_gpu_learner_bench_quick(tmp_path):
     for mode, r in res["modes"].items():
         assert r["mixed_precision"] == mode
         for key in ("updates_per_s", "ms_per_update", "step_ms_median", "sequences_per_s",
-                    "forward_backward_ms_median", "optimizer_ms_median"):
+                    "forward_backward_ms_median", "optimizer_ms_median",
+                    "host_to_device_ms_median", "batch_mb"):
             assert positive(r[key]), (mode, key)
         assert r["updates_per_s"] * r["ms_per_update"] == pytest.approx(1000.0)
         assert r["steps"] == 3 and r["warmup_steps"] == 1 and r["skipped_steps"] == 0
