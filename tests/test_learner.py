@@ -15,6 +15,7 @@ from r2d2_hpc.learner import (
     Learner,
     device_errors,
     mixed_precision_forward,
+    network_unroll,
     q_value_discrepancy,
     resolve_device,
 )
@@ -427,15 +428,21 @@ def test_mixed_precision_forward_casts_torso_and_head_not_the_core(dtype, expect
 
 
 @pytest.mark.parametrize("res_link", [False, True])
-def test_mixed_precision_forward_follows_the_residual_link(res_link: bool) -> None:
+def test_network_unroll_is_the_networks_forward(res_link: bool) -> None:
+    """The composition under autocast computes, without autocast, net(...) to the bit."""
     cfg = tiny_config()
-    cfg = cfg.replace(network=dataclasses.replace(cfg.network, res_link=res_link))
+    cfg = cfg.replace(network=dataclasses.replace(cfg.network, res_link=res_link,
+                                                  mlp_hidden=(16,)))  # 16 != 8: res_proj
     learner = make_learner(cfg)
     tb = learner.batch_to_device(random_sequence_batch(cfg, seed=21))
     args = (tb.obs, tb.prev_action, tb.prev_reward, tb.first.bool(), (tb.state_h, tb.state_c))
-    q_plain, _ = mixed_precision_forward(learner.online, None, *args)
+    q_ref, (h_ref, c_ref) = learner.online(*args)
+    for core_autocast in (True, False):
+        q, (h, c) = network_unroll(learner.online, *args, core_autocast=core_autocast)
+        assert torch.equal(q, q_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
     q_bf16, _ = mixed_precision_forward(learner.online, torch.bfloat16, *args)
-    torch.testing.assert_close(q_bf16, q_plain, rtol=3e-2, atol=3e-2)
+    assert not torch.equal(q_bf16, q_ref)
+    torch.testing.assert_close(q_bf16, q_ref, rtol=3e-2, atol=3e-2)
 
 
 def test_bf16_steps_stay_close_to_float32_and_keep_float32_parameters() -> None:
