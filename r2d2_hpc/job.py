@@ -19,6 +19,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from r2d2_hpc.checkpoint import EXIT_REQUEUE
 from r2d2_hpc.config import Config
 from r2d2_hpc.metrics import MetricsWriter, ProgressPrinter
 from r2d2_hpc.ranks.common import JobSpec, Role, drain_and_close, job_messages, job_spec
@@ -150,7 +151,8 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
                   **r.summary()} for i, r in enumerate(roles)]
     if run_dir:
         _write_json(os.path.join(run_dir, "summary.json"), summaries)
-        write_lead_outputs(cfg, run_dir, sink, roles[0])
+        if roles[0].exit_code != EXIT_REQUEUE:  # as run_mpi
+            write_lead_outputs(cfg, run_dir, sink, roles[0])
     return {"roles": [(r.name, r.summary()) for r in roles], "ranks": summaries,
             "metrics": sink.rows, "exit_code": roles[0].exit_code}
 
@@ -270,7 +272,11 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
                 _write_json(os.path.join(run_dir, "summary.json"), everyone)
                 if sink is not None:
                     sink.close()  # the last TensorBoard events, before the plot
-                    write_lead_outputs(cfg, run_dir, sink, role)
+                    if role.exit_code != EXIT_REQUEUE:
+                        # Preempted: the checkpoint holds the state and the
+                        # requeued job writes these at its real end; the
+                        # grace time is better spent exiting (~4 s at Atari scale).
+                        write_lead_outputs(cfg, run_dir, sink, role)
         if sink is not None:
             summary["metrics"] = sink.rows
         return summary

@@ -121,6 +121,27 @@ def resolve_device(spec: DeviceSpec) -> torch.device:
     return device
 
 
+def spread_device(spec: str, local_index: int, cuda_count: int) -> str:
+    """The device of one of several learners sharing a node.
+
+    ``'auto'`` (with CUDA) and ``'cuda'`` become ``'cuda:<local_index mod
+    cuda_count>'``, so a node's learners use its GPUs round robin (NCCL needs
+    one GPU per rank); ``'cpu'``, ``'cuda:N'`` and ``'auto'`` without CUDA are
+    kept.
+
+    Args:
+      spec: ``cfg.learner.device``.
+      local_index: this learner's index among the learners of its node.
+      cuda_count: CUDA devices visible on the node (0: none).
+
+    Returns:
+      A device string for ``resolve_device``.
+    """
+    if cuda_count > 0 and spec in ("auto", "cuda"):
+        return f"cuda:{local_index % cuda_count}"
+    return spec
+
+
 def _cuda_error(spec: str, device: torch.device) -> str:
     """Why ``device`` (asked for as ``spec``) cannot be used, or ``''``."""
     if device.type != "cuda":

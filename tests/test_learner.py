@@ -625,3 +625,14 @@ def test_no_cuda_message_says_how_to_run_on_the_cpu(monkeypatch: pytest.MonkeyPa
     assert "learner.device=cpu" in message and "--device cpu" in message
     with pytest.raises(ConfigError, match="needs CUDA"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize("spec,local,count,expected", [
+    ("auto", 0, 2, "cuda:0"), ("auto", 3, 2, "cuda:1"), ("cuda", 2, 4, "cuda:2"),
+    ("cuda", 5, 1, "cuda:0"), ("cuda:1", 0, 4, "cuda:1"), ("cpu", 1, 4, "cpu"),
+    ("auto", 1, 0, "auto"), ("cuda", 1, 0, "cuda"),
+])
+def test_spread_device_round_robin_over_a_nodes_gpus(spec, local, count, expected):
+    from r2d2_hpc.learner import spread_device
+
+    assert spread_device(spec, local, count) == expected

@@ -100,6 +100,9 @@ def test_sigusr1_checkpoints_exits_3_and_resumes_bit_exact(tmp_path):
     info = find_latest_valid(str(run), report=None)
     assert info is not None and info.name == name and info.step == step
     assert info.counters["env_steps"] > 0
+    # the end-of-run files wait for the run's real end (grace time goes to exiting)
+    assert not (run / "learning_curve.png").exists()
+    assert not (run / "learner_final.h5").exists()
 
     # The requeued job: the same command resumes by itself.
     proc2, _ = launch(4, args[1:], tmp_path, timeout=240)
@@ -112,6 +115,7 @@ def test_sigusr1_checkpoints_exits_3_and_resumes_bit_exact(tmp_path):
     assert shard2["resume_digest"] == first[1]["checkpoint_digests"][str(step)]
     assert lead2["learner_step"] == 400          # continued from `step`, not from 0
     assert lead2["env_steps"] >= info.counters["env_steps"]
+    assert (run / "learning_curve.png").is_file() and (run / "learner_final.h5").is_file()
 
 
 def test_corrupt_newest_checkpoint_is_named_once_and_previous_used(tmp_path):

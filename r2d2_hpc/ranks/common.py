@@ -167,6 +167,17 @@ def stop_requested(role: "Role", controls: Sequence[Control]) -> bool:
     return False
 
 
+def node_local_rank(comm: Any) -> int:
+    """This rank's index among the ranks of ``comm`` on the same node (collective)."""
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return int(local.Get_rank())
+    finally:
+        local.Free()
+
+
 def drain_and_close(ep: Any, role: Role, comm: Any = None, timeout: float = 20.0) -> bool:
     """Ends a rank's traffic without deadlock, then closes the endpoint.
 

@@ -39,15 +39,16 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from r2d2_hpc.allreduce import GradientAverager, make_averager, replica_digest
 from r2d2_hpc.config import Config
 from r2d2_hpc.evaluation import EvalResult, Evaluator
-from r2d2_hpc.learner import Learner
+from r2d2_hpc.learner import Learner, spread_device
 from r2d2_hpc.losses import apex_epsilon, importance_weights
 from r2d2_hpc.messages import Command
-from r2d2_hpc.ranks.common import (Control, JobSpec, Role, poll_control, state_digest,
-                                   stop_requested)
+from r2d2_hpc.ranks.common import (Control, JobSpec, Role, node_local_rank, poll_control,
+                                   state_digest, stop_requested)
 from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
                                       global_probabilities)
 from r2d2_hpc.topology import RoleInfo
@@ -135,7 +136,12 @@ class LearnerRank(Role):
         self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
         self.lead = info.index == 0
         self.averager: Optional[GradientAverager] = None
-        self.learner = Learner(cfg, spec.obs_shape, spec.num_actions, device=cfg.learner.device)
+        device = cfg.learner.device
+        if learner_comm is not None and learner_comm.Get_size() > 1:
+            local = node_local_rank(learner_comm)  # collective: every learner calls it
+            if torch.cuda.is_available():
+                device = spread_device(device, local, torch.cuda.device_count())
+        self.learner = Learner(cfg, spec.obs_shape, spec.num_actions, device=device)
         self.run_dir = run_dir
         self.env_steps_base = 0
         self.episodes_base = 0
