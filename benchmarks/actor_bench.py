@@ -64,7 +64,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +74,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import find_mpiexec, write_result  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -499,13 +500,6 @@ def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, slice_s: 
     role.close()
 
 
-def find_mpiexec() -> str:
-    """mpiexec beside this Python (the venv's MPICH) or on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("mpiexec not found: install mpi4py's MPI or a system MPI")
-    return found
 
 
 def bench_mpi(overrides: Sequence[str], seconds: float, repeats: int, slice_s: float,
@@ -590,12 +584,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         result["target"].update({"ratios": setups,
                                  "met": all(r >= TARGET_RATIO for r in setups.values())})
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return json.loads(text)
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

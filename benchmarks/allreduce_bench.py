@@ -48,7 +48,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import find_mpiexec, write_result  # noqa: E402
 
 CONFIGS: Dict[str, List[str]] = {
     "default": [],
@@ -213,12 +214,6 @@ def summarize(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     return out
 
 
-def mpiexec() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("mpiexec not found: install the [mpich] extra or a system MPI")
-    return found
 
 
 def launch(n: int, backend: str, threads: int, config: str, steps: int, warmup: int,
@@ -226,7 +221,7 @@ def launch(n: int, backend: str, threads: int, config: str, steps: int, warmup: 
     """One ``mpiexec -n n`` worker run; its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        cmd = [mpiexec(), "-n", str(n), sys.executable, os.path.abspath(__file__),
+        cmd = [find_mpiexec(), "-n", str(n), sys.executable, os.path.abspath(__file__),
                "--worker", out, "--backend", backend, "--threads", str(threads),
                "--configs", config, "--steps", str(steps), "--warmup", str(warmup),
                "--alone-reps", str(alone_reps)]
@@ -306,12 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 runs[key].append(launch(n, backend, threads, name, steps, warmup, reps, extra))
         result["configs"][name] = {"summary": summarize(runs), "runs": runs}
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return json.loads(text)
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

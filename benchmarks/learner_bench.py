@@ -49,7 +49,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import find_mpiexec, write_result  # noqa: E402
 
 CONFIGS: Dict[str, List[str]] = {
     "default": [],
@@ -229,13 +230,6 @@ def steady_rate(rows: List[Dict[str, float]], warmup_steps: int) -> Dict[str, fl
     return out
 
 
-def find_mpiexec() -> str:
-    """mpiexec beside this Python (the venv's MPICH) or on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("mpiexec not found: install mpi4py's MPI or a system MPI")
-    return found
 
 
 def bench_live(overrides: Sequence[str], timeout: float) -> Dict[str, Any]:
@@ -358,12 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         f"learner.max_seconds={seconds}"])
         result["configs"][name] = bench_one(name, overrides, seconds, base_s, warmup)
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return json.loads(text)
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import find_mpiexec  # noqa: E402
 
 #: Config overrides of each variant on top of the embedded default.
 VARIANTS: Dict[str, List[str]] = {
@@ -56,12 +58,6 @@ VARIANTS: Dict[str, List[str]] = {
 COLORS = {"lstm": "tab:red", "feedforward": "tab:blue", "lstm_burnin0": "tab:orange"}
 
 
-def mpiexec() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("mpiexec not found: install the [mpich] extra or a system MPI")
-    return found
 
 
 def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
@@ -70,7 +66,7 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [mpiexec(), "-n", str(np_ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+    cmd = [find_mpiexec(), "-n", str(np_ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
            "--run-dir", run_dir]
     for o in overrides:
         cmd += ["--set", o]

@@ -75,6 +75,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import find_mpiexec, write_result  # noqa: E402
 
 from r2d2_hpc import checkpoint as ck  # noqa: E402
 from r2d2_hpc.config import Config, load_config  # noqa: E402
@@ -204,18 +206,9 @@ def within_grace(seconds: float, grace: float = SLURM_GRACE_S) -> Dict[str, Any]
 # --------------------------------------------------------------------------- #
 # The job.
 
-def mpiexec() -> str:
-    """The mpiexec beside this Python (the MPICH wheel), else the one on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("preempt_bench: mpiexec not found (install the [mpich] extra)")
-    return found
-
-
 def train_command(run_dir: str, settings: Sequence[str], ranks: int) -> List[str]:
     """``mpiexec -n RANKS python -m r2d2_hpc.cli --quiet --run-dir RUN --config ... --set ...``."""
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
            "--run-dir", run_dir, "--config", CONFIG_FILE]
     for s in settings:
         cmd += ["--set", s]
@@ -553,7 +546,7 @@ def machine_info() -> Dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpus_usable": cpus_usable, "memory_bytes": mem,
             "load_average_start": list(os.getloadavg()), "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(),
-            "mpiexec": mpiexec()}
+            "mpiexec": find_mpiexec()}
 
 
 def bench_config(settings: Sequence[str]) -> Config:
@@ -794,12 +787,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             c["preempt"]["signal_to_all_exited_s"] for c in result["resume_cycles"]],
     }
     result["machine"]["load_average_end"] = list(os.getloadavg())
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return json.loads(text)
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import find_mpiexec, write_result  # noqa: E402
 
 from r2d2_hpc.config import Config, ReplayConfig, load_config  # noqa: E402
 from r2d2_hpc.messages import Layout, aligned_empty, declare_messages  # noqa: E402
@@ -289,13 +290,6 @@ def layout_costs(names: Sequence[str], number: int) -> Dict[str, Dict[str, float
     return out
 
 
-def find_mpiexec() -> str:
-    """mpiexec beside this Python (the venv's MPICH) or on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("mpiexec not found: install mpi4py's MPI or a system MPI")
-    return found
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -346,12 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "cases": cases,
         "layout_costs_single_process": layout_costs(names, 20 if a.quick else 300),
     }
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return json.loads(text)
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":
