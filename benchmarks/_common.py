@@ -1,11 +1,12 @@
-"""What every benchmark script shares: finding mpiexec and writing the JSON result."""
+"""What the benchmark scripts (and the tests that drive a job) share: finding mpiexec,
+finding a running job's ranks, writing the JSON result."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 
 def find_mpiexec() -> str:
@@ -36,3 +37,20 @@ def write_result(result: Dict[str, Any], out: Optional[str]) -> Dict[str, Any]:
         with open(out, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
     return json.loads(text)
+
+
+def rank_pids(run_dir: str) -> List[int]:
+    """PIDs of the job's Python ranks (their command line names the run dir)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as fh:
+                cmd = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if cmd and b"python" in os.path.basename(cmd[0]) and b"r2d2_hpc.cli" in cmd \
+                and run_dir.encode() in cmd:
+            pids.append(int(d))
+    return sorted(pids)

@@ -76,7 +76,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import find_mpiexec, write_result  # noqa: E402
+from _common import find_mpiexec, rank_pids, write_result  # noqa: E402
 
 from r2d2_hpc import checkpoint as ck  # noqa: E402
 from r2d2_hpc.config import Config, load_config  # noqa: E402
@@ -378,23 +378,6 @@ def read_metrics(run_dir: str) -> List[Dict[str, float]]:
                 row[k] = math.nan
         out.append(row)
     return out
-
-
-def rank_pids(run_dir: str) -> List[int]:
-    """PIDs of the job's Python ranks (their command line names the run dir)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as fh:
-                cmd = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if cmd and b"python" in os.path.basename(cmd[0]) and b"r2d2_hpc.cli" in cmd \
-                and run_dir.encode() in cmd:
-            pids.append(int(d))
-    return sorted(pids)
 
 
 def send_signal(job: Job, run_dir: str, target: str) -> Tuple[float, float, str]:

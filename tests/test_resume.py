@@ -21,6 +21,9 @@ from r2d2_hpc.replay.snapshot import load_snapshot
 
 from test_job import TINY, launch, mpiexec, sets, ROOT
 
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from _common import rank_pids  # noqa: E402  (shared with benchmarks/preempt_bench.py)
+
 SMALL = TINY + ["logging.eval_interval_steps=0", "logging.final_eval_episodes=0"]
 
 
@@ -33,23 +36,6 @@ def serial(run, *extra, timeout=300):
 
 def summary(run):
     return json.loads((run / "summary.json").read_text())
-
-
-def rank_pids(run_dir: str):
-    """PIDs of the job's python ranks (their command line names the run dir)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as fh:
-                cmd = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if cmd and b"python" in os.path.basename(cmd[0]) and b"r2d2_hpc.cli" in cmd \
-                and run_dir.encode() in cmd:
-            pids.append(int(d))
-    return sorted(pids)
 
 
 def learner_step(run) -> int:
