@@ -351,3 +351,19 @@ def test_sample_frequencies_match_value_over_total():
 )
 def test_chi2_sf_known_values(x, dof, expected):
     assert chi2_sf(x, dof) == pytest.approx(expected, rel=1e-9)
+
+
+@given(st.integers(1, 37), st.lists(st.tuples(st.integers(0, 36), st.floats(0, 1e6)),
+                                    min_size=1, max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_one_leaf_updates_equal_batched_updates_bit_for_bit(capacity, writes):
+    # update() walks up with scalars for a single index and level by level for
+    # several; both must give exactly the tree of the leaves.
+    writes = [(i % capacity, v) for i, v in writes]
+    one_by_one, batched = SumTree(capacity), SumTree(capacity)
+    for i, v in writes:
+        one_by_one.update(np.array([i]), np.array([v]))
+    idx = np.array([i for i, _ in writes])
+    batched.update(idx, np.array([v for _, v in writes]))  # last write wins
+    assert np.array_equal(one_by_one.nodes, batched.nodes)
+    assert np.array_equal(one_by_one.nodes, SumTree.from_leaves(one_by_one.leaves()).nodes)

@@ -166,15 +166,28 @@ class SumTree:
                 f"{idx.shape[0]} and {vals.shape[0]}")
         if idx.size == 0:
             return
+        tree = self._nodes
+        if idx.size == 1:  # one leaf (a chunk's sequence): walk up with scalars
+            node = int(idx[0]) + self._num_padded
+            tree[node] = vals[0]
+            node >>= 1
+            while node:
+                # The same float64 sum of the same children as below.
+                tree[node] = tree[2 * node] + tree[2 * node + 1]
+                node >>= 1
+            return
         # Last write wins: the first occurrence in the reversed array is the
         # last occurrence in the original one.
         unique_idx, first_in_reversed = np.unique(idx[::-1], return_index=True)
         unique_vals = vals[::-1][first_in_reversed]
         nodes = unique_idx + self._num_padded
-        self._nodes[nodes] = unique_vals
-        tree = self._nodes
+        tree[nodes] = unique_vals
         for _ in range(self._depth):
-            nodes = np.unique(nodes >> 1)
+            # Sorted and unique stays sorted under >> 1, so duplicates are
+            # neighbours: drop them without sorting again.
+            nodes = nodes >> 1
+            if nodes.size > 1:
+                nodes = nodes[np.concatenate(([True], nodes[1:] != nodes[:-1]))]
             # Recomputed from the children, never adjusted by a delta; see the
             # module docstring for why this matters.
             tree[nodes] = tree[2 * nodes] + tree[2 * nodes + 1]
