@@ -55,10 +55,13 @@ episodes capped at 500 steps), "late" = mean of the evaluations at 6000,
   plus the cross-entropy method over linear and quadratic features: 110.3;
 * the same agent with ``network.core=feedforward`` (same torso and head
   width, previous action and reward still fed), 8000 steps, seeds 0 and 1:
-  late 79 and 65, final 79.2 and 62.2; no single evaluation of any
-  feedforward run we made (7 runs, up to 10,000 steps) exceeded 86;
+  late 79 and 65, final 79.2 and 62.2 (and late 79, 77 in a later pair of
+  runs); no single evaluation of any feedforward run we made (9 runs, up to
+  10,000 steps) exceeded 97;
 * the LSTM agent with this preset, 8000 steps, seeds 0-4: late 415, 272,
-  301, 299, 353; final 497.8, 369.2, 390.7, 164.4, 444.5;
+  301, 299, 353; final 497.8, 369.2, 390.7, 164.4, 444.5; seeds 0 and 1 again
+  (``benchmarks/lstm_ablation.py``, session 2): late 432, 439, final 499.3,
+  496.7; the same with ``replay.burn_in=0``: late 392, 257;
 * the LSTM agent with ``target_update_period`` 100 (the preset before),
   8000 steps, 8 runs: late 250-447, final 200-500, and 137 once (final only).
 
