@@ -249,11 +249,6 @@ def start_munge() -> None:
     raise SlurmUnavailable(f"munged did not start: {res.stderr.strip() or res.stdout.strip()}")
 
 
-def _ctld_up(cluster: Cluster) -> bool:
-    res = cluster.run("scontrol", "ping", check=False, timeout=15)
-    return res.returncode == 0 and "UP" in res.stdout
-
-
 def ensure_cluster(base: str = DEFAULT_BASE, timeout: float = 90.0,
                    install: bool = True) -> Cluster:
     """Installs (if needed) and starts the one-node cluster; returns it once the node is idle.

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from r2d2_hpc.config import load_config
 from r2d2_hpc.job import run_serial
@@ -115,9 +114,9 @@ def test_mpi_end_to_end_four_ranks(tmp_path):
     assert rows and float(rows[-1]["learner_step"]) == 200
     lags = [float(r["param_lag"]) for r in rows if r["param_lag"] not in ("", "nan")]
     # actors act with parameters the learner published during the run, not only the
-    # initial ones (the lag, learner version minus the version in the actors' last
-    # reports, grows while the rate limiter holds the actors back on a loaded machine)
-    assert lags and min(lags) < 100 and max(lags) < 200, lags
+    # initial ones (the lag: learner version minus the version in the actors' last
+    # reports; TINY has no rate limiter to hold the actors back)
+    assert lags and max(lags) < 100, lags
     for actor in ranks[2:]:
         assert actor["param_updates"] >= 2
     assert (run / "config.yaml").is_file()

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from r2d2_hpc.checkpoint import EXIT_REQUEUE, find_latest_valid, list_checkpoints
 from r2d2_hpc.replay.snapshot import load_snapshot
