@@ -214,8 +214,6 @@ def summarize(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     return out
 
 
-
-
 def launch(n: int, backend: str, threads: int, config: str, steps: int, warmup: int,
            alone_reps: int, overrides: Sequence[str]) -> Dict[str, Any]:
     """One ``mpiexec -n n`` worker run; its JSON."""

@@ -33,7 +33,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -44,6 +43,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_result  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -205,12 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     "processor": platform.processor()},
         "wall_s": time.perf_counter() - t0,
     }
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return res
+    return write_result(res, args.out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -39,6 +38,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_result  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -247,12 +248,7 @@ def main(argv=None) -> Dict[str, Any]:
         out["ok"] = True
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
-    return out
+    return write_result(out, args.out)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -58,6 +57,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_result  # noqa: E402
 
 #: The paper's learner (R2D2, section 2): updates/s at batch 64 x 80-step traces.
 PAPER_UPDATES_PER_S = 5.0
@@ -342,12 +343,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         result["best"] = {"mode": best, "updates_per_s": rate,
                           "over_paper": rate / PAPER_UPDATES_PER_S}
         result["goal_met"] = (rate >= GOAL_UPDATES_PER_S) if resolved.type == "cuda" else None
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return json.loads(text)
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -230,8 +230,6 @@ def steady_rate(rows: List[Dict[str, float]], warmup_steps: int) -> Dict[str, fl
     return out
 
 
-
-
 def bench_live(overrides: Sequence[str], timeout: float) -> Dict[str, Any]:
     """Runs the real job under ``mpiexec -n 3``; returns learner 0's summary."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -58,8 +58,6 @@ VARIANTS: Dict[str, List[str]] = {
 COLORS = {"lstm": "tab:red", "feedforward": "tab:blue", "lstm_burnin0": "tab:orange"}
 
 
-
-
 def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
             timeout: float) -> Dict[str, Any]:
     """One job through the real entry point; returns its figures."""

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Callable, Optional
@@ -31,6 +30,8 @@ from typing import Callable, Optional
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_result  # noqa: E402
 
 from r2d2_hpc.envs import CartPoleEnv  # noqa: E402
 
@@ -111,11 +112,7 @@ def main() -> int:
         "best_memoryless": float(episode_returns(linear_policy(w), n, eval_seed).mean()),
         "best_memoryless_weights": w.tolist(),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    write_result(report, args.out)
     return 0
 
 

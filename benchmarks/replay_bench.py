@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -41,6 +40,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_result  # noqa: E402
 
 import h5py  # noqa: E402
 
@@ -304,12 +305,7 @@ def main(argv=None) -> Dict[str, Any]:
         "bytes_per_observation<=1.1x_raw": result["memory"]["ratio_to_raw_frame"] <= 1.1,
         "snapshot_write>=0.5x_raw": result["snapshot"]["ratio_to_raw_write"] >= 0.5,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
-    return result
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

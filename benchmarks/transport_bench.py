@@ -290,8 +290,6 @@ def layout_costs(names: Sequence[str], number: int) -> Dict[str, Dict[str, float
     return out
 
 
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="cartpole,atari_40,atari_160",

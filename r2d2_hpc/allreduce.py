@@ -77,10 +77,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from r2d2_hpc.config import Config
+from r2d2_hpc.config import ALLREDUCE_CHOICES, Config
 
 #: Concrete backends.
-BACKENDS: Tuple[str, ...] = ("horovod", "torch", "mpi")
+BACKENDS: Tuple[str, ...] = ALLREDUCE_CHOICES[1:]
 
 #: ``auto``'s order of preference by the learner's device type (module docstring).
 AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
@@ -89,7 +89,7 @@ AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
 }
 
 #: Values of ``learner.allreduce``.
-CHOICES: Tuple[str, ...] = ("auto",) + BACKENDS
+CHOICES: Tuple[str, ...] = ALLREDUCE_CHOICES
 
 #: The command that installs Horovod (named in error messages).
 HOROVOD_INSTALL = "bash scripts/install_horovod.sh"

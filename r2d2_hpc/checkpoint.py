@@ -891,10 +891,24 @@ def validate(path: str, deep: bool = True, threads: int = 4
       ``(manifest or None, problems)``: one line per bad file (relative path
       and what is wrong), empty when the checkpoint is intact.
     """
+    manifest, problems, _ = validate_files(path, deep, threads)
+    return manifest, problems
+
+
+def validate_files(path: str, deep: bool = True, threads: int = 4
+                   ) -> Tuple[Optional[Dict[str, Any]], List[str],
+                              List[Tuple[str, Dict[str, Any], Optional[str]]]]:
+    """``validate`` plus every manifest file's own result, in one pass over the bytes.
+
+    Returns:
+      ``(manifest or None, problems, files)`` with ``files`` the
+      ``(relative path, manifest entry, problem or None)`` of every listed
+      file, sorted by path (empty without a readable manifest).
+    """
     try:
         manifest = _read_manifest(path)
     except CheckpointError as exc:
-        return None, [str(exc)]
+        return None, [str(exc)], []
     files = manifest["files"]
     problems = []
     need = [LEARNER_FILE, ACTORS_FILE] + [f"shard-{i}/{INDEX_FILE}"
@@ -906,7 +920,7 @@ def validate(path: str, deep: bool = True, threads: int = 4
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = list(pool.map(lambda kv: check_file(path, kv[0], kv[1], deep), items))
     problems += [r for r in results if r is not None]
-    return manifest, problems
+    return manifest, problems, [(rel, entry, r) for (rel, entry), r in zip(items, results)]
 
 
 def open_checkpoint(path: str, deep: bool = True) -> CheckpointInfo:
@@ -1234,6 +1248,14 @@ class PreemptionFlag:
             return signal.Signals(self.signum).name
         except ValueError:
             return str(self.signum)
+
+    def take(self) -> Optional[int]:
+        """The first signal's number if signals arrived since the last ``take``
+        (0 if unknown), else None; clears the count (a rank's polling loop)."""
+        if not self.count:
+            return None
+        self.count = 0
+        return self.signum or 0
 
     def trigger(self, signum: int = signal.SIGUSR1) -> None:
         """Raises the flag without a signal (e.g. a peer rank reported one)."""

@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from r2d2_hpc import checkpoint as ck
 from r2d2_hpc.config import Config, ConfigError, config_diff, load_config
@@ -57,8 +57,10 @@ def _pct(a: int, b: int) -> str:
     return f"{100.0 * a / b:.1f}%" if b > 0 else "-"
 
 
-def _resolve(path: str, deep: bool) -> str:
-    """The checkpoint directory PATH designates; SystemExit-free errors as CheckpointError."""
+def _resolve(path: str, deep: bool) -> Tuple[str, Optional[ck.CheckpointInfo]]:
+    """The checkpoint directory PATH designates, and its ``CheckpointInfo`` when
+    PATH was a run directory (the newest checkpoint that validated, at ``deep``);
+    errors as CheckpointError."""
     if not os.path.exists(path):
         raise ck.CheckpointError(f"{path}: no such file or directory")
     if not os.path.isdir(path):
@@ -66,7 +68,7 @@ def _resolve(path: str, deep: bool) -> str:
                                  f"directory)")
     if os.path.exists(os.path.join(path, ck.MANIFEST)) or \
             ck.checkpoint_key(os.path.basename(os.path.normpath(path))) is not None:
-        return path
+        return path, None
     run_dir = path
     if os.path.basename(os.path.normpath(path)) == ck.CHECKPOINTS_DIR:
         run_dir = os.path.dirname(os.path.normpath(path))
@@ -79,7 +81,7 @@ def _resolve(path: str, deep: bool) -> str:
         print(line, file=sys.stderr)
     if info is None:
         raise ck.CheckpointError(f"{run_dir}: no valid checkpoint")
-    return info.path
+    return info.path, info
 
 
 def _config_differences(manifest: Dict[str, Any], cfg: Config) -> List[Dict[str, Any]]:
@@ -89,13 +91,10 @@ def _config_differences(manifest: Dict[str, Any], cfg: Config) -> List[Dict[str,
             for name, old, new in config_diff(saved, cfg)]
 
 
-def _file_status(path: str, manifest: Dict[str, Any], deep: bool) -> List[Dict[str, Any]]:
-    out = []
-    for rel, entry in sorted(manifest["files"].items()):
-        problem = ck.check_file(path, rel, entry, deep)
-        out.append({"file": rel, "nbytes": int(entry["nbytes"]), "ok": problem is None,
-                    "problem": problem or ""})
-    return out
+def _file_status(checked: List[Tuple[str, Dict[str, Any], Optional[str]]]
+                 ) -> List[Dict[str, Any]]:
+    return [{"file": rel, "nbytes": int(entry["nbytes"]), "ok": problem is None,
+             "problem": problem or ""} for rel, entry, problem in checked]
 
 
 def inspect_main(args: argparse.Namespace) -> int:
@@ -108,16 +107,20 @@ def inspect_main(args: argparse.Namespace) -> int:
             print(f"r2d2-ckpt: {exc}", file=sys.stderr)
             return EXIT_BAD
     try:
-        path = _resolve(args.path, deep)
+        path, found = _resolve(args.path, deep)
     except ck.CheckpointError as exc:
         print(f"r2d2-ckpt: {exc}", file=sys.stderr)
         return EXIT_BAD
-    manifest, problems = ck.validate(path, deep)
-    if manifest is None:
-        print(f"r2d2-ckpt: checkpoint {path} is invalid: {'; '.join(problems)}",
-              file=sys.stderr)
-        return EXIT_BAD
-    files = _file_status(path, manifest, deep)
+    if found is not None:  # find_latest_valid just checked every file at `deep`
+        manifest, problems = found.manifest, []
+        checked = [(rel, entry, None) for rel, entry in sorted(manifest["files"].items())]
+    else:
+        manifest, problems, checked = ck.validate_files(path, deep)
+        if manifest is None:
+            print(f"r2d2-ckpt: checkpoint {path} is invalid: {'; '.join(problems)}",
+                  file=sys.stderr)
+            return EXIT_BAD
+    files = _file_status(checked)
     diffs: List[Dict[str, Any]] = []
     diff_error = ""
     if cfg is not None:

@@ -14,7 +14,7 @@ import argparse
 import datetime
 import os
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from r2d2_hpc.config import Config, ConfigError, load_config, save_config
 from r2d2_hpc.presets import load_preset

@@ -28,6 +28,9 @@ KNOWN_ENVS = ("cartpole_masked", "cartpole", "counter", "atari")
 #: Values of ``learner.mixed_precision``.
 MIXED_PRECISION = ("none", "bf16", "fp16")
 
+#: Values of ``learner.allreduce`` (``r2d2_hpc.allreduce`` implements them).
+ALLREDUCE_CHOICES = ("auto", "horovod", "torch", "mpi")
+
 
 class ConfigError(ValueError):
     """One or more configuration errors; ``errors`` lists each one."""
@@ -447,7 +450,7 @@ def _validate(cfg: Config) -> List[str]:
     dev = l.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         errors.append(f"learner.device: unknown value {dev!r}; choose auto, cpu, cuda or cuda:N")
-    choice(l, "learner", "allreduce", ("auto", "horovod", "torch", "mpi"))
+    choice(l, "learner", "allreduce", ALLREDUCE_CHOICES)
     choice(l, "learner", "mixed_precision", MIXED_PRECISION)
 
     non_negative(c, "checkpoint", "interval_seconds", "interval_steps")

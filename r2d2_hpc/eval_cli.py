@@ -235,7 +235,6 @@ def evaluate_checkpoint(info: ck.CheckpointInfo, *, episodes: Optional[int] = No
       EvalInputError: an unreadable checkpoint, a config this code rejects, an
         unknown game or env, or parameters that do not fit.
     """
-    from r2d2_hpc.atari import step_cap
     from r2d2_hpc.atari_scores import REFERENCE_SCORES, human_normalized
     from r2d2_hpc.envs import make_vector_env
     from r2d2_hpc.evaluation import Evaluator
@@ -279,9 +278,8 @@ def evaluate_checkpoint(info: ck.CheckpointInfo, *, episodes: Optional[int] = No
     flat = flat_online_params(state["online"], cfg, obs_shape, num_actions)
 
     atari = cfg.env.name == "atari"
-    max_steps = step_cap(cfg.env) if atari else int(cfg.env.max_episode_steps)
-    evaluator = Evaluator(cfg, obs_shape, num_actions, seed=seed, episodes=k, epsilon=eps,
-                          max_steps=max_steps)
+    # max_steps None: the protocol's cap (evaluation.default_step_cap)
+    evaluator = Evaluator(cfg, obs_shape, num_actions, seed=seed, episodes=k, epsilon=eps)
     result = evaluator.evaluate(flat, int(state.get("params_version", 0)))
     returns = np.asarray(result.returns, np.float64)
     score = float(returns.mean())

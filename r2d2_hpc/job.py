@@ -128,12 +128,13 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
         roles.append(build_role(cfg, spec, ep, info,
                                 on_metrics=sink if rank == 0 else None, hooks=hooks,
                                 run_dir=run_dir, resume=resume))
-    flag = _preemption_flag(cfg)
+    flag = _preemption_flag()
     try:
         while not all(r.done for r in roles):
-            if flag is not None and flag.count and not roles[0].done:
-                roles[0].on_preempt(flag.signum or 0)
-                flag.count = 0
+            if flag is not None and not roles[0].done:
+                signum = flag.take()
+                if signum is not None:
+                    roles[0].on_preempt(signum)
             for role in roles:
                 if not role.done:
                     role.tick()
@@ -157,7 +158,7 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
             "metrics": sink.rows, "exit_code": roles[0].exit_code}
 
 
-def _preemption_flag(cfg: Config) -> Any:
+def _preemption_flag() -> Any:
     """SIGUSR1/SIGTERM -> a polled flag (installed after MPI_Init: MPICH's own
     SIGUSR1 handler would otherwise swallow the signal)."""
     import threading
@@ -247,12 +248,12 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
                           hooks=hooks, run_dir=run_dir, resume=resume)
         for name in role.listen_names():
             ep.listen(name)
-        flag = _preemption_flag(cfg)
+        flag = _preemption_flag()
         sleep = 0.0001
         while not role.done:
-            if flag is not None and flag.count:
-                role.on_preempt(flag.signum or 0)  # learner 0 coordinates
-                flag.count = 0
+            signum = flag.take() if flag is not None else None
+            if signum is not None:
+                role.on_preempt(signum)  # learner 0 coordinates
             if role.tick():
                 sleep = 0.0001
             else:

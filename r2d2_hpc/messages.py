@@ -250,7 +250,7 @@ class Layout:
         fixed["magic"], fixed["protocol"], fixed["version"] = MAGIC, PROTOCOL_VERSION, version
         fixed["type_id"], fixed["fingerprint"] = self.tag, self.fingerprint
         self._fixed_header = fixed.view(np.uint8).copy()
-        self._fixed_header_bytes = self._fixed_header.tobytes()
+        self._fixed_header_bytes = self._fixed_header.tobytes()  # compared per message
         source: Dict[str, Tuple[str, int]] = {}
         for f in self.fields:
             for k, d in enumerate(f.shape):
@@ -369,8 +369,11 @@ class Layout:
         Returns:
           (views by field name, number of bytes the message occupies).
         """
-        arr = self._as_bytes(buf)
-        ct = self._count_tuple(counts)
+        return self._prepare_counts(self._as_bytes(buf), self._count_tuple(counts))
+
+    def _prepare_counts(self, arr: np.ndarray, ct: Tuple[int, ...]
+                        ) -> Tuple[Dict[str, np.ndarray], int]:
+        """``prepare`` for a checked byte buffer and count tuple."""
         total = self._plan(ct)[1]
         if arr.size < total:
             raise MessageError(f"{self.name}: buffer of {arr.size} bytes is too small for "
@@ -438,14 +441,7 @@ class Layout:
         ct = self._fast_counts(arrays)
         if ct is None:  # the checked path: names every mismatch
             ct = self._count_tuple(self.counts_of(arrays))
-        arr = buf if type(buf) is np.ndarray and buf.dtype == np.uint8 and buf.ndim == 1 \
-            and buf.flags.c_contiguous else self._as_bytes(buf)
-        total = self._plan(ct)[1]
-        if arr.size < total:
-            raise MessageError(f"{self.name}: buffer of {arr.size} bytes is too small for "
-                               f"{total} bytes; allocate Layout.nbytes = {self.nbytes}")
-        views = self._views(arr, ct)[0]
-        self._write_header(arr, ct)
+        views, total = self._prepare_counts(self._as_bytes(buf), ct)
         for f in self.fields:
             value = arrays[f.name]
             if type(value) is np.ndarray and value.dtype == f.dtype:

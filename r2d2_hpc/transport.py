@@ -498,7 +498,7 @@ class ParamPublisher:
         self.layout = layout
         self.tag = layout.tag if tag is None else int(tag)
         self.dests = tuple(int(d) for d in dests)
-        self._bufs = [aligned_empty(layout.nbytes) for _ in range(depth)]
+        self._bufs = [layout.pool_buffer() for _ in range(depth)]
         self._users = [0] * depth  # sends in flight per buffer
         self._inflight: Dict[int, Tuple[int, Any]] = {}  # dest -> (buffer, request)
         self._owed: List[int] = []  # dests skipped for the newest version
@@ -587,6 +587,8 @@ class ParamPublisher:
             if not ok:
                 _ABANDONED.append((req, self._bufs))
         self._inflight.clear()
+        for buf in self._bufs:
+            self.layout.drop_pool_buffer(buf)
         return len(pending)
 
 
@@ -617,7 +619,7 @@ class ParamSubscriber:
         self.layout = layout
         self.source = int(source)
         self.tag = layout.tag if tag is None else int(tag)
-        self._bufs = [aligned_empty(layout.nbytes) for _ in range(3)]
+        self._bufs = [layout.pool_buffer() for _ in range(3)]
         self._status = MPI.Status()
         self._held: Optional[int] = None  # buffer of the last returned version
         self._pending: Optional[Tuple[int, Dict[str, np.ndarray]]] = None  # newest, unreturned
@@ -680,6 +682,8 @@ class ParamSubscriber:
             if not done[0]:
                 _ABANDONED.append((self._req, self._bufs))
             self._req = self._MPI.REQUEST_NULL
+        for buf in self._bufs:
+            self.layout.drop_pool_buffer(buf)
 
 
 # --------------------------------------------------------------------------- #

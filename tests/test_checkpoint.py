@@ -419,8 +419,13 @@ def test_preemption_flag_counts_signals_and_restores_handlers() -> None:
         assert flag.requested and flag.count == 2 and flag.signal_name == "SIGUSR1"
     assert signal.getsignal(signal.SIGUSR1) == before
     flag = PreemptionFlag()
+    assert flag.take() is None
     flag.trigger(signal.SIGTERM)
     assert flag.requested and flag.signal_name == "SIGTERM"
+    assert flag.take() == signal.SIGTERM and not flag.requested  # polled once
+    assert flag.take() is None
+    flag.trigger(signal.SIGUSR1)
+    assert flag.take() == signal.SIGTERM  # the first signal's number stays
 
 
 # --------------------------------------------------------------------------- #

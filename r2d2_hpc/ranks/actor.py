@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, Sequence
 
 import numpy as np
 
@@ -68,7 +68,8 @@ class ActorRank(Role):
         global_env = self.index * n + np.arange(n)
         self.epsilons = np.asarray(apex_epsilon(global_env, total_envs, cfg.actor.epsilon_base,
                                                 cfg.actor.epsilon_alpha), np.float64)
-        seed = cfg.seed * 100_003 + 7919 * (self.index + 1)
+        #: Seeds the env, the policy and its exploration (actor_bench reuses it).
+        self.seed = seed = cfg.seed * 100_003 + 7919 * (self.index + 1)
         self.env = make_vector_env(cfg.env, n, seed=seed)
         self.policy = ActorPolicy(cfg, spec.obs_shape, spec.num_actions, self.epsilons, seed)
         self.adder = SequenceAdder.from_config(

@@ -9,8 +9,10 @@ The role code is the same; only the :class:`~r2d2_hpc.transport.Endpoint` differ
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+import zlib
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -72,11 +74,9 @@ def job_messages(cfg: Config, spec: JobSpec) -> Messages:
 def state_digest(tree: Any) -> str:
     """CRC32 over every array and scalar of a nested state, in key order (bit-exact check).
 
-    Dataclass records (e.g. ``ShardState``) are walked field by field.
+    Dataclass records (e.g. ``ShardState``) are walked field by field. Arrays
+    are checksummed in place (a byte view, no copy: a shard's state is GBs).
     """
-    import dataclasses
-    import zlib
-
     crc = 0
 
     def walk(x: Any) -> None:
@@ -95,7 +95,7 @@ def state_digest(tree: Any) -> str:
             if a.dtype == object:
                 crc = zlib.crc32(repr(x).encode(), crc)
             else:
-                crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+                crc = zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8), crc)
 
     walk(tree)
     return f"{crc:08x}"

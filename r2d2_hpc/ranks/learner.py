@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from r2d2_hpc.allreduce import GradientAverager, make_averager, replica_digest
+from r2d2_hpc.allreduce import GradientAverager, encode_stop, make_averager, replica_digest
 from r2d2_hpc.config import Config
 from r2d2_hpc.evaluation import EvalResult, Evaluator
 from r2d2_hpc.learner import Learner, spread_device
@@ -136,11 +136,11 @@ class LearnerRank(Role):
         self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
         self.lead = info.index == 0
         self.averager: Optional[GradientAverager] = None
+        several = learner_comm is not None and learner_comm.Get_size() > 1
         device = cfg.learner.device
-        if learner_comm is not None and learner_comm.Get_size() > 1:
-            local = node_local_rank(learner_comm)  # collective: every learner calls it
-            if torch.cuda.is_available():
-                device = spread_device(device, local, torch.cuda.device_count())
+        if several:  # node_local_rank is collective: every learner calls it
+            device = spread_device(device, node_local_rank(learner_comm),
+                                   torch.cuda.device_count())
         self.learner = Learner(cfg, spec.obs_shape, spec.num_actions, device=device)
         self.run_dir = run_dir
         self.env_steps_base = 0
@@ -150,7 +150,7 @@ class LearnerRank(Role):
         self.resume_digest = ""
         if resume is not None:
             self._restore(resume)
-        if learner_comm is not None and learner_comm.Get_size() > 1:
+        if several:
             self.averager = make_averager(cfg.learner.allreduce, learner_comm,
                                           self.learner.device)
             self.learner.grad_reducer = self.averager
@@ -345,7 +345,8 @@ class LearnerRank(Role):
             # step spends is known in advance, so all learners end exactly on it.
             max_steps = self.cfg.learner.max_steps
             last = self.lead and bool(max_steps) and self.learner.step_count + 1 >= max_steps
-            self.averager.want_stop = (self.exit_code + 1) if (self.stop_reason or last) else 0
+            self.averager.want_stop = encode_stop(
+                self.exit_code if (self.stop_reason or last) else None)
         t0 = time.perf_counter()
         result = self.learner.step(batch, weights)
         self.compute_seconds += time.perf_counter() - t0
