@@ -220,10 +220,13 @@ def crc32_file(path: str) -> int:
 _fsync = _fsync_path
 
 
-def _write_json_atomic(path: str, data: Any, fsync: bool) -> None:
-    tmp = f"{path}.tmp"
+def write_json_atomic(path: str, data: Any, fsync: bool = False, **dump_kw: Any) -> None:
+    """Writes ``data`` as JSON (``indent=1`` plus ``dump_kw``) to a temp file
+    beside ``path``, optionally fsyncs it, then ``os.replace``s it into place:
+    readers see the old file or the whole new one, never a part."""
+    tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
+        json.dump(data, fh, indent=1, **dump_kw)
         fh.write("\n")
         fh.flush()
         if fsync:
@@ -764,7 +767,7 @@ class CheckpointLayout:
                 "job_spec": lmeta["job_spec"], "shards": shards, "files": files,
                 "extra": dict(extra or {})}
         manifest = dict(body, body_crc32=_body_crc(body))
-        _write_json_atomic(os.path.join(path, MANIFEST), manifest, self.fsync)
+        write_json_atomic(os.path.join(path, MANIFEST), manifest, self.fsync, sort_keys=True)
         if self.fsync:
             _fsync(path)
         final = self._final_name(step)

@@ -313,11 +313,7 @@ def evaluate_checkpoint(info: ck.CheckpointInfo, *, episodes: Optional[int] = No
 
 def write_eval(record: Dict[str, Any], path: str) -> None:
     """Writes an ``eval.json`` record atomically (temp file + ``os.replace``)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
+    ck.write_json_atomic(path, record)
 
 
 def read_eval(path: str) -> Dict[str, Any]:

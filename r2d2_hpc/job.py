@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from r2d2_hpc.checkpoint import EXIT_REQUEUE
+from r2d2_hpc.checkpoint import EXIT_REQUEUE, write_json_atomic
 from r2d2_hpc.config import Config
 from r2d2_hpc.metrics import MetricsWriter, ProgressPrinter
 from r2d2_hpc.ranks.common import JobSpec, Role, drain_and_close, job_messages, job_spec
@@ -151,7 +151,7 @@ def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,
     summaries = [{"role": r.name, "index": assign_role(i, size, topo).index, "rank": i,
                   **r.summary()} for i, r in enumerate(roles)]
     if run_dir:
-        _write_json(os.path.join(run_dir, "summary.json"), summaries)
+        write_json_atomic(os.path.join(run_dir, "summary.json"), summaries, default=float)
         if roles[0].exit_code != EXIT_REQUEUE:  # as run_mpi
             write_lead_outputs(cfg, run_dir, sink, roles[0])
     return {"roles": [(r.name, r.summary()) for r in roles], "ranks": summaries,
@@ -167,15 +167,6 @@ def _preemption_flag() -> Any:
         return None
     from r2d2_hpc.checkpoint import PreemptionFlag
     return PreemptionFlag().install()
-
-
-def _write_json(path: str, data: Any) -> None:
-    import json
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, default=float)
-    os.replace(tmp, path)
 
 
 def torch_threads(role: str, cores: int, ranks_on_node: int) -> int:
@@ -270,7 +261,7 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
         if info.is_lead:
             summary["ranks"] = everyone
             if run_dir:
-                _write_json(os.path.join(run_dir, "summary.json"), everyone)
+                write_json_atomic(os.path.join(run_dir, "summary.json"), everyone, default=float)
                 if sink is not None:
                     sink.close()  # the last TensorBoard events, before the plot
                     if role.exit_code != EXIT_REQUEUE:
