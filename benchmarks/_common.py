@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
 
 
 def find_mpiexec() -> str:
@@ -21,6 +23,41 @@ def find_mpiexec() -> str:
     if not found:
         raise SystemExit("mpiexec not found: install r2d2_hpc's [mpich] extra or a system MPI")
     return found
+
+
+def run_worker(script: str, ranks: int, worker_flag: str, args: Sequence[str] = (),
+               overrides: Sequence[str] = (), threads: int = 1, timeout: float = 900.0,
+               what: str = "benchmark worker") -> Dict[str, Any]:
+    """Runs ``mpiexec -n RANKS python SCRIPT WORKER_FLAG OUT ARGS --set ...`` and
+    returns the JSON its workers wrote to ``OUT`` (a temporary file).
+
+    Args:
+      script: the benchmark script (its worker mode writes the JSON).
+      ranks: MPI ranks.
+      worker_flag: the script's option that takes the output path.
+      args: further arguments.
+      overrides: config overrides, each passed as ``--set``.
+      threads: ``OMP_NUM_THREADS`` of every rank.
+      timeout: seconds before the run is killed.
+      what: the run's name in the error.
+
+    Raises:
+      RuntimeError: with the command and the tails of its output, if it failed
+        or wrote nothing.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "worker.json")
+        cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, os.path.abspath(script),
+               worker_flag, out, *args]
+        for o in overrides:
+            cmd += ["--set", o]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        with open(out, encoding="utf-8") as fh:
+            return json.load(fh)
 
 
 def write_result(result: Dict[str, Any], out: Optional[str]) -> Dict[str, Any]:

@@ -65,9 +65,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -75,7 +73,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import find_mpiexec, write_result  # noqa: E402
+from _common import run_worker, write_result  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -503,20 +501,10 @@ def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, slice_s: 
 def bench_mpi(overrides: Sequence[str], seconds: float, repeats: int, slice_s: float,
               timeout: float) -> Dict[str, Any]:
     """Launches the 3-rank MPI benchmark and returns the actor rank's result."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "actor_mpi.json")
-        cmd = [find_mpiexec(), "-n", "3", sys.executable, os.path.abspath(__file__),
-               "--mpi-worker", out, "--seconds", str(seconds), "--repeats", str(repeats),
-               "--slice", str(slice_s)]
-        for o in overrides:
-            cmd += ["--set", o]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if proc.returncode != 0 or not os.path.exists(out):
-            raise RuntimeError(f"MPI actor benchmark failed (exit {proc.returncode}):\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        with open(out, encoding="utf-8") as fh:
-            return json.load(fh)
+    return run_worker(__file__, 3, "--mpi-worker",
+                      ["--seconds", str(seconds), "--repeats", str(repeats),
+                       "--slice", str(slice_s)], overrides, timeout=timeout,
+                      what="MPI actor benchmark")
 
 
 # --------------------------------------------------------------------------- #

@@ -48,9 +48,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -58,7 +56,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import find_mpiexec, write_result  # noqa: E402
+from _common import run_worker, write_result  # noqa: E402
 
 CONFIGS: Dict[str, List[str]] = {
     "default": [],
@@ -217,21 +215,11 @@ def summarize(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
 def launch(n: int, backend: str, threads: int, config: str, steps: int, warmup: int,
            alone_reps: int, overrides: Sequence[str]) -> Dict[str, Any]:
     """One ``mpiexec -n n`` worker run; its JSON."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "out.json")
-        cmd = [find_mpiexec(), "-n", str(n), sys.executable, os.path.abspath(__file__),
-               "--worker", out, "--backend", backend, "--threads", str(threads),
-               "--configs", config, "--steps", str(steps), "--warmup", str(warmup),
-               "--alone-reps", str(alone_reps)]
-        for o in overrides:
-            cmd += ["--set", o]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0 or not os.path.exists(out):
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                               f"{proc.stdout}\n{proc.stderr}")
-        with open(out, encoding="utf-8") as fh:
-            return json.load(fh)
+    return run_worker(__file__, n, "--worker",
+                      ["--backend", backend, "--threads", str(threads), "--configs", config,
+                       "--steps", str(steps), "--warmup", str(warmup),
+                       "--alone-reps", str(alone_reps)], overrides, threads=threads,
+                      what=f"allreduce worker ({n} ranks, {backend})")
 
 
 def usable_backends(requested: Sequence[str]) -> Dict[str, str]:

@@ -49,9 +49,7 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -59,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import find_mpiexec, write_result  # noqa: E402
+from _common import run_worker, write_result  # noqa: E402
 
 CONFIGS: Dict[str, List[str]] = {
     "default": [],
@@ -232,19 +230,8 @@ def steady_rate(rows: List[Dict[str, float]], warmup_steps: int) -> Dict[str, fl
 
 def bench_live(overrides: Sequence[str], timeout: float) -> Dict[str, Any]:
     """Runs the real job under ``mpiexec -n 3``; returns learner 0's summary."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "live.json")
-        cmd = [find_mpiexec(), "-n", "3", sys.executable, os.path.abspath(__file__),
-               "--live-worker", out]
-        for o in overrides:
-            cmd += ["--set", o]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if proc.returncode != 0 or not os.path.exists(out):
-            raise RuntimeError(f"live learner run failed (exit {proc.returncode}):\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        with open(out, encoding="utf-8") as fh:
-            return json.load(fh)
+    return run_worker(__file__, 3, "--live-worker", (), overrides, timeout=timeout,
+                      what="live learner run")
 
 
 def bench_one(name: str, overrides: Sequence[str], seconds: float, baseline_seconds: float,

@@ -44,9 +44,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -54,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import find_mpiexec, write_result  # noqa: E402
+from _common import run_worker, write_result  # noqa: E402
 
 from r2d2_hpc.config import Config, ReplayConfig, load_config  # noqa: E402
 from r2d2_hpc.messages import Layout, aligned_empty, declare_messages  # noqa: E402
@@ -310,20 +308,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if a.mpi_worker:
         mpi_worker(names, seconds, repeats, a.send_depth, a.recv_depth, a.mpi_worker)
         return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "transport.json")
-        cmd = [find_mpiexec(), "-n", "2", sys.executable, os.path.abspath(__file__),
-               "--mpi-worker", out, "--cases", ",".join(names), "--seconds", str(seconds),
-               "--repeats", str(repeats), "--send-depth", str(a.send_depth),
-               "--recv-depth", str(a.recv_depth)]
-        load0 = os.getloadavg()[0]
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=60 + 20 * len(names) * repeats * max(1.0, seconds))
-        if proc.returncode != 0 or not os.path.exists(out):
-            raise RuntimeError(f"transport benchmark failed (exit {proc.returncode}):\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        with open(out, encoding="utf-8") as fh:
-            cases = json.load(fh)
+    load0 = os.getloadavg()[0]
+    cases = run_worker(__file__, 2, "--mpi-worker",
+                       ["--cases", ",".join(names), "--seconds", str(seconds),
+                        "--repeats", str(repeats), "--send-depth", str(a.send_depth),
+                        "--recv-depth", str(a.recv_depth)],
+                       timeout=60 + 20 * len(names) * repeats * max(1.0, seconds),
+                       what="transport benchmark")
     mpi = cases.pop("_mpi")
     result: Dict[str, Any] = {
         "benchmark": "transport",
