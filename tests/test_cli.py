@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from r2d2_hpc.cli import EXIT_BAD_INPUT, train_main
+from test_job import mpiexec as find_mpiexec  # one finder for the suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,10 +20,6 @@ def run_cli(args, cwd, launcher=(), env_overrides=None):
     cmd = list(launcher) + [sys.executable, "-m", "r2d2_hpc.cli"] + list(args)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
-
-def find_mpiexec():
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else shutil.which("mpiexec")
 
 
 SHORT = ["--serial", "--quiet", "--set", "learner.max_steps=3", "--set",

@@ -18,6 +18,7 @@ from r2d2_hpc.checkpoint import CheckpointLayout
 from r2d2_hpc.config import Config, load_config
 from r2d2_hpc.learner import Learner
 from r2d2_hpc.ranks.common import job_spec
+from test_job import mpiexec as find_mpiexec  # one finder for the suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -302,10 +303,6 @@ def test_entry_point_subprocess(pong, tmp_path):
 
 # --------------------------------------------------------------------------- #
 # End to end: the real job under mpiexec writes a checkpoint, r2d2-eval scores it.
-
-def find_mpiexec() -> Optional[str]:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else shutil.which("mpiexec")
 
 
 @pytest.mark.slow

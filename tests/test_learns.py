@@ -26,15 +26,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_job import ROOT, launch, sets
 
 #: Learner steps of the CI run (the embedded default runs 10,000): 1.5 to 3.5
 #: minutes on 2 cores, depending on what else runs there.
@@ -73,26 +68,6 @@ margin is what keeps the test from being flaky.
 """
 
 
-def _mpiexec() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    assert found, "mpiexec not found: install the [mpich] extra or a system MPI"
-    return found
-
-
-def run_default_job(run_dir: str, *overrides: str, timeout: float = 600.0):
-    """The embedded default through the real entry point, 4 ranks."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [_mpiexec(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
-           "--run-dir", run_dir]
-    for o in overrides:
-        cmd += ["--set", o]
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    return proc, time.monotonic() - t0
-
-
 def late_evaluations(metrics_csv: str, since_step: int):
     """(learner step, eval_return) of every evaluation row at or after ``since_step``."""
     with open(metrics_csv, newline="") as fh:
@@ -107,9 +82,10 @@ def test_embedded_default_learns_what_a_memoryless_agent_cannot(tmp_path):
     run = tmp_path / "run"
     # Only the step budget ends the run (no wall-clock cap): the same amount
     # of learning on a slow machine, just later.
-    proc, wall = run_default_job(str(run), f"learner.max_steps={CI_MAX_STEPS}",
-                                 "learner.max_seconds=0", f"seed={CI_SEED}",
-                                 "logging.tensorboard=false", timeout=900.0)
+    # the embedded default through the real entry point, 4 ranks
+    proc, wall = launch(4, ["--run-dir", str(run)] + sets(
+        f"learner.max_steps={CI_MAX_STEPS}", "learner.max_seconds=0", f"seed={CI_SEED}",
+        "logging.tensorboard=false"), ROOT, timeout=900.0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = json.loads((run / "summary.json").read_text())
     lead = ranks[0]
