@@ -391,8 +391,7 @@ class LearnerRank(Role):
             self.stop_reason = f"learner.max_steps={l.max_steps} reached"
         elif a.max_env_steps and self.env_steps >= a.max_env_steps:
             self.stop_reason = f"actor.max_env_steps={a.max_env_steps} reached"
-        elif l.max_seconds and (self.seconds_base + self.clock() - self.start_time
-                                >= l.max_seconds):
+        elif l.max_seconds and self.train_seconds >= l.max_seconds:
             self.stop_reason = f"learner.max_seconds={l.max_seconds:g} reached"
         if self.stop_reason and self.averager is None:
             self._finish()
@@ -427,9 +426,17 @@ class LearnerRank(Role):
         frames = self.cfg.env.frame_skip if self.cfg.env.name == "atari" else 1
         return {"env_steps": self.env_steps, "env_frames": self.env_steps * frames,
                 "learner_step": self.learner.step_count,
-                "episodes": self.episodes_base + len(self.all_returns)
-                + len(self.episode_returns),
-                "train_seconds": self.seconds_base + (self.clock() - self.start_time)}
+                "episodes": self.episodes, "train_seconds": self.train_seconds}
+
+    @property
+    def episodes(self) -> int:
+        """Episodes the actors finished in this run and the runs it resumed."""
+        return self.episodes_base + len(self.all_returns) + len(self.episode_returns)
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of training in this run and the runs it resumed."""
+        return self.seconds_base + (self.clock() - self.start_time)
 
     def _start_checkpoint(self) -> None:
         """Lead: learner and actor files now, shards asked to write theirs."""
@@ -601,8 +608,7 @@ class LearnerRank(Role):
                 "checkpoints": list(self.checkpoints_committed),
                 "checkpoint_seconds": list(self.checkpoint_seconds),
                 "checkpoint_digests": dict(self.checkpoint_digests),
-                "episodes": (self.episodes_base + len(self.all_returns)
-                             + len(self.episode_returns)),
+                "episodes": self.episodes,
                 "compute_seconds": self.compute_seconds,
                 "params_version": self.learner.params_version,
                 "allreduce_seconds": self.averager.seconds if self.averager else 0.0,

@@ -36,6 +36,11 @@ from r2d2_hpc.topology import RoleInfo
 STATS_INTERVAL_S = 0.02
 
 
+def shard_seed(cfg: Config, shard_index: int) -> int:
+    """Seed of replay shard ``shard_index``'s sampling RNG (fresh or resumed)."""
+    return cfg.seed * 7_919 + 104_729 * (shard_index + 1)
+
+
 def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) -> ReplayShard:
     """The shard of one replay rank: its 1/S share of the replay capacity."""
     r = cfg.replay
@@ -45,7 +50,7 @@ def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) ->
         capacity_sequences=max(cfg.learner.batch_size, r.capacity_sequences // num_shards),
         sequence_length=r.sequence_length, state_size=spec.state_size,
         obs_dtype=spec.obs_dtype, frame_stack=spec.frame_stack,
-        priority_exponent=r.priority_exponent, seed=cfg.seed * 7_919 + 104_729 * (shard_index + 1))
+        priority_exponent=r.priority_exponent, seed=shard_seed(cfg, shard_index))
 
 
 def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo, resume: Any) -> ReplayShard:
@@ -58,7 +63,7 @@ def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo, resume: Any) -> R
     fresh = None if same else make_shard(cfg, spec, info.index, info.num_shards).spec
     return restore_shard(resume, info.index, info.num_shards, num_envs=cfg.actor.num_envs,
                          spec=fresh,
-                         seed=cfg.seed * 7_919 + 104_729 * (info.index + 1))
+                         seed=shard_seed(cfg, info.index))
 
 
 class ReplayRank(Role):
