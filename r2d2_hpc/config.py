@@ -25,6 +25,8 @@ import yaml
 #: Environments this package knows (``env.name``).
 KNOWN_ENVS = ("cartpole_masked", "cartpole", "counter", "atari")
 
+#: Values of ``learner.loss_reduction`` (``losses.sequence_loss``'s ``reduction``).
+LOSS_REDUCTIONS = ("sum", "mean")
 #: Values of ``learner.mixed_precision``.
 MIXED_PRECISION = ("none", "bf16", "fp16")
 
@@ -158,7 +160,13 @@ class LearnerConfig:
     target_update_period: int = 2_500
     """Learner steps between hard target-network updates (paper Table 2: 2500)."""
     max_grad_norm: float = 0.0
-    """Clip gradients to this global norm; 0 = no clipping (the paper states none)."""
+    """Clip gradients to this global norm; 0 = no clipping. The R2D2 paper names none and
+    defers unstated settings to Ape-X, which clips at 40 (Horgan et al., 2018, appendix;
+    SEED RL ``agents/r2d2/learner.py`` flag ``clip_norm`` = 40); configs/atari57.yaml sets 40."""
+    loss_reduction: str = "sum"
+    """sum | mean: a sequence's squared TD errors summed over its valid trace steps, then the
+    IS-weighted mean over the batch, as Acme (``agents/jax/r2d2/learning.py``) and SEED RL
+    (``agents/r2d2/learner.py``) do; ``mean`` divides each sequence by its valid steps (ours, earlier)."""
     publish_period: int = 10
     """Learner steps between parameter publications to actors (ours)."""
     samples_in_flight: int = 2
@@ -452,6 +460,7 @@ def _validate(cfg: Config) -> List[str]:
         errors.append(f"learner.device: unknown value {dev!r}; choose auto, cpu, cuda or cuda:N")
     choice(l, "learner", "allreduce", ALLREDUCE_CHOICES)
     choice(l, "learner", "mixed_precision", MIXED_PRECISION)
+    choice(l, "learner", "loss_reduction", LOSS_REDUCTIONS)
 
     non_negative(c, "checkpoint", "interval_seconds", "interval_steps")
     positive(c, "checkpoint", "keep")

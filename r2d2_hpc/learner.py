@@ -472,7 +472,8 @@ class Learner:
         out = losses.sequence_loss(
             self._online_q, self._target_q, tbatch, tweights,
             burn_in=self.cfg.replay.burn_in, n=lcfg.n_step, gamma=lcfg.discount,
-            eps=lcfg.value_rescaling_epsilon, eta=self.cfg.replay.priority_eta)
+            eps=lcfg.value_rescaling_epsilon, eta=self.cfg.replay.priority_eta,
+            reduction=lcfg.loss_reduction)
         self.optimizer.zero_grad(set_to_none=False)
         scaler = self.scaler
         loss_scale = 1.0

@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional, Protocol, Tuple, TypeVar, Union
 import numpy as np
 import torch
 
+from r2d2_hpc.config import LOSS_REDUCTIONS
 from r2d2_hpc.types import SequenceBatch
 
 #: ``(h, c)`` recurrent state of the core, each ``<float32>[B, H]``.
@@ -377,6 +378,7 @@ def sequence_loss(
     gamma: float,
     eps: float = RESCALE_EPSILON,
     eta: float = PRIORITY_ETA,
+    reduction: str = "sum",
 ) -> SequenceLossOutput:
     """The R2D2 loss on a batch of stored sequences (paper sections 2.3 and 3).
 
@@ -393,9 +395,13 @@ def sequence_loss(
        without gradient.
     4. ``y_t`` = ``n_step_double_q_targets`` on the trace,
        ``delta_t = y_t - Q_online(o_t, a_t)``.
-    5. ``loss = 1/B sum_i w_i (sum_t v_ti delta_ti^2 / 2) / max(1, sum_t v_ti)``
-       with ``v`` the valid trace steps: a masked per-sequence mean of the squared
-       TD error, weighted by the importance weights, averaged over the batch.
+    5. ``reduction="sum"`` (Acme ``agents/jax/r2d2/learning.py``, SEED RL
+       ``agents/r2d2/learner.py``): ``loss = 1/B sum_i w_i sum_t v_ti delta_ti^2 / 2``
+       with ``v`` the valid trace steps: the squared TD error summed over time,
+       weighted by the importance weights, averaged over the batch.
+       ``reduction="mean"`` divides each sequence's sum by ``max(1, sum_t v_ti)``
+       (a per-sequence mean; with Adam's eps = 1e-3 this shrinks the effective
+       step and gives short end-of-episode sequences more weight per step).
 
     ``first`` goes to every unroll, so the network's state reset keeps burn-in and
     trace from reaching into a previous episode. Padded steps enter neither
@@ -414,10 +420,13 @@ def sequence_loss(
       gamma: discount (paper: 0.997).
       eps: value rescaling epsilon (paper: 1e-3).
       eta: priority mix (paper: 0.9).
+      reduction: ``"sum"`` or ``"mean"`` over the valid trace steps of a sequence.
 
     Returns:
       A ``SequenceLossOutput``.
     """
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
     num_steps = batch.action.shape[0]
     if not 0 <= burn_in < num_steps:
         raise ValueError(f"burn_in must be in [0, T) = [0, {num_steps}), got {burn_in}")
@@ -449,7 +458,9 @@ def sequence_loss(
     # torch.where, not a product with the mask: garbage Q on padding stays out.
     td_error = torch.where(valid, targets - q_taken, zeros)
     count = valid.sum(dim=0)
-    per_sequence = (0.5 * td_error.pow(2)).sum(dim=0) / count.clamp(min=1).to(q_taken.dtype)
+    per_sequence = (0.5 * td_error.pow(2)).sum(dim=0)
+    if reduction == "mean":
+        per_sequence = per_sequence / count.clamp(min=1).to(q_taken.dtype)
     loss = (weights.to(q_taken.dtype) * per_sequence).mean()
 
     with torch.no_grad():

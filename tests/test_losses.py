@@ -394,10 +394,17 @@ def _hand_batch() -> Tuple[SequenceBatch, torch.Tensor]:
 
 
 def test_sequence_loss_hand_computed() -> None:
+    # |delta| per column (valid steps): col 0 = (2, 1), col 1 = (1, 3); w = (1, 0.5).
+    # sum (Acme, SEED RL): 1/2 (1 * (4 + 1) / 2 + 0.5 * (1 + 9) / 2) = 1/2 (2.5 + 2.5) = 2.5
     batch, weights = _hand_batch()
     online, target = TableNet(), TableNet()
     out = sequence_loss(online, target, batch, weights, burn_in=1, n=1, gamma=0.5, eps=EPS)
-    assert out.loss.item() == pytest.approx(1.25, abs=1e-9)
+    assert out.loss.item() == pytest.approx(2.5, abs=1e-9)
+    # mean: each sequence divided by its 2 valid steps: 1/2 (1.25 + 1.25) = 1.25
+    out_mean = sequence_loss(online, target, batch, weights, burn_in=1, n=1, gamma=0.5,
+                             eps=EPS, reduction="mean")
+    assert out_mean.loss.item() == pytest.approx(1.25, abs=1e-9)
+    assert out_mean.priorities.tolist() == pytest.approx(out.priorities.tolist(), abs=1e-12)
     assert out.priorities.tolist() == pytest.approx([1.95, 2.9], abs=1e-9)
     assert out.valid.tolist() == [[True, True], [True, True], [False, False]]
     assert out.abs_td_error.flatten().tolist() == pytest.approx([2.0, 1.0, 1.0, 3.0, 0.0, 0.0], abs=1e-9)
@@ -410,19 +417,69 @@ def test_sequence_loss_hand_computed() -> None:
 
 
 @pytest.mark.parametrize("shared_target", [False, True])
-def test_sequence_loss_gradient_hand_computed(shared_target: bool) -> None:
-    # Q = scale * obs, so dL/dscale = -1/B sum_i w_i / n_i sum_t delta_t * obs_taken_t:
-    #   col 0: (2 * -0.997 + 1 * 0.003) / 2 = -1.991 / 2 = -0.9955, * w 1   = -0.9955
-    #   col 1: (1 * 0.003 + 3 * -1.997) / 2 = -5.988 / 2 = -2.994,  * w 0.5 = -1.497
-    #   dL/dscale = -(-0.9955 - 1.497) / 2 = 1.24625
+@pytest.mark.parametrize("reduction, expected", [("sum", 2.4925), ("mean", 1.24625)])
+def test_sequence_loss_gradient_hand_computed(shared_target: bool, reduction: str,
+                                              expected: float) -> None:
+    # Q = scale * obs, so with sum: dL/dscale = -1/B sum_i w_i sum_t delta_t * obs_taken_t:
+    #   col 0: 2 * -0.997 + 1 * 0.003 = -1.991, * w 1   = -1.991
+    #   col 1: 1 * 0.003 + 3 * -1.997 = -5.988, * w 0.5 = -2.994
+    #   dL/dscale = -(-1.991 - 2.994) / 2 = 2.4925
+    # With mean each column is divided by its n_i = 2 valid steps: 1.24625.
     # With the online net also used as target net the value is the same only if the
     # targets carry no gradient.
     batch, weights = _hand_batch()
     online = TableNet()
     target = online if shared_target else TableNet()
-    out = sequence_loss(online, target, batch, weights, burn_in=1, n=1, gamma=0.5, eps=EPS)
+    out = sequence_loss(online, target, batch, weights, burn_in=1, n=1, gamma=0.5, eps=EPS,
+                        reduction=reduction)
     out.loss.backward()
-    assert online.scale.grad.item() == pytest.approx(1.24625, abs=1e-9)
+    assert online.scale.grad.item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_sum_and_mean_differ_by_the_valid_steps_on_full_sequences() -> None:
+    # No padding, no termination: every column has T - burn_in - n + 1 valid steps
+    # (n = 2: the last trace step has no target), so sum = mean * that count, for the
+    # loss and for every gradient entry.
+    batch = _random_batch(num_steps=9, batch_size=4)
+    weights = torch.tensor([0.2, 1.0, 0.7, 0.4])
+    online, target = FakeRecurrentNet(seed=0), FakeRecurrentNet(seed=1)
+    results = {}
+    for reduction in ("sum", "mean"):
+        out = sequence_loss(online, target, batch, weights, burn_in=3, n=2, gamma=0.9,
+                            reduction=reduction)
+        grads = torch.autograd.grad(out.loss, list(online.parameters()))
+        results[reduction] = (out, grads)
+    valid_steps = 9 - 3 - 1
+    out_sum, g_sum = results["sum"]
+    out_mean, g_mean = results["mean"]
+    assert out_sum.valid.sum(dim=0).tolist() == [valid_steps] * 4
+    assert out_sum.loss.item() == pytest.approx(valid_steps * out_mean.loss.item(), rel=1e-5)
+    for gs, gm in zip(g_sum, g_mean):
+        torch.testing.assert_close(gs, valid_steps * gm, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out_sum.priorities, out_mean.priorities)
+
+
+def test_sum_reduction_weights_a_short_sequence_by_its_length() -> None:
+    # A sequence padded after 2 of its 5 trace steps contributes its 2 squared errors
+    # with sum, but their mean (the weight of a whole sequence) with mean.
+    batch = _random_batch(num_steps=8, batch_size=2, mask_len=[8, 5])
+    online, target = FakeRecurrentNet(seed=0), FakeRecurrentNet(seed=1)
+    out = sequence_loss(online, target, batch, torch.tensor([0.0, 1.0]), burn_in=3, n=1,
+                        gamma=0.9)
+    out_mean = sequence_loss(online, target, batch, torch.tensor([0.0, 1.0]), burn_in=3, n=1,
+                             gamma=0.9, reduction="mean")
+    count = int(out.valid[:, 1].sum())
+    assert count == 2
+    expected = 0.5 * float((out.abs_td_error[:, 1] ** 2).sum()) / 2  # 1/B, B = 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out_mean.loss.item() == pytest.approx(expected / count, rel=1e-5)
+
+
+def test_unknown_reduction_is_refused() -> None:
+    batch, weights = _hand_batch()
+    with pytest.raises(ValueError, match="reduction"):
+        sequence_loss(TableNet(), TableNet(), batch, weights, burn_in=1, n=1, gamma=0.5,
+                      reduction="median")
 
 
 def _random_batch(num_steps: int = 7, batch_size: int = 3, obs_dim: int = 3, seed: int = 1,
