@@ -163,6 +163,9 @@ class LearnerConfig:
     """Clip gradients to this global norm; 0 = no clipping. The R2D2 paper names none and
     defers unstated settings to Ape-X, which clips at 40 (Horgan et al., 2018, appendix;
     SEED RL ``agents/r2d2/learner.py`` flag ``clip_norm`` = 40); configs/atari57.yaml sets 40."""
+    target_return: Optional[float] = None
+    """Stop the run once a greedy evaluation's mean return reaches this (needs
+    ``logging.eval_interval_steps``); null = never (ours; time-to-solve benchmarks)."""
     loss_reduction: str = "sum"
     """sum | mean: a sequence's squared TD errors summed over its valid trace steps, then the
     IS-weighted mean over the batch, as Acme (``agents/jax/r2d2/learning.py``) and SEED RL
@@ -288,6 +291,11 @@ def _plain(obj: Any) -> Any:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union and type(None) in args:  # Optional[X]: null or an X
+        if value is None:
+            return None, True
+        return _coerce(value, next(a for a in args if a is not type(None)))
     if origin in (tuple, Tuple):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
@@ -296,6 +304,11 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any) -> Tuple[Any, bool]:
     """Returns (converted value, ok). Strict: bools are not ints, floats not ints."""
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union and type(None) in args:  # Optional[X]: null or an X
+        if value is None:
+            return None, True
+        return _coerce(value, next(a for a in args if a is not type(None)))
     if origin in (tuple, Tuple):
         if not isinstance(value, (list, tuple)):
             return value, False
@@ -469,6 +482,10 @@ def _validate(cfg: Config) -> List[str]:
 
     positive(g, "logging", "log_interval_seconds", "eval_episodes")
     non_negative(g, "logging", "eval_interval_steps", "final_eval_episodes")
+    if l.target_return is not None and g.eval_interval_steps <= 0:
+        errors.append(f"learner.target_return: {l.target_return:g} is judged by the periodic "
+                      f"greedy evaluation, which is off; set logging.eval_interval_steps > 0 "
+                      f"or target_return: null")
     unit(g, "logging", "eval_epsilon")
     need(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
     return errors

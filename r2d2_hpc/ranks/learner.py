@@ -393,6 +393,10 @@ class LearnerRank(Role):
             self.stop_reason = f"actor.max_env_steps={a.max_env_steps} reached"
         elif l.max_seconds and self.train_seconds >= l.max_seconds:
             self.stop_reason = f"learner.max_seconds={l.max_seconds:g} reached"
+        elif (l.target_return is not None and self.evaluations
+              and self.evaluations[-1].mean_return >= l.target_return):
+            self.stop_reason = (f"learner.target_return={l.target_return:g} reached (greedy "
+                                f"evaluation mean {self.evaluations[-1].mean_return:g})")
         if self.stop_reason and self.averager is None:
             self._finish()
 
@@ -602,7 +606,7 @@ class LearnerRank(Role):
 
     def summary(self) -> Dict[str, Any]:
         return {"learner_step": self.learner.step_count, "env_steps": self.env_steps,
-                "stop_reason": self.stop_reason, "stop_time": self.stop_time,
+                "train_seconds": self.train_seconds, "stop_reason": self.stop_reason, "stop_time": self.stop_time,
                 "exit_code": self.exit_code, "resumed_from": self.resumed_from,
                 "resume_digest": self.resume_digest,
                 "checkpoints": list(self.checkpoints_committed),
