@@ -17,7 +17,7 @@ import sys
 from typing import Any, Optional, Sequence, Tuple
 
 from r2d2_hpc.config import Config, ConfigError, load_config, save_config
-from r2d2_hpc.presets import load_preset
+from r2d2_hpc.presets import config_path, load_preset, preset_names
 
 #: Exit code for bad input (config, ranks, files): nothing was started.
 EXIT_BAD_INPUT = 2
@@ -29,8 +29,9 @@ def build_train_parser() -> argparse.ArgumentParser:
         description="Train R2D2 as an MPI job: mpiexec -n N r2d2-train [--config FILE] "
                     "[--set section.field=value ...]. With no --config it runs the "
                     "embedded default (CartPole with hidden velocities).")
-    p.add_argument("--config", metavar="FILE", default=None,
-                   help="YAML config (see configs/); default: the embedded default preset")
+    p.add_argument("--config", metavar="FILE|PRESET", default=None,
+                   help="YAML config (see configs/) or an embedded preset's name "
+                        f"({', '.join(preset_names())}); default: the embedded default")
     p.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[],
                    dest="overrides", help="override one config field (repeatable)")
     p.add_argument("--device", metavar="DEVICE", default=None,
@@ -77,8 +78,14 @@ def resolve_config(args: argparse.Namespace) -> Config:
             raise ConfigError([f"--resume {args.resume!r}: no config.yaml there; pass the "
                                f"run directory of an earlier r2d2-train run"])
         return load_config(saved, overrides)
-    base = None if args.config else load_preset("default")
-    return load_config(args.config, overrides, base=base)
+    if not args.config:
+        return load_config(None, overrides, base=load_preset("default"))
+    path = config_path(args.config)
+    if not os.path.exists(path):
+        raise ConfigError([f"--config {args.config!r}: no such file and no embedded preset of "
+                           f"that name; pass a YAML file (see configs/) or one of the presets "
+                           f"{', '.join(preset_names())}"])
+    return load_config(path, overrides)
 
 
 def prepare_run_dir(path: str) -> None:

@@ -628,6 +628,8 @@ class LearnerRank(Role):
             "evaluations": len(self.evaluations),
             "eval_seconds": float(sum(e.seconds for e in self.evaluations)),
             "eval_env_steps": int(sum(e.env_steps for e in self.evaluations)),
+            "last_eval_return": (self.evaluations[-1].mean_return if self.evaluations
+                                 else None),
         }
         fe = self.final_eval
         if fe is not None:
