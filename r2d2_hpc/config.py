@@ -292,10 +292,8 @@ def _plain(obj: Any) -> Any:
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is typing.Union and type(None) in args:  # Optional[X]: null or an X
-        if value is None:
-            return None, True
-        return _coerce(value, next(a for a in args if a is not type(None)))
+    if origin is typing.Union and type(None) in args:
+        return f"null or {_type_name(next(a for a in args if a is not type(None)))}"
     if origin in (tuple, Tuple):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))

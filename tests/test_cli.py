@@ -53,8 +53,17 @@ def test_print_config(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_config_takes_an_embedded_preset_name(tmp_path):
+    proc = run_cli(["--print-config", "--config", "cartpole_fast"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["env"]["name"] == "cartpole"
+    assert printed["learner"]["target_return"] == 195
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--config", "missing.yaml"], "missing.yaml"),
+    (["--config", "cartpole_slow"], "one of the presets cartpole_fast, default"),
     (["--set", "learner.batchsize=3"], "did you mean 'learner.batch_size'"),
     (["--set", "env.name=pong"], "env.name"),
 ])

@@ -9,7 +9,7 @@ import yaml
 
 from r2d2_hpc.config import (Config, ConfigError, config_diff, load_config, parse_override,
                              save_config)
-from r2d2_hpc.presets import load_preset, preset_path
+from r2d2_hpc.presets import config_path, load_preset, preset_names, preset_path
 
 
 def errors_of(overrides, path=None, base=None):
@@ -100,6 +100,33 @@ def test_embedded_preset_is_valid_and_small():
     assert cfg.env.name == "cartpole_masked"
     assert cfg.replay.capacity_observations <= 1_000_000
     assert os.path.isfile(preset_path("default"))
+
+
+def test_every_embedded_preset_is_valid_and_named():
+    names = preset_names()
+    assert {"default", "cartpole_fast"} <= set(names)
+    for name in names:
+        load_config(preset_path(name))
+    assert config_path("cartpole_fast") == preset_path("cartpole_fast")
+    assert config_path("configs/nothing.yaml") == "configs/nothing.yaml"  # reported by the reader
+
+
+def test_loss_reduction_default_and_values():
+    assert Config().learner.loss_reduction == "sum"  # Acme and SEED RL
+    assert load_config(None, ["learner.loss_reduction=mean"]).learner.loss_reduction == "mean"
+    (err,) = errors_of(["learner.loss_reduction=meen"])
+    assert err.startswith("learner.loss_reduction: unknown value 'meen'; did you mean 'mean'?")
+
+
+def test_target_return_is_optional_and_needs_evaluations():
+    assert Config().learner.target_return is None
+    cfg = load_config(None, ["learner.target_return=195", "logging.eval_interval_steps=100"])
+    assert cfg.learner.target_return == 195.0
+    assert load_config(None, ["learner.target_return=null"]).learner.target_return is None
+    (err,) = errors_of(["learner.target_return=195"])
+    assert err.startswith("learner.target_return:") and "eval_interval_steps" in err
+    (err,) = errors_of(["learner.target_return=high", "logging.eval_interval_steps=100"])
+    assert err.startswith("learner.target_return:")
 
 
 def test_repo_configs_are_valid(repo_root):
