@@ -80,7 +80,7 @@ from _common import find_mpiexec, rank_pids, write_result  # noqa: E402
 
 from r2d2_hpc import checkpoint as ck  # noqa: E402
 from r2d2_hpc.config import Config, load_config  # noqa: E402
-from r2d2_hpc.replay.shard import SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS  # noqa: E402
+from r2d2_hpc.replay.layout import SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS  # noqa: E402
 from r2d2_hpc.topology import assign_role  # noqa: E402
 
 #: The base config: the Pong workstation job (paper protocol and replay layout).

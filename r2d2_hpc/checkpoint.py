@@ -116,8 +116,9 @@ import h5py
 import numpy as np
 
 from r2d2_hpc.config import CheckpointConfig, Config, ConfigError
-from r2d2_hpc.replay.shard import ReplayShard, ShardSpec
-from r2d2_hpc.replay.snapshot import _crc32_file, _fsync_path  # noqa: F401 (shared helpers)
+from r2d2_hpc.replay.layout import ShardSpec
+from r2d2_hpc.replay.shard import ReplayShard
+from r2d2_hpc.storage.files import crc32_file as _crc32_file, fsync_path as _fsync_path
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, SnapshotReport,
                                       load_resharded, load_snapshot, save_snapshot)
 

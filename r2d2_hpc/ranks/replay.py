@@ -29,7 +29,7 @@ from r2d2_hpc.config import Config
 from r2d2_hpc.messages import sample_reply_arrays
 from r2d2_hpc.messages import Command
 from r2d2_hpc.ranks.common import JobSpec, Role, poll_control, state_digest, stop_requested
-from r2d2_hpc.replay import ReplayShard
+from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.topology import RoleInfo
 
 #: Seconds between SHARD_STATS messages while something changes.
