@@ -1,4 +1,4 @@
-"""Vectorised environments stepped by one actor rank (no MPI here).
+"""The vector-environment protocol, frame stacking and episode statistics (no MPI here).
 
 An actor rank steps ``N`` environments as one vector (``actor.num_envs``, 16-64)
 and runs one batched network forward per step, so ``step`` is NumPy over the
@@ -16,7 +16,7 @@ observation of its next episode; the final observation of the finished episode
 is not returned. An R2D2 actor never needs it: a terminated step has discount
 0, so its target does not bootstrap, and a truncated step gets no target at all
 (the n-step target of a sequence's last stored step is not computed, see
-``r2d2_hpc.losses.n_step_double_q_targets``). A step sequence of one env
+``r2d2_hpc.agent.losses.n_step_double_q_targets``). A step sequence of one env
 therefore reads::
 
     step t        ...  t-1     t        t+1      t+2
@@ -31,10 +31,11 @@ With ``env.frame_stack > 1`` the non-Atari observations are stacked by
 default ``stack_fill='zeros'`` rebuilds them). The environments themselves are
 in :mod:`r2d2_hpc.envs.classic` and :mod:`r2d2_hpc.envs.atari`;
 :func:`r2d2_hpc.envs.factory.make_vector_env` builds one from the config.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 import abc
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 

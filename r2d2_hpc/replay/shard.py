@@ -34,14 +34,14 @@ as it was.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from r2d2_hpc.replay.checks import (check_index, check_int, check_priorities, check_sequences,
                                     check_steps)
-from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, OBS_DTYPES, RUN_FIELDS,
-                                    SEQUENCE_FIELDS, SEQUENCE_SEGMENT_BYTES, SLOT_FIELDS,
+from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, OBS_DTYPES, SEQUENCE_FIELDS,
+                                    SEQUENCE_SEGMENT_BYTES, SLOT_FIELDS,
                                     STEP_FIELDS, STEP_SEGMENT_BYTES, ShardSpec, ShardState,
                                     copy_json, make_keys, split_keys)
 from r2d2_hpc.replay.sampling import ShardStats
