@@ -1,10 +1,10 @@
 """Actor benchmark: the actor rank's env steps/s against bare env stepping plus inference.
 
-Numerator: the real :class:`~r2d2_hpc.ranks.actor.ActorRank` tick (batched
+Numerator: the real :class:`~r2d2_hpc.job.actor.ActorRank` tick (batched
 ``ActorPolicy.act``, vector env step, ``SequenceAdder`` cutting and initial
 priorities, episode stats, STEP_CHUNK sends through the endpoint, parameter
 refresh) with its chunks taken in by a real
-:class:`~r2d2_hpc.ranks.replay.ReplayRank`.
+:class:`~r2d2_hpc.job.replay.ReplayRank`.
 
 Denominator ("bare"): the same vector env (same config, same seed) and the same
 ``ActorPolicy`` (same parameters, epsilons and seed) in the loop
@@ -77,15 +77,17 @@ from _common import run_worker, write_result  # noqa: E402
 
 import torch  # noqa: E402
 
+from r2d2_hpc.agent.policy import ActorPolicy  # noqa: E402
+from r2d2_hpc.comm.messages import Command  # noqa: E402
+from r2d2_hpc.comm.messages import job_messages  # noqa: E402
+from r2d2_hpc.comm.topology import assign_role  # noqa: E402
 from r2d2_hpc.config import Config, TopologyConfig, load_config  # noqa: E402
-from r2d2_hpc.envs import make_vector_env  # noqa: E402
-from r2d2_hpc.messages import Command  # noqa: E402
-from r2d2_hpc.policy import ActorPolicy  # noqa: E402
+from r2d2_hpc.envs.factory import make_vector_env  # noqa: E402
+from r2d2_hpc.job.actor import ActorRank  # noqa: E402
+from r2d2_hpc.job.replay import ReplayRank  # noqa: E402
+from r2d2_hpc.job.role import Role, job_spec
 from r2d2_hpc.presets import load_preset  # noqa: E402
-from r2d2_hpc.ranks.actor import ActorRank  # noqa: E402
-from r2d2_hpc.ranks.common import JobSpec, Role, job_messages, job_spec  # noqa: E402
-from r2d2_hpc.ranks.replay import ReplayRank  # noqa: E402
-from r2d2_hpc.topology import assign_role  # noqa: E402
+from r2d2_hpc.types import JobSpec
 
 #: Ranks of the benchmark job: learner (parameter publisher), shard, actor.
 LEARNER, SHARD, ACTOR = 0, 1, 2
@@ -289,7 +291,7 @@ def summarize(actor_runs: List[Dict[str, float]],
 
 def bench_inproc(cfg: Config, seconds: float, repeats: int, slice_s: float) -> Dict[str, Any]:
     """Actor tick time against the bare loop, shard drained in the same process."""
-    from r2d2_hpc.transport import InMemoryHub
+    from r2d2_hpc.comm.memory_endpoint import InMemoryHub
 
     torch.set_num_threads(1)
     spec = job_spec(cfg)
@@ -368,7 +370,7 @@ class ParamsOnce(Role):
         return ("SHARD_STATS", "ACTOR_REPORT", "CONTROL")
 
     def tick(self) -> bool:
-        from r2d2_hpc.ranks.common import poll_control, stop_requested
+        from r2d2_hpc.job.role import poll_control, stop_requested
 
         stop_requested(self, poll_control(self.ep))
         for name in ("SHARD_STATS", "ACTOR_REPORT"):
@@ -405,8 +407,8 @@ def mpi_worker(overrides: Sequence[str], seconds: float, repeats: int, slice_s: 
     """Body of each rank of ``mpiexec -n 3 actor_bench.py --mpi-worker``."""
     from mpi4py import MPI
 
-    from r2d2_hpc.ranks.common import drain_and_close
-    from r2d2_hpc.transport import MPIEndpoint
+    from r2d2_hpc.job.role import drain_and_close
+    from r2d2_hpc.comm.mpi_endpoint import MPIEndpoint
 
     world = MPI.COMM_WORLD
     if world.Get_size() != 3:

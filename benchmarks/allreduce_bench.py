@@ -108,9 +108,9 @@ def worker(a: argparse.Namespace) -> None:
     import torch
     from mpi4py import MPI
 
-    from r2d2_hpc.allreduce import make_averager
-    from r2d2_hpc.learner import Learner
-    from r2d2_hpc.ranks.common import job_spec
+    from r2d2_hpc.comm.allreduce import make_averager
+    from r2d2_hpc.agent.learner import Learner
+    from r2d2_hpc.job.role import job_spec
 
     torch.set_num_threads(a.threads)
     comm = MPI.COMM_WORLD
@@ -224,7 +224,7 @@ def launch(n: int, backend: str, threads: int, config: str, steps: int, warmup: 
 
 def usable_backends(requested: Sequence[str]) -> Dict[str, str]:
     """backend -> '' if usable, else why not."""
-    from r2d2_hpc.allreduce import backend_status
+    from r2d2_hpc.comm.allreduce import backend_status
 
     status = backend_status("cpu")
     return {b: ("" if status[b][0] else status[b][1]) for b in requested}

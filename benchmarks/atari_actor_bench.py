@@ -7,10 +7,10 @@ full action set, no-op starts, unclipped rewards):
 
 * ``raw``: ``ale_py.vector_env.AtariVectorEnv`` stepped with precomputed random
   actions, nothing else: the ceiling of the emulator and its C++ preprocessing.
-* ``env``: :class:`r2d2_hpc.atari.AtariEnv` (the ``VectorEnv`` wrapper an actor
+* ``env``: :class:`r2d2_hpc.envs.atari.AtariEnv` (the ``VectorEnv`` wrapper an actor
   rank uses) with the same random actions: the wrapper's own cost.
 * ``actor``: the actor rank's inner loop: the real
-  :class:`~r2d2_hpc.policy.ActorPolicy` with the paper's network (Nature torso,
+  :class:`~r2d2_hpc.agent.policy.ActorPolicy` with the paper's network (Nature torso,
   512-unit LSTM, dueling head; ``configs/atari57.yaml``), Ape-X epsilons over
   the ``N`` envs, ``act -> env.step -> observe``: one batched ``T = 1``
   forward of ``N`` observations per step.
@@ -48,10 +48,10 @@ from _common import write_result  # noqa: E402
 
 import torch  # noqa: E402
 
-from r2d2_hpc.atari import AtariEnv  # noqa: E402
-from r2d2_hpc.atari_games import rom_id  # noqa: E402
+from r2d2_hpc.agent.policy import ActorPolicy  # noqa: E402
 from r2d2_hpc.config import Config, load_config  # noqa: E402
-from r2d2_hpc.policy import ActorPolicy  # noqa: E402
+from r2d2_hpc.envs.atari import AtariEnv  # noqa: E402
+from r2d2_hpc.envs.games import rom_id  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The paper's hyperparameters (network: Nature torso, LSTM 512, dueling 512).

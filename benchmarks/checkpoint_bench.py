@@ -43,10 +43,13 @@ from _common import write_result  # noqa: E402
 
 import torch  # noqa: E402
 
-from r2d2_hpc import checkpoint as ck  # noqa: E402
+from r2d2_hpc.agent.learner import Learner  # noqa: E402
+from r2d2_hpc.checkpoint.layout import CheckpointLayout  # noqa: E402
+from r2d2_hpc.checkpoint.restore import read_learner, restore_shard  # noqa: E402
+from r2d2_hpc.checkpoint.resume import resume_point  # noqa: E402
+from r2d2_hpc.checkpoint.validate import find_latest_valid  # noqa: E402
 from r2d2_hpc.config import (Config, EnvConfig, LearnerConfig, NetworkConfig,  # noqa: E402
                              ReplayConfig)
-from r2d2_hpc.learner import Learner  # noqa: E402
 from r2d2_hpc.replay.shard import ReplayShard  # noqa: E402
 from r2d2_hpc.types import SequenceBatch  # noqa: E402
 
@@ -139,7 +142,7 @@ def evict(path: str) -> bool:
     return True
 
 
-def checkpoint(layout: ck.CheckpointLayout, step: int, learner: Learner,
+def checkpoint(layout: CheckpointLayout, step: int, learner: Learner,
                shards: List[ReplayShard]) -> Dict[str, Any]:
     """One checkpoint through the real protocol; seconds per phase and bytes written."""
     t = {}
@@ -201,7 +204,7 @@ def main(argv=None) -> Dict[str, Any]:
             shards.append(sh)
         out["fill_seconds"] = time.perf_counter() - t0
         out["replay_live_sequences"] = [sh.count for sh in shards]
-        layout = ck.CheckpointLayout(base, keep=2, fsync=True)
+        layout = CheckpointLayout(base, keep=2, fsync=True)
 
         full = checkpoint(layout, 1000, learner, shards)
         raw_s = raw_write(os.path.join(base, "raw.bin"), full["bytes_written"])
@@ -220,7 +223,7 @@ def main(argv=None) -> Dict[str, Any]:
         v = {}
         for deep in (True, False):
             t0 = time.perf_counter()
-            info = ck.find_latest_valid(base, report=None, deep=deep)
+            info = find_latest_valid(base, report=None, deep=deep)
             v["deep_s" if deep else "sizes_only_s"] = time.perf_counter() - t0
         out["validate"] = v
 
@@ -229,13 +232,13 @@ def main(argv=None) -> Dict[str, Any]:
             if label == "cold":
                 resume["cold_evicted"] = evict(os.path.join(base, "checkpoints"))
             t0 = time.perf_counter()
-            info = ck.resume_point(base, learner.cfg, report=None)
+            info = resume_point(base, learner.cfg, report=None)
             t1 = time.perf_counter()
-            saved = ck.read_learner(info)
+            saved = read_learner(info)
             fresh = Learner(learner.cfg, OBS, ACTIONS, device="cpu")
             fresh.load_state(saved.state)
             t2 = time.perf_counter()
-            restored = [ck.restore_shard(info, i, len(shards), num_envs=8, spec=sh.spec)
+            restored = [restore_shard(info, i, len(shards), num_envs=8, spec=sh.spec)
                         for i, sh in enumerate(shards)]
             t3 = time.perf_counter()
             assert all(r.count == sh.count for r, sh in zip(restored, shards))

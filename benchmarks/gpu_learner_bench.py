@@ -33,7 +33,7 @@ so the LSTM unroll splits at resets as it does on real replay data. Four
 distinct batches are cycled.
 
 Reference and goal in the JSON: the paper's ~5 updates/s, and ours,
->= 20 updates/s on one H100 (issue #8); ``goal_met`` is only judged on CUDA.
+>= 20 updates/s on one H100; ``goal_met`` is only judged on CUDA.
 
 Usage::
 
@@ -62,7 +62,7 @@ from _common import write_result  # noqa: E402
 
 #: The paper's learner (R2D2, section 2): updates/s at batch 64 x 80-step traces.
 PAPER_UPDATES_PER_S = 5.0
-#: Our goal on one H100 (issue #8).
+#: The learner's throughput goal on one H100.
 GOAL_UPDATES_PER_S = 20.0
 
 #: Atari observations: 4 stacked 84x84 grayscale frames; the full action set.
@@ -164,7 +164,7 @@ def time_mode(cfg: Any, batches: List[Tuple[Any, np.ndarray]], steps: int,
     """
     import torch
 
-    from r2d2_hpc.learner import Learner
+    from r2d2_hpc.agent.learner import Learner
 
     torch.manual_seed(0)
     learner = Learner(cfg, ATARI_OBS_SHAPE, ATARI_NUM_ACTIONS, device=cfg.learner.device)
@@ -265,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import torch
 
     from r2d2_hpc.config import ConfigError
-    from r2d2_hpc.learner import device_errors, resolve_device
+    from r2d2_hpc.agent.device import device_errors, resolve_device
 
     try:
         resolved = resolve_device(device)
@@ -297,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
     }
-    from r2d2_hpc.learner import Learner
+    from r2d2_hpc.agent.learner import Learner
 
     num_params = Learner(cfg, ATARI_OBS_SHAPE, ATARI_NUM_ACTIONS, device="cpu").num_params
     result: Dict[str, Any] = {
@@ -309,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "paper": "R2D2 (Kapturowski et al., ICLR 2019), section 2: one GPU learner, "
                      "~5 updates/s at 64 sequences of 80 steps",
             "goal_updates_per_s": GOAL_UPDATES_PER_S,
-            "goal": ">= 20 updates/s on one H100 (issue #8)",
+            "goal": ">= 20 updates/s on one H100",
         },
         "config": {
             "batch_size": cfg.learner.batch_size, "burn_in": cfg.replay.burn_in,

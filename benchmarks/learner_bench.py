@@ -94,13 +94,14 @@ def replay_batches(cfg: Any, count: int, seed: int = 0) -> Tuple[List[Any], List
     import torch
 
     from r2d2_hpc.config import TopologyConfig
-    from r2d2_hpc.learner import Learner
-    from r2d2_hpc.losses import importance_weights
-    from r2d2_hpc.ranks.actor import ActorRank
-    from r2d2_hpc.ranks.common import job_messages, job_spec
-    from r2d2_hpc.ranks.replay import ReplayRank
-    from r2d2_hpc.topology import assign_role
-    from r2d2_hpc.transport import InMemoryHub
+    from r2d2_hpc.agent.learner import Learner
+    from r2d2_hpc.agent.losses import importance_weights
+    from r2d2_hpc.job.actor import ActorRank
+    from r2d2_hpc.comm.messages import job_messages
+    from r2d2_hpc.job.role import job_spec
+    from r2d2_hpc.job.replay import ReplayRank
+    from r2d2_hpc.comm.topology import assign_role
+    from r2d2_hpc.comm.memory_endpoint import InMemoryHub
 
     cfg = cfg.replace(replay=dataclasses.replace(cfg.replay, samples_per_insert=0.0))
     spec = job_spec(cfg)
@@ -143,8 +144,8 @@ def bench_in_memory(cfg: Any, batches: List[Any], weights: List[np.ndarray], sec
     """``Learner.step`` on the given batches, cycled, for about ``seconds``."""
     import torch
 
-    from r2d2_hpc.learner import Learner
-    from r2d2_hpc.ranks.common import job_spec
+    from r2d2_hpc.agent.learner import Learner
+    from r2d2_hpc.job.role import job_spec
 
     torch.set_num_threads(1)
     spec = job_spec(cfg)
@@ -173,9 +174,9 @@ def live_worker(overrides: Sequence[str], out_path: str) -> None:
     """Each rank of ``mpiexec -n 3 learner_bench.py --live-worker``: the real job."""
     from mpi4py import MPI
 
-    from r2d2_hpc.job import run_mpi
+    from r2d2_hpc.job.runner import run_mpi
 
-    from r2d2_hpc.ranks import learner as learner_rank
+    from r2d2_hpc.job import learner as learner_rank
 
     # Instrumentation of this benchmark only: each metrics row also carries the
     # learner thread's CPU time, so the steady window has a CPU-time rate too.

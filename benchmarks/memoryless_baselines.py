@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import write_result  # noqa: E402
 
-from r2d2_hpc.envs import CartPoleEnv  # noqa: E402
+from r2d2_hpc.envs.classic import CartPoleEnv  # noqa: E402
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

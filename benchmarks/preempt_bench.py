@@ -78,10 +78,14 @@ if ROOT not in sys.path:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import find_mpiexec, rank_pids, write_result  # noqa: E402
 
-from r2d2_hpc import checkpoint as ck  # noqa: E402
+from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE  # noqa: E402
+from r2d2_hpc.checkpoint.records import CheckpointInfo, LEARNER_FILE  # noqa: E402
+from r2d2_hpc.checkpoint.restore import read_learner, restore_shard  # noqa: E402
+from r2d2_hpc.checkpoint.resume import resume_point  # noqa: E402
+from r2d2_hpc.checkpoint.validate import find_latest_valid  # noqa: E402
+from r2d2_hpc.comm.topology import assign_role  # noqa: E402
 from r2d2_hpc.config import Config, load_config  # noqa: E402
-from r2d2_hpc.replay.shard import SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS  # noqa: E402
-from r2d2_hpc.topology import assign_role  # noqa: E402
+from r2d2_hpc.replay.layout import SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS  # noqa: E402
 
 #: The base config: the Pong workstation job (paper protocol and replay layout).
 CONFIG_FILE = os.path.join("configs", "pong_workstation.yaml")
@@ -403,7 +407,7 @@ def summary(run_dir: str) -> List[Dict[str, Any]]:
         return json.load(fh)
 
 
-def checkpoint_files(info: ck.CheckpointInfo) -> Dict[str, Any]:
+def checkpoint_files(info: CheckpointInfo) -> Dict[str, Any]:
     """Bytes of a checkpoint by the manifest, and which files are hard links.
 
     Returns:
@@ -414,7 +418,7 @@ def checkpoint_files(info: ck.CheckpointInfo) -> Dict[str, Any]:
     inodes = {_inode(os.path.join(info.path, rel)) for rel in files}
     total = sum(int(e["nbytes"]) for e in files.values())
     return {"bytes": total, "files": len(files),
-            "learner_bytes": int(files[ck.LEARNER_FILE]["nbytes"]),
+            "learner_bytes": int(files[LEARNER_FILE]["nbytes"]),
             "replay_file_bytes": sum(int(e["nbytes"]) for r, e in files.items()
                                      if r.startswith("shard-")),
             "inodes": inodes}
@@ -434,11 +438,11 @@ def preempt(job: Job, run_dir: str, target: str, rows: Mapping[str, int], ranks:
     finally:
         monitor.stop()
     seconds = time.monotonic() - t_sig
-    if rc != ck.EXIT_REQUEUE:
-        raise RuntimeError(f"exit code {rc}, expected {ck.EXIT_REQUEUE}:\n{job.output()}")
+    if rc != EXIT_REQUEUE:
+        raise RuntimeError(f"exit code {rc}, expected {EXIT_REQUEUE}:\n{job.output()}")
     ranks = summary(run_dir)
     lead = ranks[0]
-    info = ck.find_latest_valid(run_dir, report=None, deep=True)
+    info = find_latest_valid(run_dir, report=None, deep=True)
     if info is None or info.name != lead["checkpoints"][-1]:
         raise RuntimeError(f"no complete, valid checkpoint {lead['checkpoints']} in {run_dir}")
     files = checkpoint_files(info)
@@ -494,13 +498,13 @@ def restore_offline(run_dir: str, cfg: Config, spec: Any) -> Dict[str, Any]:
       shard (replay ranks, exact restore).
     """
     t0 = time.perf_counter()
-    info = ck.resume_point(run_dir, cfg, spec, report=None, deep=True)
+    info = resume_point(run_dir, cfg, spec, report=None, deep=True)
     t1 = time.perf_counter()
-    learner = ck.read_learner(info)
+    learner = read_learner(info)
     t2 = time.perf_counter()
     restored = []
     for i in range(info.num_shards):
-        shard = ck.restore_shard(info, i, info.num_shards, num_envs=cfg.actor.num_envs,
+        shard = restore_shard(info, i, info.num_shards, num_envs=cfg.actor.num_envs,
                                  seed=0)
         restored.append(shard.num_steps)
         del shard
@@ -647,7 +651,7 @@ def resume_cycle(cmd: Sequence[str], run_dir: str, prev: Dict[str, Any],
         new["resume_digest"] == old["checkpoint_digests"][str(step)]
         for old, new in zip(old_ranks, new_ranks) if new["role"] == "replay")
     res["restore_time_logged_by_job"] = False
-    info: ck.CheckpointInfo = nxt["_info"]
+    info: CheckpointInfo = nxt["_info"]
     files = info.manifest["files"]
     new_files = [rel for rel in files if _inode(os.path.join(info.path, rel))
                  not in prev["_inodes"]]
@@ -698,8 +702,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     target = int(a.target_bytes if a.target_bytes is not None else (2e6 if a.quick else 1e9))
     machine = machine_info()
 
-    from r2d2_hpc.ranks.common import job_spec
-    from r2d2_hpc.ranks.replay import make_shard
+    from r2d2_hpc.job.role import job_spec
+    from r2d2_hpc.job.replay import make_shard
 
     cfg = bench_config(settings)
     own_dir = a.run_dir is None

@@ -54,8 +54,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import run_worker, write_result  # noqa: E402
 
+from r2d2_hpc.comm.messages import declare_messages  # noqa: E402
+from r2d2_hpc.comm.wire import Layout, aligned_empty
 from r2d2_hpc.config import Config, ReplayConfig, load_config  # noqa: E402
-from r2d2_hpc.messages import Layout, aligned_empty, declare_messages  # noqa: E402
 from r2d2_hpc.presets import load_preset  # noqa: E402
 
 SENDER, RECEIVER = 0, 1
@@ -193,7 +194,7 @@ def mpi_worker(names: Sequence[str], seconds: float, repeats: int, send_depth: i
     """Body of both ranks of ``mpiexec -n 2 transport_bench.py --mpi-worker``."""
     from mpi4py import MPI
 
-    from r2d2_hpc.transport import MPIEndpoint
+    from r2d2_hpc.comm.mpi_endpoint import MPIEndpoint
 
     world = MPI.COMM_WORLD
     if world.Get_size() != 2:

@@ -30,7 +30,7 @@ LOSS_REDUCTIONS = ("sum", "mean")
 #: Values of ``learner.mixed_precision``.
 MIXED_PRECISION = ("none", "bf16", "fp16")
 
-#: Values of ``learner.allreduce`` (``r2d2_hpc.allreduce`` implements them).
+#: Values of ``learner.allreduce`` (``r2d2_hpc.comm.allreduce`` implements them).
 ALLREDUCE_CHOICES = ("auto", "horovod", "torch", "mpi")
 
 

@@ -1,4 +1,4 @@
-"""Type aliases and the batch record shared by replay, losses and learner.
+"""Type aliases and the records shared across layers: the replayed batch, the job's shapes.
 
 Shapes follow the SEED RL convention: time first, then batch.
 """
@@ -49,3 +49,27 @@ class SequenceBatch(NamedTuple):
     state_c: Array
     keys: Array
     probs: Array
+
+
+class JobSpec(NamedTuple):
+    """Shapes every rank derives identically from the config (``job.role.job_spec``).
+
+    Checkpoints record it and a resume compares it field by field.
+
+    Attributes:
+      obs_shape: one observation as the network sees it (stacked frames included).
+      frame_shape: one stored frame (``obs_shape[1:]`` when frames are stacked).
+      obs_dtype: numpy dtype name of observations.
+      num_actions: size of the action set.
+      state_size: LSTM units (h and c each).
+      num_params: length of the flat parameter vector.
+      frame_stack: frames per observation.
+    """
+
+    obs_shape: Tuple[int, ...]
+    frame_shape: Tuple[int, ...]
+    obs_dtype: str
+    num_actions: int
+    state_size: int
+    num_params: int
+    frame_stack: int

@@ -6,8 +6,8 @@
 #   sbatch --array=36 slurm/atari57.sh           # only Pong (index 36)
 #   sbatch --ntasks=32 slurm/atari57.sh          # 32 MPI ranks per game
 #
-# Task id -> game: python -m r2d2_hpc.atari_games INDEX (the one list of the
-# 57 games, r2d2_hpc/atari_games.py; --list prints them with their indices).
+# Task id -> game: python -m r2d2_hpc.envs.games INDEX (the one list of the
+# 57 games, r2d2_hpc/envs/games.py; --list prints them with their indices).
 # The %N in --array is SLURM's concurrency cap: at most N array tasks (games)
 # run at the same time; the others wait in the queue. Each game gets its own
 # run directory, $R2D2_RUN_ROOT/atari57/<Game> (default runs/atari57/<Game>),
@@ -44,7 +44,7 @@ if [ -z "$INDEX" ]; then
     exit 2
 fi
 cd "$R2D2_HOME" || { echo "atari57.sh: cannot cd to R2D2_HOME=$R2D2_HOME" >&2; exit 2; }
-GAME="$("$PYTHON" -m r2d2_hpc.atari_games "$INDEX")" || exit 2
+GAME="$("$PYTHON" -m r2d2_hpc.envs.games "$INDEX")" || exit 2
 
 export R2D2_HOME R2D2_GAME="$GAME"
 export R2D2_RUN_DIR="${R2D2_RUN_ROOT:-$R2D2_HOME/runs}/atari57/$GAME"

@@ -11,7 +11,7 @@
 # the time limit (--signal=B:USR1@120), or scancel --signal=USR1 --batch JOB
 # does. The trap below forwards SIGUSR1 to the job step; the job writes one
 # coordinated checkpoint and every rank exits with code 3 ("checkpointed,
-# requeue me", r2d2_hpc.checkpoint.EXIT_REQUEUE). This script then runs
+# requeue me", r2d2_hpc.checkpoint.preemption.EXIT_REQUEUE). This script then runs
 # `scontrol requeue` on its own job (the array form JOBID_TASKID for array
 # tasks), and the requeued job starts r2d2-train with the same run directory,
 # which resumes from the newest complete checkpoint there (each incomplete or
@@ -27,7 +27,7 @@
 #
 # Environment (all optional):
 #   R2D2_GAME             game (default: first argument, else Pong); see
-#                         python -m r2d2_hpc.atari_games --list
+#                         python -m r2d2_hpc.envs.games --list
 #   R2D2_HOME             repository root holding configs/ (default: the
 #                         submission directory, $SLURM_SUBMIT_DIR)
 #   R2D2_RUN_DIR          run directory (default: $R2D2_RUN_ROOT/atari-$GAME)

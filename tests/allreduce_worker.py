@@ -35,8 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, select_columns, tiny_config  # noqa: E402
 
-from r2d2_hpc.allreduce import encode_stop, make_averager, replica_digest  # noqa: E402
-from r2d2_hpc.learner import Learner  # noqa: E402
+from r2d2_hpc.agent.learner import Learner  # noqa: E402
+from r2d2_hpc.comm.allreduce import encode_stop, make_averager  # noqa: E402
+from r2d2_hpc.storage.digest import replica_digest
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Tests for r2d2_hpc.adder: sequence windows, step chunks and initial priorities.
+"""Tests for r2d2_hpc.agent.adder: sequence windows, step chunks and initial priorities.
 
 Most cases are rows of a table with the windows written out by hand:
 ``(start step, valid length, padded length)`` of every sequence sent and
@@ -20,9 +20,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r2d2_hpc.adder import SequenceAdder, StreamChunk, insert_chunk, sequence_windows
+from r2d2_hpc.agent.adder import SequenceAdder, StreamChunk, insert_chunk, sequence_windows
 from r2d2_hpc.config import Config, EnvConfig, ReplayConfig, LearnerConfig, NetworkConfig
-from r2d2_hpc.envs import CounterEnv, FrameStack
+from r2d2_hpc.envs.base import FrameStack
+from r2d2_hpc.envs.classic import CounterEnv
 from r2d2_hpc.replay.shard import ReplayShard
 
 H = 3          # state size in the fake streams
@@ -266,7 +267,7 @@ def test_emit_period_holds_chunks_back_without_changing_them():
 
 
 def test_chunks_pack_into_step_chunk_messages():
-    from r2d2_hpc.messages import declare_messages
+    from r2d2_hpc.comm.messages import declare_messages
     cfg = Config(env=EnvConfig(name="counter", frame_stack=1),
                  replay=ReplayConfig(burn_in=2, trace_length=4, sequence_period=3),
                  network=NetworkConfig(lstm_size=H))
@@ -389,7 +390,7 @@ def test_priority_by_hand(eta, expected):
 
 def test_priority_matches_the_losses_functions_on_the_same_sequence():
     """n-step (n = 3) priorities equal ``sequence_priorities`` of the learner's TD errors."""
-    from r2d2_hpc.losses import n_step_double_q_targets, sequence_priorities
+    from r2d2_hpc.agent.losses import n_step_double_q_targets, sequence_priorities
     adder = make_adder(1, 2, 4, 3, n_step=3)
     d = drive(adder, [[(13, T)]], 14, use_last=True, seed=3)
     assert d.chunks

@@ -30,26 +30,14 @@ import numpy as np
 import pytest
 import torch
 
-from r2d2_hpc.allreduce import (
-    AUTO_ORDER,
-    BACKENDS,
-    HOROVOD_INSTALL,
-    BackendUnavailable,
-    MpiAllreduceAverager,
-    TorchDistAverager,
-    auto_reason,
-    backend_status,
-    check_allreduce,
-    choose_backend,
-    decode_stop,
-    encode_stop,
-    horovod_status,
-    make_averager,
-    replica_digest,
-)
+from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.comm.allreduce import (AUTO_ORDER, BACKENDS, BackendUnavailable, HOROVOD_INSTALL,
+                                     MpiAllreduceAverager, TorchDistAverager, auto_reason,
+                                     backend_status, check_allreduce, choose_backend, decode_stop,
+                                     encode_stop, horovod_status, make_averager)
 from r2d2_hpc.config import load_config
-from r2d2_hpc.learner import Learner
 from r2d2_hpc.presets import load_preset
+from r2d2_hpc.storage.digest import replica_digest
 from fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, tiny_config
 from test_job import ROOT, TINY, launch, mpiexec, sets
 
@@ -130,7 +118,7 @@ def test_auto_reason_names_the_choice_the_order_and_what_was_skipped(
 
 def test_auto_on_a_cpu_learner_logs_mpi_and_never_probes_horovod(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import r2d2_hpc.allreduce as allreduce
+    import r2d2_hpc.comm.allreduce as allreduce
 
     def no_probe() -> Tuple[bool, str]:
         raise AssertionError("auto on a CPU learner must not import horovod")

@@ -1,4 +1,4 @@
-"""Tests for r2d2_hpc.atari (real ALE through ale-py) and r2d2_hpc.atari_scores."""
+"""Tests for r2d2_hpc.atari (real ALE through ale-py) and r2d2_hpc.envs.scores."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from r2d2_hpc.atari import AtariEnv, check_game, env_seeds, episode_step_cap, step_cap
-from r2d2_hpc.atari_games import ATARI57, rom_id
-from r2d2_hpc.atari_scores import (REFERENCE_SCORES, aggregate, human_normalized,
-                                   human_score, random_score)
 from r2d2_hpc.config import EnvConfig
-from r2d2_hpc.envs import make_vector_env
+from r2d2_hpc.envs.atari import AtariEnv, check_game, env_seeds, episode_step_cap, step_cap
+from r2d2_hpc.envs.factory import make_vector_env
+from r2d2_hpc.envs.games import ATARI57, rom_id
+from r2d2_hpc.envs.scores import (REFERENCE_SCORES, aggregate, human_normalized,
+                                   human_score, random_score)
 from r2d2_hpc.replay.shard import ReplayShard
 
 # Full action set indices (ALE): 0 NOOP, 1 FIRE, 2 UP, 3 RIGHT, 4 LEFT, 5 DOWN, ...
@@ -375,7 +375,7 @@ def test_pong_workstation_config_is_64_ranks_with_the_paper_protocol():
     import os
 
     from r2d2_hpc.config import load_config
-    from r2d2_hpc.topology import assign_role
+    from r2d2_hpc.comm.topology import assign_role
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(root, "configs", "pong_workstation.yaml"))

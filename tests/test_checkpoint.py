@@ -18,17 +18,20 @@ import numpy as np
 import pytest
 import torch
 
-from r2d2_hpc import checkpoint as ck
-from r2d2_hpc.checkpoint import (EXIT_REQUEUE, CheckpointError, CheckpointIncompatible,
-                                 CheckpointLayout, CheckpointSchedule, PreemptionFlag,
-                                 compatibility_errors, find_latest_valid, read_actors,
-                                 read_learner, read_tree, restore_shard, resume_point,
-                                 write_tree)
-from r2d2_hpc.ckpt_cli import main as ckpt_main
+from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.checkpoint.layout import CheckpointLayout
+from r2d2_hpc.checkpoint.preemption import CheckpointSchedule, EXIT_REQUEUE, PreemptionFlag
+from r2d2_hpc.checkpoint.records import CheckpointInfo, MANIFEST, list_checkpoints
+from r2d2_hpc.checkpoint.records import CheckpointError, CheckpointIncompatible
+from r2d2_hpc.checkpoint.restore import read_actors, read_learner, restore_shard
+from r2d2_hpc.checkpoint.resume import compatibility_errors, resume_point
+from r2d2_hpc.checkpoint.validate import open_checkpoint
+from r2d2_hpc.checkpoint.validate import find_latest_valid
+from r2d2_hpc.cli.ckpt import main as ckpt_main
+from r2d2_hpc.comm.topology import shard_for_stream_id, stream_id
 from r2d2_hpc.config import CheckpointConfig, Config, save_config
-from r2d2_hpc.learner import Learner
 from r2d2_hpc.replay.shard import ReplayShard
-from r2d2_hpc.topology import shard_for_stream_id, stream_id
+from r2d2_hpc.storage.h5tree import read_tree, write_tree
 from r2d2_hpc.types import SequenceBatch
 
 from fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, tiny_config
@@ -90,7 +93,7 @@ def trained_learner(cfg: Config, steps: int = 2) -> Learner:
 def write_checkpoint(run_dir: str, step: int, cfg: Config, shards: Sequence[ReplayShard],
                      learner_state: Optional[dict] = None, keep: int = 3,
                      actors: Optional[List[Dict[str, int]]] = None,
-                     layout: Optional[CheckpointLayout] = None) -> ck.CheckpointInfo:
+                     layout: Optional[CheckpointLayout] = None) -> CheckpointInfo:
     """The protocol of the module docstring, all roles in this process."""
     layout = layout or CheckpointLayout(run_dir, keep=keep, fsync=False)
     path = layout.begin(step)
@@ -282,8 +285,8 @@ def test_incremental_checkpoint_links_unchanged_segments_and_leaves_the_previous
         assert os.stat(os.path.join(first.shard_dir(0), n)).st_ino == \
             os.stat(os.path.join(second.shard_dir(0), n)).st_ino
     # Both checkpoints validate and restore exactly to their own state.
-    for info, state in ((ck.open_checkpoint(first.path), state1),
-                        (ck.open_checkpoint(second.path), shard.get_state())):
+    for info, state in ((open_checkpoint(first.path), state1),
+                        (open_checkpoint(second.path), shard.get_state())):
         assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).get_state().equals(state)
 
 
@@ -293,7 +296,9 @@ def test_incremental_checkpoint_links_unchanged_segments_and_leaves_the_previous
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, sys.argv[2]); sys.path.insert(0, sys.argv[2] + "/tests")
-    from r2d2_hpc.checkpoint import CheckpointLayout, find_latest_valid, restore_shard
+    from r2d2_hpc.checkpoint.layout import CheckpointLayout
+    from r2d2_hpc.checkpoint.restore import restore_shard
+    from r2d2_hpc.checkpoint.validate import find_latest_valid
     from fakes import tiny_config
     run = sys.argv[1]
     info = find_latest_valid(run, report=None)
@@ -346,7 +351,7 @@ def test_kill_9_while_writing_keeps_the_previous_checkpoint(tmp_path) -> None:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert os.path.isdir(partial), "killed too late: the checkpoint was committed"
-    assert [os.path.basename(p) for p in ck.list_checkpoints(run)] == ["ckpt-000000000001"]
+    assert [os.path.basename(p) for p in list_checkpoints(run)] == ["ckpt-000000000001"]
     lines, say = report_sink()
     info = find_latest_valid(run, report=say)
     assert info is not None and info.step == 1
@@ -362,7 +367,8 @@ def test_kill_9_while_writing_keeps_the_previous_checkpoint(tmp_path) -> None:
 _SIGNAL_SCRIPT = textwrap.dedent("""
     import sys, time, numpy as np
     sys.path.insert(0, sys.argv[2]); sys.path.insert(0, sys.argv[2] + "/tests")
-    from r2d2_hpc.checkpoint import EXIT_REQUEUE, CheckpointLayout, PreemptionFlag
+    from r2d2_hpc.checkpoint.layout import CheckpointLayout
+    from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE, PreemptionFlag
     from fakes import tiny_config
     flag = PreemptionFlag().install()
     print("ready", flush=True)
@@ -497,11 +503,11 @@ def test_manifest_damage_and_missing_manifest_are_detected(tmp_path) -> None:
     write_checkpoint(run, 1, cfg, [shard])
     second = write_checkpoint(run, 2, cfg, [shard])
     third = write_checkpoint(run, 3, cfg, [shard])
-    mpath = os.path.join(third.path, ck.MANIFEST)
+    mpath = os.path.join(third.path, MANIFEST)
     manifest = json.load(open(mpath))
     manifest["step"] = 4  # edited without fixing the body crc32
     json.dump(manifest, open(mpath, "w"))
-    os.remove(os.path.join(second.path, ck.MANIFEST))
+    os.remove(os.path.join(second.path, MANIFEST))
     lines, say = report_sink()
     assert find_latest_valid(run, report=say).step == 1
     assert len(lines) == 2
@@ -528,7 +534,7 @@ def test_commit_refuses_when_a_part_is_missing(tmp_path) -> None:
     layout.write_actors(path, [])
     with pytest.raises(CheckpointError, match="learner.h5 is at step 5, commit asked for step 6"):
         layout.commit(path, 6, 1)
-    assert ck.list_checkpoints(run) == []
+    assert list_checkpoints(run) == []
 
 
 def test_a_second_checkpoint_at_the_same_step_is_the_newest(tmp_path) -> None:
@@ -557,12 +563,12 @@ def test_keep_k_newest_and_the_survivors_restore(tmp_path, keep, count) -> None:
         fill(shard, [0, 1], seed=k)
         write_checkpoint(run, 10 * k, cfg, [shard], keep=keep)
         states[10 * k] = shard.get_state().copy()
-    names = [os.path.basename(p) for p in ck.list_checkpoints(run)]
+    names = [os.path.basename(p) for p in list_checkpoints(run)]
     kept = list(range(max(1, count - keep + 1), count + 1))
     assert names == [f"ckpt-{10 * k:012d}" for k in kept]
     assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith(".")]
-    for p in ck.list_checkpoints(run):  # deleting older ones broke no hard link
-        info = ck.open_checkpoint(p)
+    for p in list_checkpoints(run):  # deleting older ones broke no hard link
+        info = open_checkpoint(p)
         assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).get_state().equals(
             states[info.step])
 
@@ -761,7 +767,7 @@ def test_ckpt_cli_runs_as_a_module(tmp_path) -> None:
     shard = new_shard()
     fill(shard, [0], seed=0)
     write_checkpoint(run, 9, tiny_config(), [shard])
-    res = subprocess.run([sys.executable, "-m", "r2d2_hpc.ckpt_cli", "list", run], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "r2d2_hpc.cli.ckpt", "list", run], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "ckpt-000000000009  step 9  valid" in res.stdout
 

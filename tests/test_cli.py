@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from r2d2_hpc.cli import EXIT_BAD_INPUT, train_main
+from r2d2_hpc.cli.train import EXIT_BAD_INPUT, train_main
 from test_job import mpiexec as find_mpiexec  # one finder for the suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from r2d2_hpc.config import EnvConfig
-from r2d2_hpc.envs import (CartPoleEnv, CounterEnv, EpisodeStats, FrameStack,
-                           counter_episode_lengths, make_vector_env)
+from r2d2_hpc.envs.base import EpisodeStats, FrameStack
+from r2d2_hpc.envs.classic import CartPoleEnv, CounterEnv, counter_episode_lengths
+from r2d2_hpc.envs.factory import make_vector_env
 
 
 # --------------------------------------------------------------------------- #

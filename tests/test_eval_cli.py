@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from r2d2_hpc import eval_cli
-from r2d2_hpc.checkpoint import CheckpointLayout
+from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.checkpoint.layout import CheckpointLayout
+from r2d2_hpc.cli import eval as eval_cli
 from r2d2_hpc.config import Config, load_config
-from r2d2_hpc.learner import Learner
-from r2d2_hpc.ranks.common import job_spec
+from r2d2_hpc.job.role import job_spec
 from test_job import mpiexec as find_mpiexec  # one finder for the suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -288,13 +288,13 @@ def test_aggregate_reports_an_unreadable_eval_json(tmp_path, capsys):
 def test_entry_point_subprocess(pong, tmp_path):
     run = copy_run(pong["run"], str(tmp_path / "run"))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "r2d2_hpc.eval_cli", run, "--episodes", "1",
+    proc = subprocess.run([sys.executable, "-m", "r2d2_hpc.cli.eval", run, "--episodes", "1",
                            "--threads", "1"], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "human-normalised score:" in proc.stdout
     assert json.load(open(os.path.join(run, "eval.json")))["episodes"] == 1
-    proc = subprocess.run([sys.executable, "-m", "r2d2_hpc.eval_cli", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "r2d2_hpc.cli.eval", str(tmp_path / "nope")],
                           capture_output=True, text=True, env=env, cwd=str(tmp_path),
                           timeout=300)
     assert proc.returncode == 2
@@ -327,7 +327,7 @@ def test_end_to_end_pong_mpiexec_checkpoint_then_eval(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.isdir(os.path.join(run, "checkpoints")), f"{run}: the job wrote no checkpoints/"
-    proc = subprocess.run([sys.executable, "-m", "r2d2_hpc.eval_cli", run, "--episodes", "2",
+    proc = subprocess.run([sys.executable, "-m", "r2d2_hpc.cli.eval", run, "--episodes", "2",
                            "--json"], capture_output=True, text=True, env=env,
                           cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,13 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from r2d2_hpc.agent.evaluation import Evaluator
+from r2d2_hpc.agent.exploration import apex_epsilon
+from r2d2_hpc.agent.exploration import EPSILON_BUCKET_COLUMNS, epsilon_buckets
+from r2d2_hpc.agent.network import R2D2Network
 from r2d2_hpc.config import EnvConfig, LoggingConfig, load_config
-from r2d2_hpc.evaluation import Evaluator
-from r2d2_hpc.job import run_serial
-from r2d2_hpc.losses import apex_epsilon
-from r2d2_hpc.network import R2D2Network
+from r2d2_hpc.job.runner import run_serial
 from r2d2_hpc.presets import load_preset
-from r2d2_hpc.ranks.learner import EPSILON_BUCKET_COLUMNS, epsilon_buckets
 
 from tests.fakes import tiny_config
 
@@ -133,7 +133,7 @@ def test_epsilon_buckets_property(num_envs, buckets, seed):
 # ---------------------------------------------------------------- in the job
 
 def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
-    import r2d2_hpc.ranks.actor as actor_rank
+    import r2d2_hpc.job.actor as actor_rank
 
     monkeypatch.setattr(actor_rank, "REPORT_INTERVAL_S", 0.0)  # episodes reach the learner
     cfg = load_config(None, [
@@ -171,7 +171,7 @@ def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
 
 def test_default_step_cap_is_the_atari_frame_cap_or_the_episode_cap():
     from r2d2_hpc.config import load_config
-    from r2d2_hpc.evaluation import default_step_cap
+    from r2d2_hpc.agent.evaluation import default_step_cap
 
     atari = load_config(None, ["env.name=atari", "env.max_episode_frames=108000"])
     assert default_step_cap(atari) == 27_000          # 108,000 frames / frame skip 4

@@ -11,7 +11,7 @@ import time
 
 
 from r2d2_hpc.config import load_config
-from r2d2_hpc.job import run_serial
+from r2d2_hpc.job.runner import run_serial
 from r2d2_hpc.presets import load_preset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

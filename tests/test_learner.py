@@ -1,4 +1,4 @@
-"""Tests for r2d2_hpc.learner: the step, target schedule, reducer, state and ΔQ."""
+"""Tests for r2d2_hpc.agent.learner: the step, target schedule, reducer, state and ΔQ."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from r2d2_hpc.config import Config, ConfigError
-from r2d2_hpc.learner import (
+from r2d2_hpc.agent.device import device_errors, resolve_device
+from r2d2_hpc.agent.learner import (
     METRIC_KEYS,
     Learner,
-    device_errors,
     mixed_precision_forward,
     network_unroll,
     q_value_discrepancy,
-    resolve_device,
 )
+from r2d2_hpc.config import Config, ConfigError
 from fakes import (
     NUM_ACTIONS,
     OBS_SHAPE,
@@ -124,7 +123,7 @@ def test_step_rejects_weights_of_the_wrong_shape() -> None:
 
 def test_priorities_follow_the_eta_mix_of_the_trace_errors() -> None:
     """Priorities equal eta max|δ| + (1 - eta) mean|δ| recomputed from the loss pieces."""
-    from r2d2_hpc import losses
+    from r2d2_hpc.agent import losses
 
     learner = make_learner()
     batch = random_sequence_batch(learner.cfg, seed=3)
@@ -549,7 +548,7 @@ def test_an_inf_gradient_skips_the_step_and_halves_the_scale() -> None:
 def test_scaler_state_round_trip_through_a_checkpoint_file(tmp_path) -> None:
     import h5py
 
-    from r2d2_hpc.checkpoint import read_tree, write_tree
+    from r2d2_hpc.storage.h5tree import read_tree, write_tree
 
     cfg = tiny_config(learning_rate=1e-2)
     batch = random_sequence_batch(cfg, seed=26)
@@ -633,6 +632,6 @@ def test_no_cuda_message_says_how_to_run_on_the_cpu(monkeypatch: pytest.MonkeyPa
     ("auto", 1, 0, "auto"), ("cuda", 1, 0, "cuda"),
 ])
 def test_spread_device_round_robin_over_a_nodes_gpus(spec, local, count, expected):
-    from r2d2_hpc.learner import spread_device
+    from r2d2_hpc.agent.device import spread_device
 
     assert spread_device(spec, local, count) == expected

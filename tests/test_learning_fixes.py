@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from r2d2_hpc.job import torch_threads
+from r2d2_hpc.job.runner import torch_threads
 
 
 @pytest.mark.parametrize("role, cores, ranks, expected", [
-    # 4 ranks on a 2-core laptop: the learner must not run 2 threads (it used
-    # torch's default, 2, and one step took 54-168 ms instead of 6 ms).
+    # 4 ranks on a 2-core laptop: the learner must not run 2 threads (torch's
+    # default); docs/decisions.md, "Torch threads per rank".
     ("learner", 2, 4, 1),
     ("replay", 2, 4, 1),
     ("actor", 2, 4, 1),

@@ -1,4 +1,4 @@
-"""Tests of r2d2_hpc.losses against hand-computed values.
+"""Tests of r2d2_hpc.agent.losses against hand-computed values.
 
 Conventions in the tables: ``h`` is the value rescaling with eps = 1e-3; numbers
 ``h(k)`` with ``k + 1`` a perfect square are exact by hand, e.g.
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from r2d2_hpc.losses import (
-    apex_epsilon,
+from r2d2_hpc.agent.exploration import apex_epsilon
+from r2d2_hpc.agent.losses import (
     episode_run_end,
     importance_weights,
     n_step_double_q_targets,

@@ -8,23 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from r2d2_hpc.comm.messages import (Command, Messages, TAGS, declare_messages,
+                                    default_chunk_limits, sample_reply_arrays, sequence_batch_of,
+                                    shard_stats_of)
+from r2d2_hpc.comm.wire import Field, Layout, MAGIC, MessageError, PROTOCOL_VERSION, Var
 from r2d2_hpc.config import Config, LearnerConfig, ReplayConfig
-from r2d2_hpc.messages import (
-    MAGIC,
-    PROTOCOL_VERSION,
-    TAGS,
-    Command,
-    Field,
-    Layout,
-    MessageError,
-    Messages,
-    Var,
-    declare_messages,
-    default_chunk_limits,
-    sample_reply_arrays,
-    sequence_batch_of,
-    shard_stats_of,
-)
 from r2d2_hpc.types import SequenceBatch
 
 

@@ -1,4 +1,4 @@
-"""Tests for r2d2_hpc.network: shapes, in-sequence resets, state carry, scaling, heads."""
+"""Tests for r2d2_hpc.agent.network: shapes, in-sequence resets, state carry, scaling, heads."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r2d2_hpc.config import NetworkConfig
-from r2d2_hpc.network import (
+from r2d2_hpc.agent.network import (
     R2D2Network,
     TorchState,
     conv_output_hw,
@@ -19,6 +18,7 @@ from r2d2_hpc.network import (
     reset_state,
     segment_starts,
 )
+from r2d2_hpc.config import NetworkConfig
 
 torch.set_num_threads(1)
 

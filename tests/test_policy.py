@@ -1,4 +1,4 @@
-"""Tests for r2d2_hpc.policy: state carry, resets, epsilon-greedy, parameter loads."""
+"""Tests for r2d2_hpc.agent.policy: state carry, resets, epsilon-greedy, parameter loads."""
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from chi2_util import chi2_goodness_of_fit
 from fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, tiny_config
-from r2d2_hpc.learner import Learner
-from r2d2_hpc.policy import ActOutput, ActorPolicy
+from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.agent.policy import ActOutput, ActorPolicy
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from r2d2_hpc.replay.layout import make_keys, split_keys
+from r2d2_hpc.replay.reshard import reshard, shard_for_stream
 from r2d2_hpc.replay.sampling import ShardStats, allocate_batch, global_probabilities
-from r2d2_hpc.replay.shard import ReplayShard, make_keys, reshard, shard_for_stream, split_keys
+from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.types import SequenceBatch
 
 from chi2_util import chi2_goodness_of_fit, chi2_two_sample

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from r2d2_hpc.replay import snapshot as snap
-from r2d2_hpc.replay.shard import ReplayShard, shard_for_stream
+from r2d2_hpc.replay.reshard import shard_for_stream
+from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, load_resharded,
                                       load_snapshot, save_snapshot)
 from r2d2_hpc.types import SequenceBatch

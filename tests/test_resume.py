@@ -15,7 +15,9 @@ import sys
 import time
 
 
-from r2d2_hpc.checkpoint import EXIT_REQUEUE, find_latest_valid, list_checkpoints
+from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE
+from r2d2_hpc.checkpoint.records import list_checkpoints
+from r2d2_hpc.checkpoint.validate import find_latest_valid
 from r2d2_hpc.replay.snapshot import load_snapshot
 
 from test_job import TINY, launch, mpiexec, sets, ROOT

@@ -7,10 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from r2d2_hpc.learner import Learner
-from r2d2_hpc.run_outputs import (LEARNER_STATE_FORMAT, plot_learning_curve,
-                                  read_learner_state, write_learner_state,
-                                  write_run_outputs)
+from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.job.outputs import (LEARNER_STATE_FORMAT, plot_learning_curve, read_learner_state,
+                                  write_learner_state, write_run_outputs)
 
 from tests.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, tiny_config
 

@@ -22,7 +22,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
-from r2d2_hpc.atari_games import ATARI57, game, main as games_main, rom_id
+from r2d2_hpc.envs.games import ATARI57, game, main as games_main, rom_id
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import slurm_cluster  # noqa: E402
@@ -71,7 +71,7 @@ def test_atari_games_command(capsys) -> None:
     assert games_main(["36"]) == 0 and capsys.readouterr().out == "Pong\n"
     assert games_main(["--count"]) == 0 and capsys.readouterr().out == "57\n"
     assert games_main(["57"]) == 2 and "0..56" in capsys.readouterr().err
-    res = subprocess.run([PY, "-m", "r2d2_hpc.atari_games", "31"], cwd=ROOT,
+    res = subprocess.run([PY, "-m", "r2d2_hpc.envs.games", "31"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout == "MontezumaRevenge\n"
 
@@ -225,7 +225,7 @@ FAKE_STEP = textwrap.dedent("""\
     #!/usr/bin/env bash
     # Stand-in for the training step: the first run waits for SIGUSR1 and exits 3
     # ("checkpointed, requeue me"); later runs exit 0 at once.
-    if [ "${1:-}" = "-m" ] && [ "${2:-}" = "r2d2_hpc.atari_games" ]; then exec REAL_PY "$@"; fi
+    if [ "${1:-}" = "-m" ] && [ "${2:-}" = "r2d2_hpc.envs.games" ]; then exec REAL_PY "$@"; fi
     echo "step restart=${SLURM_RESTART_COUNT:-0} args=$*" >> "$FAKE_LOG"
     if [ -e "$FAKE_LOG.done" ]; then echo "step: done" >> "$FAKE_LOG"; exit 0; fi
     trap 'touch "$FAKE_LOG.done"; echo "step: got USR1" >> "$FAKE_LOG"; exit 3' USR1
@@ -268,7 +268,8 @@ def test_atari57_array_task_signal_requeues_itself_and_restarts(cluster, jobs,
 def test_preempted_run_checkpoints_requeues_and_resumes(cluster, jobs, tmp_path) -> None:
     """SIGUSR1 -> one coordinated checkpoint -> every rank exits 3 -> requeue ->
     the same command resumes from the checkpoint and finishes the budget."""
-    from r2d2_hpc.checkpoint import EXIT_REQUEUE, find_latest_valid
+    from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE
+    from r2d2_hpc.checkpoint.validate import find_latest_valid
 
     run = tmp_path / "run"
     env = _script_env(tmp_path, R2D2_RUN_DIR=str(run), R2D2_LAUNCHER="srun",

@@ -5,20 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from r2d2_hpc.comm.topology import (ACTOR, LEARNER, REPLAY, RoleInfo, TopologyError,
+                                    actor_of_stream, actors_of_shard, assign_role, shard_for_actor,
+                                    shard_for_stream_id, stream_id)
 from r2d2_hpc.config import TopologyConfig
-from r2d2_hpc.topology import (
-    ACTOR,
-    LEARNER,
-    REPLAY,
-    RoleInfo,
-    TopologyError,
-    actor_of_stream,
-    actors_of_shard,
-    assign_role,
-    shard_for_actor,
-    shard_for_stream_id,
-    stream_id,
-)
 
 
 # (learners, shards, size) -> the role of every rank, written out by hand.

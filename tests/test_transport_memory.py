@@ -8,8 +8,10 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
-from r2d2_hpc.messages import Command, MessageError
-from r2d2_hpc.transport import Endpoint, InMemoryHub
+from r2d2_hpc.comm.endpoint import Endpoint
+from r2d2_hpc.comm.memory_endpoint import InMemoryHub
+from r2d2_hpc.comm.messages import Command
+from r2d2_hpc.comm.wire import MessageError
 
 from transport_contract import (
     ALL_BODIES,

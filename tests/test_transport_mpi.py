@@ -16,17 +16,13 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 import pytest
 
+from r2d2_hpc.comm.endpoint import Backoff
+from r2d2_hpc.comm.messages import Command, declare_messages
+from r2d2_hpc.comm.mpi_endpoint import (MPIEndpoint, ParamPublisher, ParamSubscriber, RecvPool,
+                                        SendPool)
+from r2d2_hpc.comm.topology import TopologyError, split_communicators
+from r2d2_hpc.comm.wire import Layout, MessageError
 from r2d2_hpc.config import Config, TopologyConfig
-from r2d2_hpc.messages import Command, Layout, MessageError, declare_messages
-from r2d2_hpc.topology import TopologyError, split_communicators
-from r2d2_hpc.transport import (
-    Backoff,
-    MPIEndpoint,
-    ParamPublisher,
-    ParamSubscriber,
-    RecvPool,
-    SendPool,
-)
 
 from transport_contract import (
     ALL_BODIES,
@@ -459,7 +455,7 @@ class _FakeComm:
 
 
 def test_recv_pool_delivers_in_matching_order_when_completions_are_not(monkeypatch):
-    import r2d2_hpc.transport as transport
+    import r2d2_hpc.comm.mpi_endpoint as transport
 
     monkeypatch.setattr(transport, "_mpi", lambda: _FakeMPI)
     layout = contract_messages().CONTROL

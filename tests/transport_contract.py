@@ -2,9 +2,9 @@
 
 Each ``body_*`` function is what one rank does; a harness runs it on every
 rank: ``tests/test_transport_mpi.py`` under ``mpiexec -n 2`` (or 4) with one
-:class:`~r2d2_hpc.transport.MPIEndpoint` per process, and
+:class:`~r2d2_hpc.comm.mpi_endpoint.MPIEndpoint` per process, and
 ``tests/test_transport_memory.py`` with one thread per virtual rank of an
-:class:`~r2d2_hpc.transport.InMemoryHub`. Rank 0 plays the learner (publisher,
+:class:`~r2d2_hpc.comm.memory_endpoint.InMemoryHub`. Rank 0 plays the learner (publisher,
 collector), every other rank an actor. ``barrier()`` is a barrier with a
 timeout, so a bug fails instead of hanging.
 """
@@ -15,9 +15,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from r2d2_hpc.comm.endpoint import Endpoint, Received
+from r2d2_hpc.comm.messages import Command, Messages, TAGS, declare_messages
+from r2d2_hpc.comm.wire import Layout
 from r2d2_hpc.config import Config, LearnerConfig, ReplayConfig
-from r2d2_hpc.messages import TAGS, Command, Layout, Messages, declare_messages
-from r2d2_hpc.transport import Endpoint, Received
 
 #: Every wait in a contract test gives up after this many seconds.
 TIMEOUT = 15.0

@@ -34,7 +34,7 @@ Importance weights
 Shards return *local* probabilities ``p_{s,j} / m_s``.
 :func:`global_probabilities` turns them into ``P(s, j)`` and
 :func:`global_count` gives ``N``, the number of items in the union; the learner
-passes both to ``r2d2_hpc.losses.importance_weights(probs, num_items, beta)``,
+passes both to ``r2d2_hpc.agent.losses.importance_weights(probs, num_items, beta)``,
 which computes ``w_i = (N * P(i)) ** -beta / max_k w_k`` (Schaul et al., 2016;
 ``beta`` is R2D2's ``importance_sampling_exponent``, 0.6).
 

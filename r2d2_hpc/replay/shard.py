@@ -1,44 +1,9 @@
 """A replay shard: prioritized sequence replay that stores every observation once.
 
-R2D2 (Kapturowski et al., 2019) replays fixed-length sequences of
-``sequence_length = burn_in + trace_length`` steps (paper: 40 + 80 = 120) that
-start every ``sequence_period`` steps (paper: 40), so each step lies in three
-sequences; with 4-frame stacks every frame would appear in twelve stacks. A
-shard therefore never copies steps into sequences. It keeps
-
-* a **step ring** of ``capacity_observations`` rows: row ``r`` holds one step's
-  newest frame ``o_t`` (only the newest one when frames are stacked), ``a_t``,
-  ``r_t``, ``discount_t`` and ``first_t``. Steps are written in arrival order
-  at ``abs % C`` where ``abs`` counts every step ever written (``write``);
-* a **sequence table** of ``capacity_sequences`` slots: per sequence the ring
-  rows it references (``pos``), its valid length, stream id, first step
-  number, the stored LSTM state at its start, ``prev_action``/``prev_reward``
-  before its first step, the raw priority, a generation counter and a
-  sum-tree leaf ``priority ** priority_exponent``.
-
-How a sequence references the ring (frame_stack k = 3, sequence_length T = 4;
-``S`` marks the stream's steps, ``x`` another stream's, ``*`` an episode
-start; ``C`` in ``pos`` is the sentinel row, an all-zero frame)::
-
-    ring row:   0    1    2    3    4    5    6    7    8    9
-    step:      S10* S11  x    x    S12  S13  S14  x    S15  S16
-                ^    ^              ^    ^    ^         ^
-    sequence (stream S, start_step 12, length 4):
-      pos = [ 0,  1 | 4,  5,  6,  8 ]       k-1 = 2 stack rows, then T step rows
-             pre-start   t=0 t=1 t=2 t=3
-      stack(t) = frames[pos[t : t + k]]     e.g. stack(0) = rows 0, 1, 4
-    sequence (stream S, start_step 11, length 2, T = 4):
-      pos = [ C,  0 | 1,  4,  C,  C ]       step 10 starts the episode, so the
-                                            row before it is the fill (zeros);
-                                            t >= length is padding (all C)
-
-The ``k - 1`` pre-start rows are the frames the first stack needs; they are
-looked up when the sequence is inserted, following ``first`` flags backwards
-so that a stack never reaches across an episode start: before the episode's
-first frame the stack holds zeros (``stack_fill="zeros"``, the default) or
-repeats that first frame (``stack_fill="first"``). Sample-time stacking is then
-a single fancy-indexing gather ``frames[idx]`` with ``idx`` of shape
-``[T, B, k]`` built by a sliding window over ``pos``.
+A shard keeps a step ring (each step's newest frame, once) and a table of
+sequences that reference ring rows, with a sum-tree over the sequences'
+priorities; :mod:`r2d2_hpc.replay.layout` draws how a sequence references the
+ring and defines the keys and the state record.
 
 Eviction is FIFO and can never leave a live sequence pointing at overwritten
 rows: each sequence stores ``oldest``, the smallest ``abs`` it references
@@ -63,377 +28,28 @@ it starts an episode (``first[0]``); it then *resets* the stream (an actor
 restart): old runs are forgotten (already stored sequences keep their rows)
 and later sequences may reference only the new steps.
 
-Keys are ``generation << 32 | slot``. A slot's generation is incremented every
-time it receives a new sequence, so ``update_priorities`` recognises keys
-whose slot was evicted (not live) or reused (other generation) since they
-were sampled and drops them silently; keys that were never issued raise.
-
 Every public mutator validates all of its inputs before it changes anything,
 so a ``ValueError`` (which names the offending field) leaves the shard exactly
 as it was.
-
-The complete state is an explicit record (``ShardState``): ring fields,
-sequence fields, per-slot fields, stream tables, counters and the RNG state.
-``r2d2_hpc.replay.snapshot`` maps it to HDF5 files; the ring and the sequence
-table are split into fixed *segments* whose versions (``mutation`` counter at
-their last write) let a snapshot rewrite only what changed.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from r2d2_hpc.replay.checks import (check_index, check_int, check_priorities, check_sequences,
+                                    check_steps)
+from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, OBS_DTYPES, SEQUENCE_FIELDS,
+                                    SEQUENCE_SEGMENT_BYTES, SLOT_FIELDS,
+                                    STEP_FIELDS, STEP_SEGMENT_BYTES, ShardSpec, ShardState,
+                                    copy_json, make_keys, split_keys)
 from r2d2_hpc.replay.sampling import ShardStats
+from r2d2_hpc.replay.streams import Stream, StreamIndex
 from r2d2_hpc.replay.sumtree import SumTree
 from r2d2_hpc.types import SequenceBatch
 
-__all__ = [
-    "STEP_FIELDS", "SEQUENCE_FIELDS", "SLOT_FIELDS", "STREAM_FIELDS", "RUN_FIELDS",
-    "ShardSpec", "ShardState", "ReplayShard", "ShardSource", "make_keys", "split_keys",
-    "shard_for_stream", "build_resharded", "reshard",
-]
-
-#: Fields of the step ring, ``[capacity_observations, ...]``.
-STEP_FIELDS: Tuple[str, ...] = ("frames", "action", "reward", "discount", "first")
-#: Large per-sequence fields, written once when a sequence is inserted.
-SEQUENCE_FIELDS: Tuple[str, ...] = ("pos", "length", "start_step", "state_h", "state_c",
-                                    "prev_action", "prev_reward")
-#: Small per-slot fields, ``[capacity_sequences]``.
-SLOT_FIELDS: Tuple[str, ...] = ("stream", "oldest", "priority", "generation", "live",
-                                "tree_leaves")
-#: Per-stream table, one row per known stream (sorted by id).
-STREAM_FIELDS: Tuple[str, ...] = ("stream_id", "next_step", "epoch_first")
-#: Runs of consecutive steps of one stream stored at consecutive ``abs``.
-RUN_FIELDS: Tuple[str, ...] = ("run_stream", "run_step_lo", "run_abs_lo", "run_n")
-
-_SLOT_BITS = 32
-_SLOT_MASK = (1 << _SLOT_BITS) - 1
-_STACK_FILLS = ("zeros", "first")
-_OBS_DTYPES = ("uint8", "float32")
-#: Default segment sizes aim at this many bytes per segment file.
-_STEP_SEGMENT_BYTES = 8 << 20
-_SEQUENCE_SEGMENT_BYTES = 4 << 20
-#: Priority given to new sequences before any priority has been seen.
-INITIAL_MAX_PRIORITY = 1.0
-
-
-def make_keys(slots: np.ndarray, generations: np.ndarray) -> np.ndarray:
-    """Packs replay keys ``generation << 32 | slot``.
-
-    Args:
-      slots: ``<int>[N]`` slot indices, ``< 2**32``.
-      generations: ``<int>[N]`` slot generations, ``< 2**31``.
-
-    Returns:
-      ``<int64>[N]`` keys.
-    """
-    return (np.asarray(generations, np.int64) << _SLOT_BITS) | np.asarray(slots, np.int64)
-
-
-def split_keys(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Inverse of ``make_keys``.
-
-    Args:
-      keys: ``<int64>[N]`` non-negative keys.
-
-    Returns:
-      ``(slots <int64>[N], generations <int64>[N])``.
-    """
-    k = np.asarray(keys, np.int64)
-    return k & _SLOT_MASK, k >> _SLOT_BITS
-
-
-def shard_for_stream(stream_id: int, num_shards: int) -> int:
-    """The shard that owns an actor stream: ``stream_id mod num_shards``.
-
-    Actors route every message of a stream to this shard, and re-sharding uses
-    the same rule, so a stream's overlapping steps stay deduplicated together.
-
-    Args:
-      stream_id: non-negative stream id.
-      num_shards: number of replay shards, ``>= 1``.
-
-    Returns:
-      The shard index in ``[0, num_shards)``.
-    """
-    return int(stream_id) % int(num_shards)
-
-
-# ----------------------------------------------------------------------------
-# Layout and state records
-# ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    """Immutable layout of a shard (everything but its contents)."""
-
-    frame_shape: Tuple[int, ...]
-    """Shape of one stored frame, e.g. (84, 84) for Atari or (D,) for vectors."""
-    obs_dtype: str
-    """'uint8' (frames) or 'float32' (vector observations)."""
-    frame_stack: int
-    """Frames per observation k; 1 = no stacking (paper: 4, as Ape-X)."""
-    stack_fill: str
-    """Stack slots before an episode's first frame: 'zeros' or 'first' (repeat it)."""
-    capacity_observations: int
-    """Rows of the step ring (each one stored frame)."""
-    capacity_sequences: int
-    """Sequence slots."""
-    sequence_length: int
-    """Stored steps per sequence, burn_in + trace_length (paper: 40 + 80 = 120)."""
-    state_size: int
-    """LSTM units H of the stored recurrent state (paper: 512)."""
-    priority_exponent: float
-    """alpha: the sum-tree holds priority ** alpha (paper Table 2: 0.9)."""
-    segment_observations: int
-    """Ring rows per snapshot segment."""
-    segment_sequences: int
-    """Sequence slots per snapshot segment."""
-
-    @property
-    def obs_shape(self) -> Tuple[int, ...]:
-        """Shape of one observation: ``(k, *frame_shape)``, or ``frame_shape`` if k = 1."""
-        if self.frame_stack == 1:
-            return tuple(self.frame_shape)
-        return (self.frame_stack,) + tuple(self.frame_shape)
-
-    @property
-    def span(self) -> int:
-        """Ring rows referenced per sequence: ``frame_stack - 1 + sequence_length``."""
-        return self.frame_stack - 1 + self.sequence_length
-
-    @property
-    def frame_bytes(self) -> int:
-        """Bytes of one stored frame."""
-        return int(np.prod(self.frame_shape, dtype=np.int64)) * np.dtype(self.obs_dtype).itemsize
-
-    @property
-    def num_step_segments(self) -> int:
-        """Number of ring segments."""
-        return -(-self.capacity_observations // self.segment_observations)
-
-    @property
-    def num_sequence_segments(self) -> int:
-        """Number of sequence-table segments."""
-        return -(-self.capacity_sequences // self.segment_sequences)
-
-    def step_segment_rows(self, segment: int) -> Tuple[int, int]:
-        """Ring rows ``[lo, hi)`` of a segment."""
-        lo = segment * self.segment_observations
-        return lo, min(self.capacity_observations, lo + self.segment_observations)
-
-    def sequence_segment_rows(self, segment: int) -> Tuple[int, int]:
-        """Sequence slots ``[lo, hi)`` of a segment."""
-        lo = segment * self.segment_sequences
-        return lo, min(self.capacity_sequences, lo + self.segment_sequences)
-
-    def field_layout(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
-        """Row shape and dtype of every ring and sequence field."""
-        h = (self.state_size,)
-        return {
-            "frames": (tuple(self.frame_shape), np.dtype(self.obs_dtype)),
-            "action": ((), np.dtype(np.int64)),
-            "reward": ((), np.dtype(np.float32)),
-            "discount": ((), np.dtype(np.float32)),
-            "first": ((), np.dtype(np.bool_)),
-            "pos": ((self.span,), np.dtype(np.int32)),
-            "length": ((), np.dtype(np.int32)),
-            "start_step": ((), np.dtype(np.int64)),
-            "state_h": (h, np.dtype(np.float32)),
-            "state_c": (h, np.dtype(np.float32)),
-            "prev_action": ((), np.dtype(np.int64)),
-            "prev_reward": ((), np.dtype(np.float32)),
-            "stream": ((), np.dtype(np.int64)),
-            "oldest": ((), np.dtype(np.int64)),
-            "priority": ((), np.dtype(np.float64)),
-            "generation": ((), np.dtype(np.int64)),
-            "live": ((), np.dtype(np.bool_)),
-            "tree_leaves": ((), np.dtype(np.float64)),
-        }
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-able dict (inverse of ``from_dict``)."""
-        d = dataclasses.asdict(self)
-        d["frame_shape"] = list(self.frame_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "ShardSpec":
-        """Rebuilds and validates a spec from ``to_dict`` output.
-
-        Raises:
-          ValueError: on missing/unknown keys or invalid values.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(d) != names:
-            raise ValueError(f"spec: expected keys {sorted(names)}, got {sorted(d)}")
-        kw = dict(d)
-        kw["frame_shape"] = tuple(int(x) for x in d["frame_shape"])
-        spec = cls(**kw)
-        errors = spec.errors()
-        if errors:
-            raise ValueError("invalid replay shard spec: " + "; ".join(errors))
-        return spec
-
-    def errors(self) -> List[str]:
-        """Every problem with this spec, each naming its field (empty if valid)."""
-        e: List[str] = []
-
-        def pos_int(name: str, value: Any) -> bool:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                e.append(f"{name}: must be a positive int, got {value!r}")
-                return False
-            return True
-
-        if not self.frame_shape or not all(
-                isinstance(x, (int, np.integer)) and x >= 1 for x in self.frame_shape):
-            e.append(f"frame_shape: must be a non-empty tuple of positive ints, "
-                     f"got {self.frame_shape!r}")
-        if self.obs_dtype not in _OBS_DTYPES:
-            e.append(f"obs_dtype: must be one of {_OBS_DTYPES}, got {self.obs_dtype!r}")
-        if self.stack_fill not in _STACK_FILLS:
-            e.append(f"stack_fill: must be one of {_STACK_FILLS}, got {self.stack_fill!r}")
-        valid = {n: pos_int(n, getattr(self, n)) for n in (
-            "frame_stack", "capacity_observations", "capacity_sequences", "sequence_length",
-            "state_size", "segment_observations", "segment_sequences")}
-        if not (isinstance(self.priority_exponent, (float, int)) and
-                math.isfinite(self.priority_exponent) and self.priority_exponent >= 0):
-            e.append(f"priority_exponent: must be a finite float >= 0, "
-                     f"got {self.priority_exponent!r}")
-        if valid["frame_stack"] and valid["sequence_length"] and \
-                valid["capacity_observations"]:
-            if self.capacity_observations < self.span:
-                e.append(f"capacity_observations: {self.capacity_observations} cannot hold one "
-                         f"sequence ({self.span} rows = frame_stack - 1 + sequence_length)")
-        if valid["capacity_observations"] and self.capacity_observations >= 2 ** 31 - 1:
-            e.append(f"capacity_observations: {self.capacity_observations} must be < 2**31-1")
-        if valid["capacity_sequences"] and self.capacity_sequences >= 2 ** 31:
-            e.append(f"capacity_sequences: {self.capacity_sequences} must be < 2**31")
-        return e
-
-
-@dataclass
-class ShardState:
-    """Explicit record of everything a shard holds (what snapshots save).
-
-    ``steps`` fields are ``[capacity_observations, ...]``, ``sequences`` and
-    ``slots`` fields ``[capacity_sequences, ...]`` (layout in
-    ``ShardSpec.field_layout``); ``streams`` holds ``STREAM_FIELDS`` and
-    ``RUN_FIELDS`` as ``<int64>`` vectors. ``counters``: ``write``,
-    ``seq_write``, ``max_priority``, ``num_dropped_sequences``, ``mutation``,
-    ``snapshot_id``, ``snapshot_uid``. Arrays returned by
-    ``ReplayShard.get_state`` are views of the live storage; call ``copy()``
-    to keep them.
-    """
-
-    spec: ShardSpec
-    steps: Dict[str, np.ndarray]
-    sequences: Dict[str, np.ndarray]
-    slots: Dict[str, np.ndarray]
-    streams: Dict[str, np.ndarray]
-    counters: Dict[str, Union[int, float, str]]
-    rng_state: Dict[str, Any]
-    step_segment_versions: np.ndarray
-    sequence_segment_versions: np.ndarray
-
-    def copy(self) -> "ShardState":
-        """Deep copy (arrays copied)."""
-        cp = lambda d: {k: np.array(v, copy=True) for k, v in d.items()}  # noqa: E731
-        return ShardState(self.spec, cp(self.steps), cp(self.sequences), cp(self.slots),
-                          cp(self.streams), dict(self.counters), _copy_json(self.rng_state),
-                          self.step_segment_versions.copy(),
-                          self.sequence_segment_versions.copy())
-
-    def equals(self, other: "ShardState") -> bool:
-        """Exact equality of every array, counter and the RNG state."""
-        if self.spec != other.spec or self.counters != other.counters:
-            return False
-        if self.rng_state != other.rng_state:
-            return False
-        for a, b in ((self.steps, other.steps), (self.sequences, other.sequences),
-                     (self.slots, other.slots), (self.streams, other.streams)):
-            if a.keys() != b.keys():
-                return False
-            for k in a:
-                if a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k]):
-                    return False
-        return (np.array_equal(self.step_segment_versions, other.step_segment_versions) and
-                np.array_equal(self.sequence_segment_versions, other.sequence_segment_versions))
-
-
-def _copy_json(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _copy_json(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_copy_json(v) for v in d]
-    return d
-
-
-@dataclass
-class _Stream:
-    """Insert bookkeeping of one actor stream."""
-
-    next_step: int
-    """Number of the next step the stream will send."""
-    epoch_first: int
-    """First step number since the stream's last reset (an episode start)."""
-    runs: List[Tuple[int, int, int]] = field(default_factory=list)
-    """``(step_lo, abs_lo, n)``: steps ``step_lo + i`` live at ``abs_lo + i``."""
-
-
-# ----------------------------------------------------------------------------
-# Input validation helpers (all raise ValueError naming the field)
-# ----------------------------------------------------------------------------
-
-
-def _int_scalar(where: str, name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{where}: {name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{where}: {name}: must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _array(where: str, name: str, value: Any, shape: Tuple[int, ...], kind: str) -> np.ndarray:
-    """Checks shape and dtype kind ('i' integer, 'f' float, 'b' bool) of an array-like."""
-    arr = np.asarray(value)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{where}: {name}: expected shape {tuple(shape)}, got {arr.shape}")
-    ok = {"i": arr.dtype.kind in "iu", "f": arr.dtype.kind == "f", "b": arr.dtype == np.bool_}
-    if not ok[kind]:
-        want = {"i": "an integer", "f": "a floating", "b": "a bool"}[kind]
-        raise ValueError(f"{where}: {name}: expected {want} dtype, got {arr.dtype}")
-    return arr
-
-
-def _finite_f32(where: str, name: str, arr: np.ndarray) -> np.ndarray:
-    out = arr.astype(np.float32)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        i = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), out.shape)
-        raise ValueError(f"{where}: {name}: must be finite (as float32), "
-                         f"got {arr[i]!r} at index {tuple(int(x) for x in i)}")
-    return out
-
-
-def _priorities(where: str, name: str, value: Any, n: int) -> np.ndarray:
-    arr = _array(where, name, value, (n,), "f").astype(np.float64)
-    bad = ~np.isfinite(arr) | (arr < 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where}: {name}: must be finite and >= 0, got {arr[i]!r} at index {i}")
-    return arr
-
-
-# ----------------------------------------------------------------------------
-# The shard
-# ----------------------------------------------------------------------------
+__all__ = ["ReplayShard"]
 
 
 class ReplayShard:
@@ -478,16 +94,16 @@ class ReplayShard:
             dtype_name = str(obs_dtype)
         shape = tuple(frame_shape)
         frame_bytes = (int(np.prod(shape, dtype=np.int64)) *
-                       (np.dtype(dtype_name).itemsize if dtype_name in _OBS_DTYPES else 1))
+                       (np.dtype(dtype_name).itemsize if dtype_name in OBS_DTYPES else 1))
         if segment_observations is None and isinstance(capacity_observations, int):
             segment_observations = max(1, min(capacity_observations,
-                                              _STEP_SEGMENT_BYTES // max(1, frame_bytes)))
+                                              STEP_SEGMENT_BYTES // max(1, frame_bytes)))
         if segment_sequences is None and isinstance(capacity_sequences, int):
             row = (frame_stack - 1 + sequence_length) * 4 + 8 * state_size + 40 \
                 if isinstance(frame_stack, int) and isinstance(sequence_length, int) and \
                 isinstance(state_size, int) else 1
             segment_sequences = max(1, min(capacity_sequences,
-                                           _SEQUENCE_SEGMENT_BYTES // max(1, row)))
+                                           SEQUENCE_SEGMENT_BYTES // max(1, row)))
         spec = ShardSpec(shape, dtype_name, frame_stack, stack_fill, capacity_observations,
                          capacity_sequences, sequence_length, state_size,
                          float(priority_exponent) if isinstance(priority_exponent, (int, float))
@@ -524,7 +140,7 @@ class ReplayShard:
         self._slot: Dict[str, np.ndarray] = {
             n: np.zeros((S,) + lay[n][0], lay[n][1]) for n in SLOT_FIELDS if n != "tree_leaves"}
         self._tree = SumTree(S)
-        self._streams: Dict[int, _Stream] = {}
+        self._streams = StreamIndex()
         self._write = 0
         self._seq_write = 0
         self._count = 0
@@ -573,7 +189,7 @@ class ReplayShard:
 
     def streams(self) -> Dict[int, Tuple[int, int]]:
         """``{stream_id: (epoch_first, next_step)}`` for every known stream."""
-        return {s: (st.epoch_first, st.next_step) for s, st in self._streams.items()}
+        return self._streams.positions()
 
     def stats(self) -> ShardStats:
         """Totals for exact cross-shard sampling.
@@ -616,33 +232,10 @@ class ReplayShard:
           ValueError: naming the field, with the shard unchanged.
         """
         w = "add_steps"
-        sid = _int_scalar(w, "stream_id", stream_id)
-        start = _int_scalar(w, "first_step_index", first_step_index)
-        if not isinstance(obs, np.ndarray):
-            raise ValueError(f"{w}: obs: expected a numpy array, got {type(obs).__name__}")
-        if obs.ndim != 1 + len(self.spec.frame_shape) or obs.shape[1:] != self.spec.frame_shape:
-            want = ", ".join(map(str, self.spec.frame_shape))
-            raise ValueError(f"{w}: obs: expected shape (N, {want}), got {obs.shape}")
-        if obs.dtype != np.dtype(self.spec.obs_dtype):
-            raise ValueError(f"{w}: obs: expected dtype {self.spec.obs_dtype}, got {obs.dtype}")
+        sid = check_int(w, "stream_id", stream_id)
+        start = check_int(w, "first_step_index", first_step_index)
+        obs, act, rew, disc, fst = check_steps(self.spec, obs, action, reward, discount, first)
         n = obs.shape[0]
-        if n < 1:
-            raise ValueError(f"{w}: obs: expected at least one step, got 0")
-        if n > self._C:
-            raise ValueError(f"{w}: obs: {n} steps exceed capacity_observations {self._C}")
-        act = _array(w, "action", action, (n,), "i")
-        if (act < 0).any():
-            raise ValueError(f"{w}: action: must be >= 0, got {act.min()}")
-        if act.dtype == np.uint64 and (act > np.iinfo(np.int64).max).any():
-            raise ValueError(f"{w}: action: values exceed int64")
-        rew = _finite_f32(w, "reward", _array(w, "reward", reward, (n,), "f"))
-        disc = _finite_f32(w, "discount", _array(w, "discount", discount, (n,), "f"))
-        if ((disc < 0) | (disc > 1)).any():
-            bad_d = disc[(disc < 0) | (disc > 1)][0]
-            raise ValueError(f"{w}: discount: must lie in [0, 1], got {bad_d}")
-        fst = _array(w, "first", first, (n,), "b")
-        if obs.dtype.kind == "f" and not np.isfinite(obs).all():
-            raise ValueError(f"{w}: obs: must be finite")
         stream = self._streams.get(sid)
         reset = stream is None or start != stream.next_step
         if reset and not fst[0]:
@@ -675,35 +268,12 @@ class ReplayShard:
         if n1 < n:
             self._step_versions[0:(n - n1 - 1) // g + 1] = self._mutation
         if reset:
-            stream = _Stream(next_step=start, epoch_first=start)
-            self._streams[sid] = stream
+            stream = self._streams.restart(sid, start)
         assert stream is not None
-        runs = stream.runs
-        if runs and runs[-1][0] + runs[-1][2] == start and runs[-1][1] + runs[-1][2] == self._write:
-            lo, alo, m = runs[-1]
-            runs[-1] = (lo, alo, m + n)
-        else:
-            runs.append((start, self._write, n))
-        stream.next_step = start + n
+        stream.append(start, self._write, n)
         self._write = new_write
         if limit > 0:
-            for st in self._streams.values():
-                while st.runs and st.runs[0][1] + st.runs[0][2] <= limit:
-                    st.runs.pop(0)
-
-    def _lookup(self, stream: _Stream, steps: np.ndarray) -> np.ndarray:
-        """``abs`` of each step number of ``stream``; -1 where not stored (or overwritten)."""
-        out = np.full(steps.shape, -1, np.int64)
-        if not stream.runs:
-            return out
-        runs = np.asarray(stream.runs, np.int64)
-        i = np.searchsorted(runs[:, 0], steps, side="right") - 1
-        ic = np.maximum(i, 0)
-        off = steps - runs[ic, 0]
-        a = runs[ic, 1] + off
-        ok = (i >= 0) & (off < runs[ic, 2]) & (a >= self._write - self._C)
-        out[ok] = a[ok]
-        return out
+            self._streams.forget_before(limit)
 
     def add_sequences(self, stream_id: int, start_step: np.ndarray, length: np.ndarray,
                       state_h: np.ndarray, state_c: np.ndarray, prev_action: np.ndarray,
@@ -735,31 +305,13 @@ class ReplayShard:
           ValueError: naming the field, with the shard unchanged.
         """
         w = "add_sequences"
-        sid = _int_scalar(w, "stream_id", stream_id)
+        sid = check_int(w, "stream_id", stream_id)
         stream = self._streams.get(sid)
         if stream is None:
             raise ValueError(f"{w}: stream_id: unknown stream {sid} (add its steps first)")
-        starts = np.asarray(start_step)
-        if starts.ndim != 1 or starts.shape[0] < 1:
-            raise ValueError(f"{w}: start_step: expected shape (M,) with M >= 1, "
-                             f"got {starts.shape}")
+        starts, lens, h, c, pa, pr, prio = check_sequences(
+            self.spec, start_step, length, state_h, state_c, prev_action, prev_reward, priority)
         m = starts.shape[0]
-        if m > self._S:
-            raise ValueError(f"{w}: start_step: {m} sequences exceed capacity_sequences {self._S}")
-        starts = _array(w, "start_step", starts, (m,), "i").astype(np.int64)
-        lens = _array(w, "length", length, (m,), "i").astype(np.int64)
-        H = self.spec.state_size
-        h = _finite_f32(w, "state_h", _array(w, "state_h", state_h, (m, H), "f"))
-        c = _finite_f32(w, "state_c", _array(w, "state_c", state_c, (m, H), "f"))
-        pa = _array(w, "prev_action", prev_action, (m,), "i")
-        if (pa < 0).any():
-            raise ValueError(f"{w}: prev_action: must be >= 0, got {pa.min()}")
-        pr = _finite_f32(w, "prev_reward", _array(w, "prev_reward", prev_reward, (m,), "f"))
-        prio = None if priority is None else _priorities(w, "priority", priority, m)
-        bad = (lens < 1) | (lens > self._T)
-        if bad.any():
-            raise ValueError(f"{w}: length: must lie in [1, {self._T}], got "
-                             f"{lens[bad][0]} at index {int(np.flatnonzero(bad)[0])}")
         bad = starts < stream.epoch_first
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -771,41 +323,7 @@ class ReplayShard:
             raise ValueError(f"{w}: start_step: sequence {i} (steps {starts[i]}.."
                              f"{starts[i] + lens[i] - 1}) references steps stream {sid} has "
                              f"not sent (next step is {stream.next_step})")
-
-        k1, C = self._k - 1, self._C
-        offs = np.arange(-k1, self._T, dtype=np.int64)
-        steps = starts[:, None] + offs[None, :]                       # [M, span]
-        in_seq = (offs[None, :] >= 0) & (offs[None, :] < lens[:, None])
-        absv = self._lookup(stream, np.where(in_seq | (offs[None, :] < 0), steps, -1))
-        kept = ~((absv < 0) & in_seq).any(axis=1)                   # all own steps stored
-        rows = np.where(absv >= 0, absv % C, C)
-        first_ring = self._ring["first"]
-        inner = in_seq & (offs[None, :] > 0) & kept[:, None]
-        crossing = inner & first_ring[rows]
-        if crossing.any():
-            i, j = np.argwhere(crossing)[0]
-            raise ValueError(f"{w}: length: sequence {i} (start_step {starts[i]}, length "
-                             f"{lens[i]}) crosses the episode start at step {steps[i, j]}")
-        pos = np.where(in_seq, rows, C).astype(np.int64)
-        oldest = np.where(in_seq, absv, np.iinfo(np.int64).max).min(axis=1)
-        # Walk back from the start while the episode continues: the stack of
-        # step 0 needs step start-j iff none of steps start-j+1 .. start is first.
-        need = kept.copy()
-        at_first = first_ring[pos[:, k1]]
-        fill = pos[:, k1].copy() if self.spec.stack_fill == "first" else np.full(m, C, np.int64)
-        for j in range(1, k1 + 1):
-            col = k1 - j
-            need &= ~at_first
-            a = absv[:, col]
-            missing = need & (a < 0)
-            kept &= ~missing
-            need &= ~missing
-            r = np.where(need, a % C, C)
-            pos[:, col] = np.where(need, r, fill)
-            if self.spec.stack_fill == "first":
-                fill = np.where(need, r, fill)
-            oldest = np.where(need, np.minimum(oldest, a), oldest)
-            at_first = np.where(need, first_ring[r], at_first)
+        pos, oldest, kept = self._sequence_rows(stream, starts, lens)
 
         # ---- everything validated: mutate.
         keys = np.full(m, -1, np.int64)
@@ -844,6 +362,60 @@ class ReplayShard:
         self._seq_versions[np.unique(slots // self.spec.segment_sequences)] = self._mutation
         keys[idx] = make_keys(slots, sl["generation"][slots])
         return keys
+
+    def _sequence_rows(self, stream: Stream, starts: np.ndarray, lens: np.ndarray
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ring rows of ``M`` sequences of ``stream`` (see the layout's ``pos`` diagram).
+
+        Args:
+          stream: the sequences' stream.
+          starts: ``<int64>[M]`` first step numbers (already checked against the stream).
+          lens: ``<int64>[M]`` valid lengths.
+
+        Returns:
+          ``(pos <int64>[M, span], oldest <int64>[M], kept <bool>[M])``: ``kept`` is
+          False where a step (or a frame the first stack needs) was overwritten.
+
+        Raises:
+          ValueError: if a sequence crosses an episode start.
+        """
+        m = starts.shape[0]
+        k1, C = self._k - 1, self._C
+        offs = np.arange(-k1, self._T, dtype=np.int64)
+        steps = starts[:, None] + offs[None, :]                       # [M, span]
+        in_seq = (offs[None, :] >= 0) & (offs[None, :] < lens[:, None])
+        absv = stream.lookup(np.where(in_seq | (offs[None, :] < 0), steps, -1), self._write - C)
+        kept = ~((absv < 0) & in_seq).any(axis=1)                   # all own steps stored
+        rows = np.where(absv >= 0, absv % C, C)
+        first_ring = self._ring["first"]
+        inner = in_seq & (offs[None, :] > 0) & kept[:, None]
+        crossing = inner & first_ring[rows]
+        if crossing.any():
+            i, j = np.argwhere(crossing)[0]
+            raise ValueError(f"add_sequences: length: sequence {i} (start_step {starts[i]}, "
+                             f"length {lens[i]}) crosses the episode start at step "
+                             f"{steps[i, j]}")
+        pos = np.where(in_seq, rows, C).astype(np.int64)
+        oldest = np.where(in_seq, absv, np.iinfo(np.int64).max).min(axis=1)
+        # Walk back from the start while the episode continues: the stack of
+        # step 0 needs step start-j iff none of steps start-j+1 .. start is first.
+        need = kept.copy()
+        at_first = first_ring[pos[:, k1]]
+        fill = pos[:, k1].copy() if self.spec.stack_fill == "first" else np.full(m, C, np.int64)
+        for j in range(1, k1 + 1):
+            col = k1 - j
+            need &= ~at_first
+            a = absv[:, col]
+            missing = need & (a < 0)
+            kept &= ~missing
+            need &= ~missing
+            r = np.where(need, a % C, C)
+            pos[:, col] = np.where(need, r, fill)
+            if self.spec.stack_fill == "first":
+                fill = np.where(need, r, fill)
+            oldest = np.where(need, np.minimum(oldest, a), oldest)
+            at_first = np.where(need, first_ring[r], at_first)
+        return pos, oldest, kept
 
     def _leaf(self, p: np.ndarray) -> np.ndarray:
         """Sum-tree leaf of raw priorities: ``p ** alpha``."""
@@ -893,7 +465,7 @@ class ReplayShard:
         """
         w = "update_priorities"
         slots, _, current = self._check_keys(w, keys)
-        p = _priorities(w, "priorities", priorities, slots.size)
+        p = check_priorities(w, "priorities", priorities, slots.size)
         if not current.any():
             return 0
         s, p = slots[current], p[current]
@@ -926,7 +498,7 @@ class ReplayShard:
           ValueError: if ``batch_size < 1``, ``obs_out`` does not fit, or no
             live sequence has positive priority (nothing is drawn then).
         """
-        b = _int_scalar("sample", "batch_size", batch_size, minimum=1)
+        b = check_int("sample", "batch_size", batch_size, minimum=1)
         self._check_obs_out("sample", obs_out, b)
         if self._count == 0 or not self._tree.total > 0.0:
             raise ValueError("sample: the shard holds no sequence with positive priority")
@@ -1033,9 +605,9 @@ class ReplayShard:
             steps={n: a[:C] for n, a in self._ring.items()},
             sequences=dict(self._seq),
             slots={n: slots[n] for n in SLOT_FIELDS},
-            streams=self._stream_table(),
+            streams=self._streams.table(),
             counters=self._counters(),
-            rng_state=_copy_json(self._rng.bit_generator.state),
+            rng_state=copy_json(self._rng.bit_generator.state),
             step_segment_versions=self._step_versions,
             sequence_segment_versions=self._seq_versions)
 
@@ -1044,17 +616,6 @@ class ReplayShard:
                 "max_priority": self._max_priority, "num_dropped_sequences": self._num_dropped,
                 "mutation": self._mutation, "snapshot_id": self._snapshot_id,
                 "snapshot_uid": self._snapshot_uid}
-
-    def _stream_table(self) -> Dict[str, np.ndarray]:
-        ids = sorted(self._streams)
-        st = [self._streams[i] for i in ids]
-        runs = [(i, *r) for i in ids for r in self._streams[i].runs]
-        ra = np.asarray(runs, np.int64).reshape(-1, 4)
-        return {"stream_id": np.asarray(ids, np.int64),
-                "next_step": np.asarray([s.next_step for s in st], np.int64),
-                "epoch_first": np.asarray([s.epoch_first for s in st], np.int64),
-                "run_stream": ra[:, 0].copy(), "run_step_lo": ra[:, 1].copy(),
-                "run_abs_lo": ra[:, 2].copy(), "run_n": ra[:, 3].copy()}
 
     def storage_views(self) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
         """Writable views ``(steps, sequences)`` of the ring and sequence table.
@@ -1076,31 +637,8 @@ class ReplayShard:
           ValueError: naming the first inconsistent field; the shard may then
             hold a partial state and should be discarded.
         """
-        spec, S, C = self.spec, self._S, self._C
-        lay = spec.field_layout()
-        for n in SLOT_FIELDS:
-            a = slots.get(n)
-            if a is None:
-                raise ValueError(f"slots: missing field {n!r}")
-            if a.shape != (S,) or a.dtype != lay[n][1]:
-                raise ValueError(f"slots: {n}: expected {lay[n][1]}{(S,)}, got {a.dtype}{a.shape}")
-        for n in STREAM_FIELDS + RUN_FIELDS:
-            a = streams.get(n)
-            if a is None or a.ndim != 1 or a.dtype != np.int64:
-                raise ValueError(f"streams: {n}: expected an int64 vector")
-        if len({streams[n].shape for n in STREAM_FIELDS}) != 1 or \
-                len({streams[n].shape for n in RUN_FIELDS}) != 1:
-            raise ValueError("streams: field lengths disagree")
-        want = {"write", "seq_write", "max_priority", "num_dropped_sequences", "mutation",
-                "snapshot_id", "snapshot_uid"}
-        if set(counters) != want:
-            raise ValueError(f"counters: expected {sorted(want)}, got {sorted(counters)}")
-        if step_segment_versions.shape != (spec.num_step_segments,) or \
-                sequence_segment_versions.shape != (spec.num_sequence_segments,):
-            raise ValueError("segment versions: wrong length")
-        pos = self._seq["pos"]
-        if pos.size and (pos.min() < 0 or pos.max() > C):
-            raise ValueError(f"sequences: pos: values must lie in [0, {C}]")
+        check_index(self.spec, slots, streams, counters, step_segment_versions,
+                    sequence_segment_versions, self._seq["pos"])
         leaves = slots["tree_leaves"]
         live = slots["live"]
         tree = SumTree.from_leaves(leaves)  # validates finite, >= 0
@@ -1113,14 +651,7 @@ class ReplayShard:
                 self._slot[n][...] = slots[n]
         self._tree = tree
         self._rng = rng
-        self._streams = {}
-        for sid, nxt, ef in zip(streams["stream_id"].tolist(), streams["next_step"].tolist(),
-                                streams["epoch_first"].tolist()):
-            self._streams[sid] = _Stream(next_step=nxt, epoch_first=ef)
-        for sid, lo, alo, n in zip(*(streams[f].tolist() for f in RUN_FIELDS)):
-            if sid not in self._streams:
-                raise ValueError(f"streams: run of unknown stream {sid}")
-            self._streams[sid].runs.append((lo, alo, n))
+        self._streams = StreamIndex.from_table(streams)
         self._write = int(counters["write"])
         self._seq_write = int(counters["seq_write"])
         self._max_priority = float(counters["max_priority"])
@@ -1153,7 +684,7 @@ class ReplayShard:
                 d[...] = group[n]
         self.load_index({n: np.array(a) for n, a in state.slots.items()},
                         {n: np.array(a) for n, a in state.streams.items()},
-                        dict(state.counters), _copy_json(state.rng_state),
+                        dict(state.counters), copy_json(state.rng_state),
                         state.step_segment_versions, state.sequence_segment_versions)
 
     def mark_snapshot(self, snapshot_id: int, snapshot_uid: str) -> None:
@@ -1167,297 +698,3 @@ class ReplayShard:
                 f"capacity_observations={s.capacity_observations}, "
                 f"capacity_sequences={s.capacity_sequences}, count={self._count}, "
                 f"steps={self.num_steps})")
-
-
-# ----------------------------------------------------------------------------
-# Re-sharding
-# ----------------------------------------------------------------------------
-
-
-class ShardSource(Protocol):
-    """Read access to one shard's state (in memory or a snapshot on disk)."""
-
-    spec: ShardSpec
-
-    def slot_table(self) -> Dict[str, np.ndarray]:
-        """``SLOT_FIELDS`` arrays."""
-
-    def stream_table(self) -> Dict[str, np.ndarray]:
-        """``STREAM_FIELDS`` and ``RUN_FIELDS`` arrays."""
-
-    def counters(self) -> Dict[str, Any]:
-        """The counters of ``ShardState``."""
-
-    def read_sequences(self, slots: np.ndarray) -> Dict[str, np.ndarray]:
-        """``SEQUENCE_FIELDS`` rows of the given (sorted) slots."""
-
-    def read_steps(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
-        """``STEP_FIELDS`` rows of the given (sorted) ring rows, all in one segment."""
-
-
-class _MemorySource:
-    """``ShardSource`` over a shard in memory."""
-
-    def __init__(self, shard: ReplayShard) -> None:
-        self._state = shard.get_state()
-        self.spec = shard.spec
-
-    def slot_table(self) -> Dict[str, np.ndarray]:
-        return self._state.slots
-
-    def stream_table(self) -> Dict[str, np.ndarray]:
-        return self._state.streams
-
-    def counters(self) -> Dict[str, Any]:
-        return self._state.counters
-
-    def read_sequences(self, slots: np.ndarray) -> Dict[str, np.ndarray]:
-        return {n: a[slots] for n, a in self._state.sequences.items()}
-
-    def read_steps(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
-        return {n: a[rows] for n, a in self._state.steps.items()}
-
-
-def _abs_of_rows(rows: np.ndarray, write: int, capacity: int) -> np.ndarray:
-    """``abs`` of the step in each ring row: the largest ``a < write`` with ``a % C == row``."""
-    return write - 1 - np.mod(write - 1 - rows, capacity)
-
-
-def build_resharded(sources: Sequence[ShardSource], shard_index: int, num_shards: int, *,
-                    capacity_observations: Optional[int] = None,
-                    capacity_sequences: Optional[int] = None, seed: int = 0,
-                    strict: bool = True,
-                    assign: Callable[[int, int], int] = shard_for_stream) -> ReplayShard:
-    """Builds shard ``shard_index`` of ``num_shards`` from the contents of ``sources``.
-
-    Keeps every live sequence whose stream maps to ``shard_index``
-    (``assign(stream, num_shards)``) with its priority and stored state, the
-    ring rows those sequences reference, and each such stream's live steps and
-    step numbering (so its actor can continue). Ring rows are copied in the
-    order they were written, interleaved across sources by how many steps ago
-    they were written, so the FIFO order of eviction is preserved. New keys are
-    issued: every slot's generation starts above all source generations, so no
-    key from before the re-shard can match.
-
-    Args:
-      sources: shards to read (``_MemorySource`` or a snapshot source), all of
-        one layout but possibly different capacities.
-      shard_index: which target shard to build, in ``[0, num_shards)``.
-      num_shards: number of target shards.
-      capacity_observations: ring rows of the new shard (default: the sources'
-        total divided by ``num_shards``, rounded up).
-      capacity_sequences: slots of the new shard (same default rule).
-      seed: seed of the new shard's generator.
-      strict: raise if the new shard cannot hold everything; else keep the
-        newest steps/sequences and count the others in ``num_dropped_sequences``.
-      assign: stream -> shard rule (default ``shard_for_stream``).
-
-    Returns:
-      The new shard.
-
-    Raises:
-      ValueError: on incompatible sources, bad indices, or (strict) overflow.
-    """
-    if not sources:
-        raise ValueError("build_resharded: sources: need at least one source")
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"build_resharded: shard_index: {shard_index} not in [0, {num_shards})")
-    base = sources[0].spec
-    same = ("frame_shape", "obs_dtype", "frame_stack", "stack_fill", "sequence_length",
-            "state_size", "priority_exponent")
-    for i, src in enumerate(sources):
-        for f in same:
-            if getattr(src.spec, f) != getattr(base, f):
-                raise ValueError(f"build_resharded: source {i}: {f} {getattr(src.spec, f)!r} "
-                                 f"differs from source 0's {getattr(base, f)!r}")
-    cap_obs = capacity_observations or -(-sum(s.spec.capacity_observations for s in sources)
-                                         // num_shards)
-    cap_seq = capacity_sequences or -(-sum(s.spec.capacity_sequences for s in sources)
-                                      // num_shards)
-    spec = dataclasses.replace(
-        base, capacity_observations=int(max(cap_obs, base.span)),
-        capacity_sequences=int(cap_seq),
-        segment_observations=min(base.segment_observations, int(max(cap_obs, base.span))),
-        segment_sequences=min(base.segment_sequences, int(cap_seq)))
-    target = ReplayShard.from_spec(spec, seed)
-    C2, S2 = spec.capacity_observations, spec.capacity_sequences
-
-    # ---- what each source contributes
-    sel_slots, seq_rows, seq_age, stream_tabs, row_sets, row_age = [], [], [], [], [], []
-    max_gen, max_prio = 0, INITIAL_MAX_PRIORITY
-    for src in sources:
-        C, S = src.spec.capacity_observations, src.spec.capacity_sequences
-        sl, stt, cnt = src.slot_table(), src.stream_table(), src.counters()
-        write, seq_write = int(cnt["write"]), int(cnt["seq_write"])
-        max_gen = max(max_gen, int(sl["generation"].max()))
-        max_prio = max(max_prio, float(cnt["max_priority"]))
-        mine = np.array([assign(int(s), num_shards) == shard_index for s in sl["stream"]],
-                        dtype=bool) if S else np.zeros(0, bool)
-        slots = np.flatnonzero(sl["live"] & mine)
-        seqs = src.read_sequences(slots)
-        sel_slots.append(slots)
-        seq_rows.append(seqs)
-        last = seq_write - 1 - np.mod(seq_write - 1 - slots, S)
-        seq_age.append(seq_write - last)
-        keep_stream = np.array([assign(int(s), num_shards) == shard_index
-                                for s in stt["stream_id"]], dtype=bool)
-        keep_run = np.isin(stt["run_stream"], stt["stream_id"][keep_stream])
-        stream_tabs.append(({n: stt[n][keep_stream] for n in STREAM_FIELDS},
-                            {n: stt[n][keep_run] for n in RUN_FIELDS}))
-        need = [seqs["pos"][seqs["pos"] < C].reshape(-1).astype(np.int64)]
-        oldest_live = write - C
-        for alo, n in zip(stt["run_abs_lo"][keep_run].tolist(), stt["run_n"][keep_run].tolist()):
-            a = np.arange(max(alo, oldest_live), alo + n, dtype=np.int64)
-            need.append(a % C)
-        rows = np.unique(np.concatenate(need)) if need else np.zeros(0, np.int64)
-        row_sets.append(rows)
-        row_age.append(write - _abs_of_rows(rows, write, C))
-
-    # ---- place rows: oldest first across sources; keep the newest C2
-    src_of = np.concatenate([np.full(r.size, i) for i, r in enumerate(row_sets)])
-    ages = np.concatenate(row_age) if row_age else np.zeros(0, np.int64)
-    order = np.lexsort((src_of, -ages))        # by age descending, then source
-    total_rows = ages.size
-    dropped_rows = max(0, total_rows - C2)
-    if dropped_rows and strict:
-        raise ValueError(f"build_resharded: capacity_observations: shard {shard_index} needs "
-                         f"{total_rows} ring rows but holds {C2}")
-    new_row = np.full(total_rows, -1, np.int64)
-    new_row[order[dropped_rows:]] = np.arange(total_rows - dropped_rows)
-    offsets = np.cumsum([0] + [r.size for r in row_sets])
-    remaps = []
-    tsteps, tseqs = target.storage_views()
-    for i, src in enumerate(sources):
-        C = src.spec.capacity_observations
-        rows = row_sets[i]
-        nr = new_row[offsets[i]:offsets[i + 1]]
-        remap = np.full(C + 1, -1, np.int64)
-        remap[C] = C2
-        remap[rows] = nr
-        remaps.append(remap)
-        keep = nr >= 0
-        rows_k, nr_k = rows[keep], nr[keep]
-        seg = rows_k // src.spec.segment_observations
-        for s in np.unique(seg):
-            part = seg == s
-            data = src.read_steps(rows_k[part])
-            for n in STEP_FIELDS:
-                tsteps[n][nr_k[part]] = data[n]
-    n_rows = total_rows - dropped_rows
-
-    # ---- sequences: remap rows, drop those that lost rows, keep the newest S2
-    new_pos, ok = [], []
-    for i in range(len(sources)):
-        npos = remaps[i][seq_rows[i]["pos"].astype(np.int64)]
-        new_pos.append(npos)
-        ok.append((npos >= 0).all(axis=1))
-    okc = np.concatenate(ok) if ok else np.zeros(0, bool)
-    lost = int((~okc).sum())
-    sage = np.concatenate(seq_age)
-    ssrc = np.concatenate([np.full(s.size, i) for i, s in enumerate(sel_slots)])
-    cand = np.flatnonzero(okc)
-    cand = cand[np.lexsort((ssrc[cand], -sage[cand]))]       # oldest first
-    over = max(0, cand.size - S2)
-    if (lost or over) and strict:
-        raise ValueError(f"build_resharded: capacity_sequences: shard {shard_index} needs "
-                         f"{cand.size + lost} slots (and all their rows) but holds {S2} slots, "
-                         f"{C2} rows")
-    cand = cand[over:]
-    seq_off = np.cumsum([0] + [s.size for s in sel_slots])
-    gen = max_gen + 1
-    tslot = {n: np.zeros((S2,), spec.field_layout()[n][1]) for n in SLOT_FIELDS}
-    tslot["generation"][:] = gen - 1
-    src_idx = np.searchsorted(seq_off, cand, side="right") - 1
-    for i in range(len(sources)):
-        pick = src_idx == i
-        if not pick.any():
-            continue
-        tgt = np.flatnonzero(pick)
-        local = cand[pick] - seq_off[i]
-        for n in SEQUENCE_FIELDS:
-            if n == "pos":
-                tseqs[n][tgt] = new_pos[i][local]
-            else:
-                tseqs[n][tgt] = seq_rows[i][n][local]
-        sl = sources[i].slot_table()
-        orig = sel_slots[i][local]
-        for n in ("stream", "priority", "tree_leaves"):
-            tslot[n][tgt] = sl[n][orig]
-    m = cand.size
-    tslot["live"][:m] = True
-    tslot["generation"][:m] = gen
-    p = tseqs["pos"][:m].astype(np.int64)
-    tslot["oldest"][:m] = np.where(p < C2, p, np.iinfo(np.int64).max).min(axis=1)
-
-    # ---- streams: keep the copy whose newest step is most recent
-    chosen: Dict[int, Tuple[int, int, int, int]] = {}
-    for i, (st_t, _) in enumerate(stream_tabs):
-        write = int(sources[i].counters()["write"])
-        for sid, nxt, ef in zip(st_t["stream_id"].tolist(), st_t["next_step"].tolist(),
-                                st_t["epoch_first"].tolist()):
-            runs = stream_tabs[i][1]
-            mine = runs["run_stream"] == sid
-            newest = int((runs["run_abs_lo"][mine] + runs["run_n"][mine]).max()) - write \
-                if mine.any() else -(1 << 62)
-            if sid not in chosen or newest > chosen[sid][3]:
-                chosen[sid] = (i, nxt, ef, newest)
-    runs_out: List[Tuple[int, int, int, int]] = []
-    for sid in sorted(chosen):
-        i, _, _, _ = chosen[sid]
-        C = sources[i].spec.capacity_observations
-        write = int(sources[i].counters()["write"])
-        runs = stream_tabs[i][1]
-        mine = runs["run_stream"] == sid
-        for lo, alo, n in zip(runs["run_step_lo"][mine].tolist(), runs["run_abs_lo"][mine].tolist(),
-                              runs["run_n"][mine].tolist()):
-            skip = max(0, write - C - alo)
-            st_num = np.arange(lo + skip, lo + n, dtype=np.int64)
-            tr = remaps[i][np.arange(alo + skip, alo + n, dtype=np.int64) % C]
-            good = tr >= 0
-            st_num, tr = st_num[good], tr[good]
-            if st_num.size == 0:
-                continue
-            brk = np.flatnonzero(np.diff(tr) != 1) + 1
-            for a, b in zip(np.r_[0, brk], np.r_[brk, tr.size]):
-                runs_out.append((sid, int(st_num[a]), int(tr[a]), int(b - a)))
-    runs_out.sort(key=lambda r: (r[0], r[1]))
-    ra = np.asarray(runs_out, np.int64).reshape(-1, 4)
-    ids = sorted(chosen)
-    streams = {"stream_id": np.asarray(ids, np.int64),
-               "next_step": np.asarray([chosen[s][1] for s in ids], np.int64),
-               "epoch_first": np.asarray([chosen[s][2] for s in ids], np.int64),
-               "run_stream": ra[:, 0].copy(), "run_step_lo": ra[:, 1].copy(),
-               "run_abs_lo": ra[:, 2].copy(), "run_n": ra[:, 3].copy()}
-    vs = np.zeros(spec.num_step_segments, np.int64)
-    vs[: -(-n_rows // spec.segment_observations)] = 1
-    vq = np.zeros(spec.num_sequence_segments, np.int64)
-    vq[: -(-m // spec.segment_sequences)] = 1
-    counters = {"write": n_rows, "seq_write": m, "max_priority": max_prio,
-                "num_dropped_sequences": lost + over, "mutation": 1, "snapshot_id": 0,
-                "snapshot_uid": ""}
-    target.load_index(tslot, streams, counters, target.rng.bit_generator.state, vs, vq)
-    return target
-
-
-def reshard(shards: Sequence[ReplayShard], num_shards: int, *, seed: int = 0,
-            strict: bool = True, **kwargs: Any) -> List[ReplayShard]:
-    """Redistributes in-memory shards over ``num_shards`` new ones by stream id.
-
-    Args:
-      shards: the current shards.
-      num_shards: S', the number of new shards.
-      seed: new shard ``i`` is seeded with ``seed + i``.
-      strict: see ``build_resharded``.
-      **kwargs: ``capacity_observations``, ``capacity_sequences``, ``assign``.
-
-    Returns:
-      The ``num_shards`` new shards.
-    """
-    sources = [_MemorySource(s) for s in shards]
-    return [build_resharded(sources, i, num_shards, seed=seed + i, strict=strict, **kwargs)
-            for i in range(num_shards)]
-
-
-def new_snapshot_uid() -> str:
-    """A fresh random snapshot id (does not touch any shard's generator)."""
-    return uuid.uuid4().hex

@@ -63,7 +63,7 @@ import json
 import os
 import re
 import time
-import zlib
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -71,9 +71,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
-from r2d2_hpc.replay.shard import (RUN_FIELDS, SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS,
-                                   STREAM_FIELDS, ReplayShard, ShardSpec, build_resharded,
-                                   new_snapshot_uid, shard_for_stream)
+from r2d2_hpc.replay.layout import (RUN_FIELDS, SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS,
+                                    STREAM_FIELDS, ShardSpec)
+from r2d2_hpc.replay.reshard import build_resharded, shard_for_stream
+from r2d2_hpc.replay.shard import ReplayShard
+from r2d2_hpc.storage.files import crc32_file, fsync_path
+from r2d2_hpc.storage.h5tree import write_dataset
 
 __all__ = ["SnapshotError", "SnapshotReport", "SnapshotSource", "save_snapshot",
            "load_snapshot", "load_resharded", "INDEX_FILE", "FORMAT"]
@@ -84,7 +87,6 @@ INDEX_FILE = "index.h5"
 FORMAT = "r2d2_hpc.replay.snapshot/1"
 _SEGMENT_RE = re.compile(r"^(steps|seqs)_(\d{5,})_(\d{8,})\.h5$")
 _CHUNK_BYTES = 128 << 10
-_CRC_BLOCK = 8 << 20
 
 
 class SnapshotError(ValueError):
@@ -114,35 +116,14 @@ class SnapshotReport:
 # ----------------------------------------------------------------------------
 
 
-def _crc32_file(path: str) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_CRC_BLOCK)
-            if not block:
-                return crc
-            crc = zlib.crc32(block, crc)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_array(group: h5py.Group, name: str, arr: np.ndarray) -> None:
-    """Writes ``arr`` as a chunked dataset with a fletcher32 checksum per chunk."""
-    arr = np.ascontiguousarray(arr)
-    row_bytes = max(1, arr.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)))
-    if arr.shape[0] == 0:
-        group.create_dataset(name, shape=arr.shape, dtype=arr.dtype,
-                             maxshape=(None,) + arr.shape[1:],
-                             chunks=(1,) + arr.shape[1:], fletcher32=True)
-        return
-    rows = max(1, min(arr.shape[0], _CHUNK_BYTES // row_bytes))
-    group.create_dataset(name, data=arr, chunks=(rows,) + arr.shape[1:], fletcher32=True)
+    """A dataset of ``arr`` in chunks of about 128 KiB, each with a fletcher32 checksum."""
+    write_dataset(group, name, arr, chunk_bytes=_CHUNK_BYTES)
+
+
+def new_snapshot_uid() -> str:
+    """A fresh random snapshot id (does not touch any shard's generator)."""
+    return uuid.uuid4().hex
 
 
 def _json_bytes(obj: Any) -> np.ndarray:
@@ -199,7 +180,7 @@ def _verify_file(path: str, entry: Dict[str, Any]) -> None:
     if size != entry["nbytes"]:
         raise SnapshotError(f"{path}: size {size} bytes, but {INDEX_FILE} records "
                             f"{entry['nbytes']} (truncated or overwritten)")
-    crc = _crc32_file(path)
+    crc = crc32_file(path)
     if crc != entry["crc32"]:
         raise SnapshotError(f"{path}: crc32 {crc:#010x} does not match {entry['crc32']:#010x} "
                             f"recorded in {INDEX_FILE} (corrupted)")
@@ -222,8 +203,8 @@ def _finalize(tmp: str, path: str, fsync: bool) -> Tuple[int, int]:
       ``(size in bytes, crc32 of the file)``.
     """
     if fsync:
-        _fsync_path(tmp)
-    size, crc = os.path.getsize(tmp), _crc32_file(tmp)
+        fsync_path(tmp)
+    size, crc = os.path.getsize(tmp), crc32_file(tmp)
     os.replace(tmp, path)
     return size, crc
 
@@ -329,7 +310,7 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
     written.append(INDEX_FILE)
     nbytes += size
     if fsync:
-        _fsync_path(directory)
+        fsync_path(directory)
     shard.mark_snapshot(new_id, new_uid)
 
     keep = {e["file"] for e in steps_table + seqs_table} | {INDEX_FILE}
@@ -352,7 +333,7 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
 class SnapshotSource:
     """Read access to a snapshot directory (index eagerly, segments on demand).
 
-    Implements ``r2d2_hpc.replay.shard.ShardSource``.
+    Implements ``r2d2_hpc.replay.reshard.ShardSource``.
 
     Raises (constructor):
       SnapshotError: if the index is missing, unreadable or inconsistent.
@@ -524,7 +505,7 @@ def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int
 
     Every sequence whose stream maps to ``shard_index``
     (``assign(stream, num_shards)``) is kept with its priority; see
-    ``r2d2_hpc.replay.shard.build_resharded`` for the details and the capacity
+    ``r2d2_hpc.replay.reshard.build_resharded`` for the details and the capacity
     defaults (the sources' total divided by ``num_shards``).
 
     Args:

@@ -1,0 +1,5 @@
+"""Coordinated checkpoints: the directory layout and writers, validation, restore, the
+resume decision, and preemption (signals, schedule, exit codes).
+
+Import from the modules themselves.
+"""

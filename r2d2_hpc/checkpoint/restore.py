@@ -1,0 +1,125 @@
+"""Reading a checkpoint back: the learner's state, the actors' counters, a replay shard.
+
+A replay shard is restored exactly (contents, priorities, RNG: sampling
+continues bit-identically) when the job has as many shards as the checkpoint,
+and otherwise re-sharded by the rule the actors route by
+(:func:`r2d2_hpc.comm.topology.shard_for_stream_id`), keeping every sequence.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Union
+
+from r2d2_hpc.checkpoint.records import (ACTORS_FILE, LEARNER_FILE, CheckpointError,
+                                         CheckpointInfo, LearnerCheckpoint, index_meta,
+                                         open_h5, read_meta)
+from r2d2_hpc.comm.topology import shard_for_stream_id
+from r2d2_hpc.replay.layout import ShardSpec
+from r2d2_hpc.replay.shard import ReplayShard
+from r2d2_hpc.replay.snapshot import INDEX_FILE, SnapshotError, load_resharded, load_snapshot
+from r2d2_hpc.storage.h5tree import read_tree
+
+__all__ = ["read_actors", "read_learner", "restore_shard"]
+
+#: Replay layout fields that must agree for the replay to be restored at all.
+_RESHARD_FROZEN = ("frame_shape", "obs_dtype", "frame_stack", "stack_fill", "sequence_length",
+                   "state_size", "priority_exponent")
+
+
+def read_learner(info: Union[CheckpointInfo, str]) -> LearnerCheckpoint:
+    """Reads ``learner.h5`` of a checkpoint (an info or a checkpoint directory).
+
+    Raises:
+      CheckpointError: naming the file when it is unreadable or corrupted.
+    """
+    path = info.learner_path if isinstance(info, CheckpointInfo) else \
+        os.path.join(info, LEARNER_FILE)
+    with open_h5(path) as f:
+        meta = read_meta(f, path)
+        try:
+            state = read_tree(f["state"])
+            extra = read_tree(f["extra"]) if "extra" in f else {}
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: corrupted ({exc})") from None
+    return LearnerCheckpoint(int(meta["step"]), state, dict(meta["counters"]),
+                             dict(meta["config"]), meta.get("job_spec"), extra)
+
+
+def read_actors(info: Union[CheckpointInfo, str]) -> List[Dict[str, Any]]:
+    """Per-actor counters from ``actors.h5`` (``[a][name]``, Python numbers).
+
+    Raises:
+      CheckpointError: naming the file when it is unreadable or corrupted.
+    """
+    path = info.actors_path if isinstance(info, CheckpointInfo) else \
+        os.path.join(info, ACTORS_FILE)
+    with open_h5(path) as f:
+        meta = read_meta(f, path)
+        try:
+            table = read_tree(f["counters"])
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: corrupted ({exc})") from None
+    n = int(meta["num_actors"])
+    return [{k: v[a].item() for k, v in table.items()} for a in range(n)]
+
+
+def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
+                  num_envs: int, spec: Optional[ShardSpec] = None, seed: int = 0,
+                  strict: bool = True, verify: Optional[bool] = None) -> ReplayShard:
+    """Replay shard ``shard_index`` of ``num_shards`` from a checkpoint.
+
+    Exact (``load_snapshot``: contents, priorities, RNG; sampling continues
+    bit-identically) when the shard count is unchanged and ``spec`` is None or
+    equals the saved layout. Otherwise every saved shard is read and the new
+    shard keeps every live sequence of the streams that now route to it
+    (``topology.shard_for_stream_id(stream, num_envs, num_shards)``, the rule
+    actors send by), with its priority; keys are reissued.
+
+    Args:
+      info: the checkpoint (from ``find_latest_valid``/``resume_point``).
+      shard_index: this shard's index in the new job.
+      num_shards: replay shards of the new job.
+      num_envs: environments per actor in the new job (``actor.num_envs``).
+      spec: the layout the new job's shard would start with (e.g.
+        ``make_shard(...).spec``); its capacities are used when re-sharding.
+      seed: generator seed of a re-sharded shard (an exact restore keeps the
+        saved generator state).
+      strict: when re-sharding, raise if the new capacities cannot hold
+        everything (else the oldest data is dropped).
+      verify: check segment sizes and crc32s while reading (default: only if
+        ``info`` was not deep-verified already).
+
+    Returns:
+      The shard.
+
+    Raises:
+      CheckpointError: a file is missing or corrupted, or the saved layout
+        cannot be restored into ``spec`` (the message says which field differs).
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+    check = (not info.deep_verified) if verify is None else bool(verify)
+    saved = info.num_shards
+    meta = index_meta(info.shard_dir(min(shard_index, saved - 1)))
+    if meta is None:
+        raise CheckpointError(f"{info.path}: shard-{min(shard_index, saved - 1)}/{INDEX_FILE} "
+                              f"is missing or unreadable")
+    old = meta.get("spec", {})
+    if spec is not None:
+        diffs = [f"{f}: checkpoint has {old.get(f)!r}, this run has {v!r}"
+                 for f, v in spec.to_dict().items()
+                 if f in _RESHARD_FROZEN and old.get(f) != v]
+        if diffs:
+            raise CheckpointError(f"{info.path}: the replay cannot be restored into this "
+                                  f"run's layout: " + "; ".join(diffs))
+    try:
+        if saved == num_shards and (spec is None or old == spec.to_dict()):
+            return load_snapshot(info.shard_dir(shard_index), verify=check)
+        return load_resharded(
+            [info.shard_dir(i) for i in range(saved)], shard_index, num_shards,
+            capacity_observations=spec.capacity_observations if spec else None,
+            capacity_sequences=spec.capacity_sequences if spec else None,
+            seed=seed, strict=strict, verify=check,
+            assign=lambda stream, n: shard_for_stream_id(int(stream), num_envs, n))
+    except SnapshotError as exc:
+        raise CheckpointError(f"{info.name}: {exc}") from None

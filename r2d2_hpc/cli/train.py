@@ -1,0 +1,244 @@
+"""``r2d2-train``: the training entry point. The only place that touches ``MPI.COMM_WORLD``.
+
+``r2d2-train`` reads the configuration on rank 0, broadcasts it, prepares the
+run directory and writes the effective config into it. Bad input of any kind
+is reported once (rank 0) with the thing and the fix, and every rank exits
+with :data:`EXIT_BAD_INPUT`. That includes a learner device that is not there
+(``--device cuda`` / ``learner.device=cuda`` without CUDA) and
+``learner.mixed_precision=fp16`` on a CPU learner, checked on rank 0, which
+is learner 0.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from typing import Any, Optional, Sequence, Tuple
+
+import yaml
+
+from r2d2_hpc.agent.device import device_errors
+from r2d2_hpc.checkpoint.records import CheckpointIncompatible, CheckpointInfo, list_checkpoints
+from r2d2_hpc.checkpoint.resume import resume_point
+from r2d2_hpc.comm.allreduce import check_allreduce
+from r2d2_hpc.config import Config, ConfigError, load_config, save_config
+from r2d2_hpc.job.role import job_spec
+from r2d2_hpc.job.runner import RunHooks, run_mpi, run_serial
+from r2d2_hpc.presets import config_path, load_preset, preset_names
+from r2d2_hpc.types import JobSpec
+
+#: Exit code for bad input (config, ranks, files): nothing was started.
+EXIT_BAD_INPUT = 2
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="r2d2-train",
+        description="Train R2D2 as an MPI job: mpiexec -n N r2d2-train [--config FILE] "
+                    "[--set section.field=value ...]. With no --config it runs the "
+                    "embedded default (CartPole with hidden velocities).")
+    p.add_argument("--config", metavar="FILE|PRESET", default=None,
+                   help="YAML config (see configs/) or an embedded preset's name "
+                        f"({', '.join(preset_names())}); default: the embedded default")
+    p.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[],
+                   dest="overrides", help="override one config field (repeatable)")
+    p.add_argument("--device", metavar="DEVICE", default=None,
+                   help="where the learner runs: auto, cpu, cuda or cuda:N (overrides "
+                        "learner.device, like --set learner.device=DEVICE; actors always "
+                        "use the CPU)")
+    p.add_argument("--run-dir", metavar="DIR", default=None,
+                   help="run directory (default: runs/<env>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR from its newest valid checkpoint (a run "
+                        "directory that holds a complete checkpoint is also resumed by itself)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective config as YAML and exit")
+    p.add_argument("--serial", action="store_true",
+                   help="run every role in this one process over in-memory queues "
+                        "(debugging, tests, profiling); no mpiexec needed")
+    p.add_argument("--serial-actors", type=int, default=1, metavar="N",
+                   help="actors in --serial mode (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--inject-actor-failure", type=int, default=0, metavar="STEP",
+                   help=argparse.SUPPRESS)  # tests: actor 0 raises at this env step
+    return p
+
+
+def default_run_dir(cfg: Config, now: Optional[datetime.datetime] = None) -> str:
+    """``runs/<env name>[-<game>]-<YYYYmmdd-HHMMSS>`` for a config."""
+    now = now or datetime.datetime.now()
+    name = cfg.env.name if cfg.env.name != "atari" else f"atari-{cfg.env.game}"
+    return os.path.join("runs", f"{name}-{now:%Y%m%d-%H%M%S}")
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Config from the embedded preset (when no --config), file and overrides.
+
+    With ``--resume RUN_DIR`` and no ``--config`` the base is that run's
+    effective ``config.yaml``. ``--device`` is applied after every ``--set``.
+    """
+    overrides = list(args.overrides)
+    if args.device is not None:
+        overrides.append(f"learner.device={args.device}")
+    if args.resume and not args.config:
+        saved = os.path.join(args.resume, "config.yaml")
+        if not os.path.isfile(saved):
+            raise ConfigError([f"--resume {args.resume!r}: no config.yaml there; pass the "
+                               f"run directory of an earlier r2d2-train run"])
+        return load_config(saved, overrides)
+    if not args.config:
+        return load_config(None, overrides, base=load_preset("default"))
+    path = config_path(args.config)
+    if not os.path.exists(path):
+        raise ConfigError([f"--config {args.config!r}: no such file and no embedded preset of "
+                           f"that name; pass a YAML file (see configs/) or one of the presets "
+                           f"{', '.join(preset_names())}"])
+    return load_config(path, overrides)
+
+
+def prepare_run_dir(path: str) -> None:
+    """Creates the run directory; ConfigError naming it when that is impossible."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError([f"run directory {path!r} cannot be created ({exc.strerror}); "
+                           f"choose a writable place with --run-dir"]) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError([f"run directory {path!r} is not writable; choose a writable "
+                           f"place with --run-dir"])
+
+
+def _check_environment(cfg: Config) -> JobSpec:
+    """Builds the environment and network once, so a bad env fails before anything starts."""
+    try:
+        return job_spec(cfg)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError([f"env: cannot build environment {cfg.env.name!r}: {exc}"]) from exc
+
+
+def _resume_point(run_dir: str, cfg: Config, spec: JobSpec,
+                  required: bool) -> Optional[CheckpointInfo]:
+    """The checkpoint to continue from (None: fresh start); ConfigError if unusable."""
+    if not os.path.isdir(run_dir) or not (required or list_checkpoints(run_dir)):
+        if required:
+            raise ConfigError([f"--resume {run_dir!r}: no such run directory"])
+        return None
+    report = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        info = resume_point(run_dir, cfg, spec, report=report)
+    except CheckpointIncompatible as exc:
+        raise ConfigError([f"cannot resume from {run_dir!r}: {exc}"]) from exc
+    if info is None and required:
+        raise ConfigError([f"--resume {run_dir!r}: it holds no complete, valid checkpoint; "
+                           f"start a new run with --run-dir"])
+    return info
+
+
+def _root_setup(args: argparse.Namespace, world_size: int
+                ) -> Tuple[Optional[dict], Optional[str], str, Optional[CheckpointInfo]]:
+    """Rank 0's part: (config dict, error message, run dir, checkpoint to resume)."""
+    try:
+        cfg = resolve_config(args)
+        if args.print_config:
+            return cfg.to_dict(), None, "", None
+        errors = []
+        if args.serial and world_size > 1:
+            errors.append(f"--serial runs every role in one process, but this job has "
+                          f"{world_size} MPI ranks; drop --serial or run without mpiexec")
+        if args.serial_actors < 1:
+            errors.append("--serial-actors must be >= 1")
+        if not args.serial and world_size < cfg.topology.min_ranks:
+            t = cfg.topology
+            errors.append(
+                f"topology: {t.learners} learner(s) + {t.replay_shards} replay shard(s) + at "
+                f"least 1 actor need {t.min_ranks} MPI ranks, but the job has {world_size}; "
+                f"run mpiexec -n {t.min_ranks} (or more), lower topology.replay_shards / "
+                f"topology.learners, or use --serial")
+        if not args.serial:  # --serial runs one learner: nothing is averaged
+            errors += check_allreduce(cfg)
+        errors += device_errors(cfg.learner.device, cfg.learner.mixed_precision)  # rank 0 = learner 0
+        spec = None
+        try:
+            spec = _check_environment(cfg)
+        except ConfigError as exc:
+            errors += exc.errors
+        run_dir = (args.resume or args.run_dir or cfg.logging.run_dir
+                   or default_run_dir(cfg))
+        resume = None
+        if spec is not None:
+            try:
+                resume = _resume_point(run_dir, cfg, spec, required=bool(args.resume))
+            except ConfigError as exc:
+                errors += exc.errors
+        if not errors:  # create nothing when the job cannot start
+            try:
+                prepare_run_dir(run_dir)
+            except ConfigError as exc:
+                errors += exc.errors
+        if errors:
+            raise ConfigError(errors)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        return cfg.to_dict(), None, run_dir, resume
+    except ConfigError as exc:
+        return None, str(exc), "", None
+
+
+def _world() -> Tuple[Any, int]:
+    try:
+        from mpi4py import MPI
+    except ImportError:  # serial use without MPI installed
+        return None, 0
+    return MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``r2d2-train``. Returns the process exit code."""
+    args = build_train_parser().parse_args(argv)
+    comm, rank = _world()
+    size = comm.Get_size() if comm is not None else 1
+    payload = _root_setup(args, size) if rank == 0 else None
+    if comm is not None and comm.Get_size() > 1:
+        payload = comm.bcast(payload, root=0)
+    cfg_dict, error, run_dir, resume = payload
+    if error is not None:
+        if rank == 0:
+            print(f"r2d2-train: {error}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    cfg = Config.from_dict(cfg_dict)
+    if args.print_config:
+        if rank == 0:
+            sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    hooks = RunHooks(fail_actor_at_step=args.inject_actor_failure)
+    if rank == 0:
+        mode = "serial" if args.serial else f"{size} MPI ranks"
+        print(f"r2d2-train: run directory {run_dir} ({mode}; effective config in "
+              f"config.yaml)", flush=True)
+        if resume is not None:
+            print(f"r2d2-train: resuming from checkpoint {resume.name} (learner step "
+                  f"{resume.step}, {resume.num_shards} replay shard(s))", flush=True)
+    if args.serial:
+        result = run_serial(cfg, run_dir, num_actors=args.serial_actors, quiet=args.quiet,
+                            hooks=hooks, resume=resume)
+        lead = dict(result["roles"][0][1])
+    else:
+        lead = run_mpi(cfg, comm, run_dir, quiet=args.quiet, hooks=hooks, resume=resume)
+    code = int(lead.get("exit_code", 0) or 0)
+    if rank == 0:
+        print(f"r2d2-train: done: {lead.get('stop_reason', '')}; learner steps "
+              f"{lead.get('learner_step')}, env steps {lead.get('env_steps')}, episodes "
+              f"{lead.get('episodes')}", flush=True)
+        if "final_eval_return" in lead:
+            print(f"r2d2-train: final greedy evaluation (epsilon "
+                  f"{lead['final_eval_epsilon']:g}): mean return "
+                  f"{lead['final_eval_return']:.1f} over {lead['final_eval_episodes']} "
+                  f"episodes", flush=True)
+        if code:
+            print(f"r2d2-train: exiting with code {code} (checkpointed after a signal; "
+                  f"requeue the job to resume)", flush=True)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train_main())
