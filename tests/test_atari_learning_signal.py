@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from r2d2_hpc.config import load_config
-from r2d2_hpc.learner import Learner
-from r2d2_hpc.losses import sequence_loss
+from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.agent.losses import sequence_loss
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 if BENCH not in sys.path:
