@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -38,6 +37,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _common import find_mpiexec  # noqa: E402
+
+from r2d2_hpc.job.metrics import read_metrics  # noqa: E402
+from r2d2_hpc.job.outputs import plot_learning_curve  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "pong_2core.yaml")
 STATE_FILE = "atari_learning_segments.json"
@@ -45,24 +51,9 @@ STATE_FILE = "atari_learning_segments.json"
 SEGMENT_MARGIN_S = 90.0
 
 
-def _mpiexec() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else "mpiexec"
-
-
 def _read_rows(run_dir: str) -> List[Dict[str, float]]:
     path = os.path.join(run_dir, "metrics.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _num(value: Optional[str]) -> float:
-    try:
-        return float(value) if value not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
+    return read_metrics(path)[1] if os.path.exists(path) else []
 
 
 def _load_segments(run_dir: str) -> List[Dict[str, Any]]:
@@ -92,7 +83,7 @@ def run_segment(run_dir: str, config: str, ranks: int, minutes: float,
     trained = float(_lead_summary(run_dir).get("train_seconds", 0.0) or 0.0)
     rows_before = len(_read_rows(run_dir))
     max_seconds = trained + max(60.0, minutes * 60.0 - SEGMENT_MARGIN_S)
-    cmd = [_mpiexec(), "-n", str(ranks), "r2d2-train", "--config", config,
+    cmd = [find_mpiexec(), "-n", str(ranks), "r2d2-train", "--config", config,
            "--run-dir", run_dir, "--set", f"learner.max_seconds={max_seconds:.0f}"]
     for o in overrides:
         cmd += ["--set", o]
@@ -133,35 +124,9 @@ def evaluations(rows: Sequence[Dict[str, float]]) -> List[Dict[str, float]]:
 
 
 def plot(rows: Sequence[Dict[str, float]], path: str, title: str) -> Optional[str]:
-    """Greedy and training return against env steps and the run clock (minutes)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, scale, label in ((axes[0], "env_steps", 1e6, "env steps (millions)"),
-                                  (axes[1], "run_clock_s", 60.0, "run clock (minutes)")):
-        for y_key, name, style in (("episode_return", "training return (all envs)",
-                                    dict(color="tab:blue", lw=1.0)),
-                                   ("eval_return", "greedy evaluation (8 episodes)",
-                                    dict(color="tab:red", marker="o", ms=3, lw=1.2))):
-            pts = [(r[key] / scale, r[y_key]) for r in rows
-                   if math.isfinite(r.get(key, math.nan)) and math.isfinite(r.get(y_key, math.nan))]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
-        ax.axhline(-20.7, color="gray", ls=":", lw=0.8, label="random (-20.7)")
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("episode return")
-    axes[0].legend(loc="upper left", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    """The job's learning-curve plot, its wall-time axis being the run clock."""
+    return plot_learning_curve([dict(r, wall_time_s=r["run_clock_s"]) for r in rows], path,
+                               title)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional, TextIO
+from typing import Dict, List, Optional, TextIO, Tuple
 
 Row = Dict[str, float]
 
@@ -33,10 +33,7 @@ class MetricsWriter:
         self._fields: List[str] = []
         self._rows: List[Row] = []
         if os.path.exists(self.path):  # resumed run: keep what is there
-            with open(self.path, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                self._fields = list(reader.fieldnames or [])
-                self._rows = [{k: _num(v) for k, v in r.items()} for r in reader]
+            self._fields, self._rows = read_metrics(self.path)
         self._tb = None
         if tensorboard:
             try:
@@ -79,6 +76,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def read_metrics(path: str) -> Tuple[List[str], List[Row]]:
+    """A ``metrics.csv``'s field names and rows (empty cells as NaN)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), [{k: _num(v) for k, v in r.items()}
+                                               for r in reader]
 
 
 def _num(v: Optional[str]) -> float:
