@@ -18,8 +18,8 @@ import pytest
 
 from r2d2_hpc.comm.endpoint import Backoff
 from r2d2_hpc.comm.messages import Command, declare_messages
-from r2d2_hpc.comm.mpi_endpoint import (MPIEndpoint, ParamPublisher, ParamSubscriber, RecvPool,
-                                        SendPool)
+from r2d2_hpc.comm.mpi_endpoint import MPIEndpoint
+from r2d2_hpc.comm.mpi_pools import ParamPublisher, ParamSubscriber, RecvPool, SendPool
 from r2d2_hpc.comm.topology import TopologyError, split_communicators
 from r2d2_hpc.comm.wire import Layout, MessageError
 from r2d2_hpc.config import Config, TopologyConfig
@@ -454,7 +454,7 @@ class _FakeComm:
 
 
 def test_recv_pool_delivers_in_matching_order_when_completions_are_not(monkeypatch):
-    import r2d2_hpc.comm.mpi_endpoint as transport
+    import r2d2_hpc.comm.mpi_pools as transport
 
     monkeypatch.setattr(transport, "_mpi", lambda: _FakeMPI)
     layout = contract_messages().CONTROL
