@@ -54,9 +54,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import run_worker, write_result  # noqa: E402
+if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._common import run_worker, write_result  # noqa: E402
 
 CONFIGS: Dict[str, List[str]] = {
     "default": [],

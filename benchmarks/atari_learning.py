@@ -38,8 +38,9 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from _common import find_mpiexec  # noqa: E402
+if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
+    sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks._common import find_mpiexec  # noqa: E402
 
 from r2d2_hpc.job.metrics import read_metrics  # noqa: E402
 from r2d2_hpc.job.outputs import plot_learning_curve  # noqa: E402

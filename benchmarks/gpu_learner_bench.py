@@ -56,9 +56,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_result  # noqa: E402
+if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._common import write_result  # noqa: E402
 
 #: The paper's learner (R2D2, section 2): updates/s at batch 64 x 80-step traces.
 PAPER_UPDATES_PER_S = 5.0

@@ -45,9 +45,9 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import find_mpiexec  # noqa: E402
+if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
+    sys.path.insert(0, ROOT)
+from benchmarks._common import find_mpiexec  # noqa: E402
 
 #: Config overrides of each variant on top of the embedded default.
 VARIANTS: Dict[str, List[str]] = {
@@ -100,7 +100,7 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
 def late_eval(rows: Sequence[Dict[str, float]]) -> float:
     """Mean greedy evaluation return of the last quarter of training (the
     periodic evaluations at or after 3/4 of the last learner step, the final
-    one included): the figure tests/test_learns.py holds to its threshold."""
+    one included): the figure tests/integration/test_learns.py holds to its threshold."""
     steps, evals = column(rows, "learner_step"), column(rows, "eval_return")
     ok = np.isfinite(evals)
     if not ok.any():

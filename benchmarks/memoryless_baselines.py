@@ -13,7 +13,7 @@ This script measures, on ``--episodes`` episodes each:
   with ``s = 2 a_prev - 1``, found by random search and then the
   cross-entropy method (re-evaluated on fresh start states).
 
-These bound what ``tests/test_learns.py``'s threshold must exceed. Writes JSON
+These bound what ``tests/integration/test_learns.py``'s threshold must exceed. Writes JSON
 to stdout and ``--out``. About a minute on 2 cores.
 
 Usage::
@@ -29,9 +29,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_result  # noqa: E402
+if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._common import write_result  # noqa: E402
 
 from r2d2_hpc.envs.classic import CartPoleEnv  # noqa: E402
 

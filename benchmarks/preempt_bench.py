@@ -73,10 +73,9 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
+if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import find_mpiexec, rank_pids, write_result  # noqa: E402
+from benchmarks._common import find_mpiexec, rank_pids, write_result  # noqa: E402
 
 from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE  # noqa: E402
 from r2d2_hpc.checkpoint.records import CheckpointInfo, LEARNER_FILE  # noqa: E402

@@ -9,7 +9,7 @@ MPIEXEC="${MPIEXEC:-mpiexec}"
 NP="${R2D2_TEST_NP:-4}"
 echo "== plain tests =="
 # Horovod is optional (scripts/install_horovod.sh): its tests are deselected
-# here and run by `python -m pytest -m horovod tests/test_allreduce.py`.
+# here and run by `python -m pytest -m horovod tests/integration/test_allreduce_mpi.py`.
 "$PY" -m pytest -m "not mpi and not horovod" "$@"
 echo "== MPI tests: $MPIEXEC -n $NP =="
 $MPIEXEC -n "$NP" "$PY" -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests

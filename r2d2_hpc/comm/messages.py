@@ -105,13 +105,6 @@ class Messages(NamedTuple):
             raise MessageError(f"unknown message {name!r}; messages are {list(self._fields)}")
         return getattr(self, name)
 
-    def by_tag(self, tag: int) -> Layout:
-        """The layout whose tag is ``tag``."""
-        for layout in self:
-            if layout.tag == tag:
-                return layout
-        raise MessageError(f"no message has tag {tag}")
-
 
 def _layout(name: str, fields: Sequence[Field]) -> Layout:
     """The layout of message ``name`` with its tag from :data:`TAGS`."""

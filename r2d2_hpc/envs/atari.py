@@ -22,7 +22,7 @@ al. 2019 (R2D2), Section 2 and Appendix), each setting an ``EnvConfig`` field::
     sticky_action_prob      0.0           repeat_action_probability
     (fixed)                               use_fire_reset=False, autoreset_mode=SameStep
 
-What ale-py 0.12.1 does, measured (``tests/test_atari.py`` pins each point):
+What ale-py 0.12.1 does, measured (``tests/unit/envs/test_atari.py`` pins each point):
 
 * **No-op starts.** At each episode start ALE emulates ``U{0, ..., m - 1}``
   single frames of NOOP for its ``noop_max = m``, before the first

@@ -414,9 +414,8 @@ class LearnerRank(Role):
         step = self.learner.step_count
         t0 = time.monotonic()
         path = self.layout.begin(step)
-        for rank in self.shard_ranks:
-            self.ep.send("CONTROL", rank, timeout=60.0, command=int(Command.CHECKPOINT),
-                         argument=step)
+        self.ep.send_to_all("CONTROL", self.shard_ranks, timeout=60.0,
+                            command=int(Command.CHECKPOINT), argument=step)
         state = self.learner.state()
         self.layout.write_learner(path, state, self.cfg, self.counters(), step=step,
                                   job_spec=self.spec)
@@ -502,9 +501,8 @@ class LearnerRank(Role):
             self._maybe_log(force=True)
             others = [r for r in range(self.ep.size) if r != self.ep.rank
                       and r not in self.info.learner_ranks]
-            for r in others:
-                self.ep.send("CONTROL", r, timeout=30.0, command=int(Command.STOP),
-                             argument=self.exit_code)
+            self.ep.send_to_all("CONTROL", others, timeout=30.0, command=int(Command.STOP),
+                                argument=self.exit_code)
 
     # --------------------------------------------------------------- metrics
     def metrics_row(self) -> Dict[str, float]:

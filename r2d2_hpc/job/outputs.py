@@ -97,7 +97,7 @@ def plot_learning_curve(rows: Sequence[Mapping[str, float]], path: str,
     return path
 
 
-def _write_group(group: Any, data: Mapping[str, Any]) -> None:
+def _write_group(group: h5py.Group, data: Mapping[str, Any]) -> None:
     for key, value in data.items():
         if isinstance(value, Mapping):
             _write_group(group.create_group(key), value)
@@ -109,7 +109,7 @@ def _write_group(group: Any, data: Mapping[str, Any]) -> None:
                 group.create_dataset(key, data=arr, chunks=True, fletcher32=True)
 
 
-def _read_group(group: Any) -> Dict[str, Any]:
+def _read_group(group: h5py.Group) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for key, item in group.items():
         if isinstance(item, h5py.Group):

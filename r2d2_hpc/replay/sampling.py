@@ -27,7 +27,7 @@ The naive scheme of Ape-X / RLlib-style sharded buffers, where every shard
 independently draws ``B / S`` items, samples item ``(s, j)`` with probability
 ``(1 / S) * p_{s,j} / m_s``: it equals ``P(s, j)`` only when all shard masses are
 equal, and is otherwise biased towards items in light shards.
-``tests/test_cross_shard.py`` checks both claims with chi-squared tests.
+``tests/unit/replay/test_sampling.py`` checks both claims with chi-squared tests.
 
 Importance weights
 ------------------

@@ -1,0 +1,138 @@
+"""Small replay shards, learners and whole checkpoints for the checkpoint tests."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.checkpoint.layout import CheckpointLayout
+from r2d2_hpc.checkpoint.records import CheckpointInfo
+from r2d2_hpc.comm.topology import stream_id
+from r2d2_hpc.config import Config
+from r2d2_hpc.replay.shard import ReplayShard
+from r2d2_hpc.types import SequenceBatch
+from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch
+
+FRAME = (3, 3)
+
+
+#: Streams per actor in these tests.
+NUM_ENVS = 2
+
+
+JOB_SPEC = {"obs_shape": list(OBS_SHAPE), "frame_shape": list(OBS_SHAPE), "obs_dtype": "float32",
+            "num_actions": NUM_ACTIONS, "state_size": 8, "num_params": 1000, "frame_stack": 1}
+
+
+def new_shard(seed: int = 0, C: int = 96, S: int = 24, frame: Tuple[int, ...] = FRAME,
+              seg_obs: int = 8, seg_seq: int = 4) -> ReplayShard:
+    return ReplayShard(frame, capacity_observations=C, capacity_sequences=S,
+                       sequence_length=5, state_size=3, frame_stack=2, seed=seed,
+                       segment_observations=seg_obs, segment_sequences=seg_seq)
+
+
+def fill(shard: ReplayShard, streams: Sequence[int], seed: int, steps: int = 12,
+         rounds: int = 1) -> None:
+    """Each stream: ``rounds`` chunks of ``steps`` steps, a sequence every 2 steps."""
+    rng = np.random.default_rng(seed)
+    shape = shard.spec.frame_shape
+    for _ in range(rounds):
+        for s in streams:
+            nxt = shard.streams().get(s, (0, 0))[1]
+            first = np.zeros(steps, bool)
+            first[0] = nxt == 0
+            shard.add_steps(s, nxt, rng.integers(0, 256, (steps,) + tuple(shape), np.uint8),
+                            rng.integers(0, 4, steps), rng.normal(size=steps).astype(np.float32),
+                            np.ones(steps, np.float32), first)
+            starts = np.arange(nxt, nxt + steps - 4, 2)
+            m = len(starts)
+            shard.add_sequences(s, starts, np.full(m, 5), rng.normal(size=(m, 3)),
+                                rng.normal(size=(m, 3)), rng.integers(0, 4, m),
+                                rng.normal(size=m), rng.random(m) * 2 + 0.1)
+
+
+def actor_streams(actors: Sequence[int]) -> List[int]:
+    return [stream_id(a, e, NUM_ENVS) for a in actors for e in range(NUM_ENVS)]
+
+
+def make_learner(cfg: Config, seed: int = 0) -> Learner:
+    torch.manual_seed(seed)
+    return Learner(cfg, OBS_SHAPE, NUM_ACTIONS, device="cpu")
+
+
+def trained_learner(cfg: Config, steps: int = 2) -> Learner:
+    learner = make_learner(cfg)
+    batch = random_sequence_batch(cfg, seed=3)
+    for _ in range(steps):
+        learner.step(batch, np.ones(5, np.float32))
+    return learner
+
+
+def write_checkpoint(run_dir: str, step: int, cfg: Config, shards: Sequence[ReplayShard],
+                     learner_state: Optional[dict] = None, keep: int = 3,
+                     actors: Optional[List[Dict[str, int]]] = None,
+                     layout: Optional[CheckpointLayout] = None) -> CheckpointInfo:
+    """The protocol of the module docstring, all roles in this process."""
+    layout = layout or CheckpointLayout(run_dir, keep=keep, fsync=False)
+    path = layout.begin(step)
+    state = learner_state if learner_state is not None else {"step_count": step, "w": np.ones(3)}
+    layout.write_learner(path, state, cfg, {"env_steps": 10 * step, "episodes": step},
+                         step=step, job_spec=JOB_SPEC, extra={"note": "test"})
+    layout.write_actors(path, actors or [{"env_steps": 5 * step, "episodes": 1},
+                                         {"env_steps": 5 * step, "episodes": 2}])
+    for i, shard in enumerate(shards):
+        layout.write_shard(layout.partial_path(step), i, shard)
+    return layout.commit(path, step, len(shards))
+
+
+def live_records(shards: Sequence[ReplayShard]) -> List[tuple]:
+    """Every live sequence, as a hashable record independent of slot and key."""
+    out = []
+    for shard in shards:
+        keys = shard.live_keys()
+        if not len(keys):
+            continue
+        info = shard.sequence_info(keys)
+        batch = shard.read(keys)
+        for j in range(len(keys)):
+            out.append((int(info["stream"][j]), int(info["start_step"][j]),
+                        int(info["length"][j]), float(info["priority"][j]),
+                        batch.obs[:, j].tobytes(), batch.state_h[j].tobytes()))
+    return sorted(out)
+
+
+def assert_batches_equal(a: SequenceBatch, b: SequenceBatch) -> None:
+    for name in SequenceBatch._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def report_sink() -> Tuple[List[str], callable]:
+    lines: List[str] = []
+    return lines, lines.append
+
+
+def truncate(path: str) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 2)
+
+
+def flip(path: str) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(os.path.getsize(path) - 9)
+        b = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([b[0] ^ 0x10]))
+
+
+def a_segment(ckpt: str) -> str:
+    d = os.path.join(ckpt, "shard-0")
+    return "shard-0/" + sorted(n for n in os.listdir(d) if n.startswith("steps_"))[0]
+
+
+def with_changes(cfg: Config, section: str, **changes) -> Config:
+    return cfg.replace(**{section: dataclasses.replace(getattr(cfg, section), **changes)})

@@ -1,0 +1,72 @@
+"""Running the real job from a test: ``mpiexec`` beside this Python, the tiny settings, and
+what every job test checks about the counters in ``summary.json``."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Sequence, Tuple
+
+from r2d2_hpc.config import Config, load_config
+from r2d2_hpc.presets import load_preset
+
+#: The repository root.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: Small, fast settings on top of the embedded default.
+TINY = ["replay.min_fill_sequences=40", "actor.num_envs=8", "learner.batch_size=16",
+        "network.lstm_size=32", "network.head_hidden=32", "network.mlp_hidden=[32]",
+        "logging.log_interval_seconds=0.5", "logging.tensorboard=false",
+        "learner.publish_period=2", "actor.param_refresh_period=16",
+        # no rate limit: these tests are about plumbing, not learning (a limited
+        # actor waits, and its parameter lag then depends on the machine's load)
+        "replay.samples_per_insert=0"]
+
+
+def tiny_job_config(*extra: str) -> Config:
+    """The embedded default with :data:`TINY` and ``extra`` overrides."""
+    return load_config(None, TINY + list(extra), base=load_preset("default"))
+
+
+def by_role(ranks: Sequence[Dict[str, Any]], role: str) -> List[Dict[str, Any]]:
+    """The summaries of one role, in rank order."""
+    return [r for r in ranks if r["role"] == role]
+
+
+def check_nothing_lost(ranks: Sequence[Dict[str, Any]]) -> None:
+    """Every sequence, step and chunk an actor sent reached a shard."""
+    actors, shards = by_role(ranks, "actor"), by_role(ranks, "replay")
+    sent = sum(a["sequences_sent"] for a in actors)
+    stored = sum(s["inserted_sequences"] + s["dropped_sequences"] for s in shards)
+    assert sent == stored > 0
+    assert sum(a["steps_sent"] for a in actors) == sum(s["steps_received"] for s in shards)
+    assert sum(a["chunks_sent"] for a in actors) == sum(s["chunks_received"] for s in shards)
+
+
+def mpiexec() -> str:
+    """The mpiexec beside this Python (the [mpich] extra's), else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = here if os.path.exists(here) else shutil.which("mpiexec")
+    assert found, "mpiexec not found: install the [mpich] extra or a system MPI"
+    return found
+
+
+def launch(n: int, args: Sequence[str], cwd: Any,
+           timeout: float = 240) -> Tuple[subprocess.CompletedProcess, float]:
+    """``mpiexec -n N python -m r2d2_hpc.cli --quiet ARGS``; (process, wall seconds)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "r2d2_hpc.cli", "--quiet"] + list(args)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc, time.monotonic() - t0
+
+
+def sets(*fields: str) -> List[str]:
+    """``--set F`` for each field."""
+    out: List[str] = []
+    for f in fields:
+        out += ["--set", f]
+    return out

@@ -1,0 +1,72 @@
+"""The whole job under mpiexec through the real entry point (``python -m r2d2_hpc.cli``)."""
+from __future__ import annotations
+
+import csv
+import json
+
+from tests.helpers.launcher import TINY, check_nothing_lost, launch, sets
+
+
+def test_mpi_end_to_end_four_ranks(tmp_path):
+    run = tmp_path / "run"
+    proc, _ = launch(4, ["--run-dir", str(run)] + sets(*TINY, "learner.max_steps=200"),
+                     tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = json.loads((run / "summary.json").read_text())
+    assert [r["role"] for r in ranks] == ["learner", "replay", "actor", "actor"]
+    assert all(r["clean_shutdown"] for r in ranks)
+    check_nothing_lost(ranks)
+    learner = ranks[0]
+    assert learner["learner_step"] == 200
+    assert ranks[1]["priority_updates"] == 200  # one shard: every update reaches it
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert rows and float(rows[-1]["learner_step"]) == 200
+    lags = [float(r["param_lag"]) for r in rows if r["param_lag"] not in ("", "nan")]
+    # actors act with parameters the learner published during the run, not only the
+    # initial ones (the lag: learner version minus the version in the actors' last
+    # reports; TINY has no rate limiter to hold the actors back)
+    assert lags and max(lags) < 100, lags
+    for actor in ranks[2:]:
+        assert actor["param_updates"] >= 2
+    assert (run / "config.yaml").is_file()
+    # every rank left within 30 s of the learner's stop decision
+    assert max(r["exit_time"] for r in ranks) - learner["stop_time"] < 30
+
+
+def test_mpi_two_shards_priorities_reach_their_owners(tmp_path):
+    run = tmp_path / "run"
+    proc, _ = launch(5, ["--run-dir", str(run)] + sets(*TINY, "learner.max_steps=60",
+                                                        "topology.replay_shards=2"), tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = json.loads((run / "summary.json").read_text())
+    assert [r["role"] for r in ranks] == ["learner", "replay", "replay", "actor", "actor"]
+    check_nothing_lost(ranks)
+    shards = ranks[1:3]
+    # each actor feeds its own shard; both are sampled and both get priority updates
+    for shard in shards:
+        assert shard["inserted_sequences"] > 0 and shard["sampled_sequences"] > 0
+        assert shard["priority_updates"] > 0
+    assert sum(s["sampled_sequences"] for s in shards) >= 60 * 16
+
+
+def test_mpi_actor_crash_aborts_the_job(tmp_path):
+    proc, seconds = launch(4, ["--run-dir", str(tmp_path / "run"), "--inject-actor-failure",
+                               "500"] + sets(*TINY, "learner.max_steps=1000000"), tmp_path,
+                           timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("rank 2 (actor 0) failed; aborting the whole job") == 1
+    assert "injected actor failure" in proc.stderr
+    assert seconds < 100  # aborted, not hung until the budget
+
+
+def test_mpi_too_few_ranks(tmp_path):
+    proc, _ = launch(2, sets("topology.replay_shards=1"), tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("need 3 MPI ranks, but the job has 2") == 1
+    assert "mpiexec -n 3" in proc.stderr
+
+
+def test_serial_flag_under_mpiexec_is_refused(tmp_path):
+    proc, _ = launch(2, ["--serial"], tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("--serial runs every role in one process") == 1

@@ -1,0 +1,57 @@
+"""The runners: the whole job in serial mode, in one process; torch threads per rank."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r2d2_hpc.job.runner import run_serial, torch_threads
+from tests.helpers.launcher import by_role, check_nothing_lost, tiny_job_config
+
+
+def test_serial_run_counts_everything(tmp_path):
+    cfg = tiny_job_config("learner.max_steps=25", "topology.replay_shards=2")
+    result = run_serial(cfg, str(tmp_path), num_actors=2, quiet=True)
+    ranks = result["ranks"]
+    (learner,) = by_role(ranks, "learner")
+    assert learner["learner_step"] == 25
+    assert learner["stop_reason"] == "learner.max_steps=25 reached"
+    check_nothing_lost(ranks)
+    shards = by_role(ranks, "replay")
+    assert len(shards) == 2
+    # every learner step sends priorities to the shards its batch came from
+    assert sum(s["priority_updates"] for s in shards) >= 25
+    # the union of shards' samples is the learner's batches (plus requests in flight)
+    sampled = sum(s["sampled_sequences"] for s in shards)
+    assert 25 * 16 <= sampled <= (25 + cfg.learner.samples_in_flight) * 16
+    # parameters reached the actors, and newer ones than the initial publication
+    for actor in by_role(ranks, "actor"):
+        assert actor["param_updates"] >= 2 and actor["params_version"] > 0
+    assert (tmp_path / "metrics.csv").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text()) == ranks
+
+
+def test_serial_run_stops_on_env_budget(tmp_path):
+    cfg = tiny_job_config("actor.max_env_steps=3000", "learner.max_steps=0")
+    result = run_serial(cfg, None, quiet=True)
+    (learner,) = by_role(result["ranks"], "learner")
+    assert learner["stop_reason"].startswith("actor.max_env_steps")
+    assert learner["env_steps"] >= 3000
+
+
+@pytest.mark.parametrize("role, cores, ranks, expected", [
+    # 4 ranks on a 2-core laptop: the learner must not run 2 threads (torch's
+    # default); docs/decisions.md, "Torch threads per rank".
+    ("learner", 2, 4, 1),
+    ("replay", 2, 4, 1),
+    ("actor", 2, 4, 1),
+    # A big node: the learner gets its share, actors always 1.
+    ("learner", 64, 4, 16),
+    ("actor", 64, 4, 1),
+    ("learner", 8, 3, 2),
+    # Degenerate inputs never give 0 threads.
+    ("learner", 1, 1, 1),
+    ("learner", 0, 0, 1),
+])
+def test_torch_threads_is_the_fair_share_of_the_node(role, cores, ranks, expected):
+    assert torch_threads(role, cores, ranks) == expected
