@@ -27,6 +27,8 @@ KNOWN_ENVS = ("cartpole_masked", "cartpole", "counter", "atari")
 
 #: Values of ``learner.loss_reduction`` (``losses.sequence_loss``'s ``reduction``).
 LOSS_REDUCTIONS = ("sum", "mean")
+#: Network torsos (``network.torso``).
+TORSOS = ("auto", "atari", "universe", "mlp")
 #: Values of ``learner.mixed_precision``.
 MIXED_PRECISION = ("none", "bf16", "fp16")
 
@@ -76,7 +78,9 @@ class EnvConfig:
 @dataclass(frozen=True)
 class NetworkConfig:
     torso: str = "auto"
-    """atari (Nature DQN convs -> 512) | mlp | auto (atari for image observations)."""
+    """atari (Nature DQN convs -> 512; the paper's) | universe (ours: 4 x conv 32 3x3/2, the
+    universe-starter-agent's small-screen torso, which keeps a 3x3 grid at 42x42 where the
+    Nature convs end at 1x1) | mlp | auto (atari for image observations, else mlp)."""
     mlp_hidden: Tuple[int, ...] = (256, 256)
     """MLP torso layer widths for vector observations (ours)."""
     core: str = "lstm"
@@ -424,7 +428,7 @@ def _validate(cfg: Config) -> List[str]:
     non_negative(e, "env", "noop_max")
     unit(e, "env", "sticky_action_prob")
 
-    choice(n, "network", "torso", ("auto", "atari", "mlp"))
+    choice(n, "network", "torso", TORSOS)
     choice(n, "network", "core", ("lstm", "feedforward"))
     positive(n, "network", "lstm_size", "head_hidden")
     need(len(n.mlp_hidden) > 0 and all(w > 0 for w in n.mlp_hidden), "network.mlp_hidden",

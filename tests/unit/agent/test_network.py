@@ -139,6 +139,34 @@ def test_auto_torso_picks_by_rank():
     assert make_net(VECTOR_SHAPE, torso="auto").torso_kind == "mlp"
 
 
+@pytest.mark.parametrize("hw, grid", [((42, 42), 3), ((84, 84), 6), ((44, 44), 3), ((16, 16), 1)])
+def test_universe_torso_keeps_a_grid(hw, grid):
+    # 4 stride-2 'same' convs: ceil(x / 16) per side, 32 channels, no linear layer.
+    net = make_net((4, *hw), torso="universe")
+    assert net.torso.output_size == 32 * grid * grid
+    obs, pa, pr = make_inputs((4, *hw), 2, 3)
+    q, _ = net(obs, pa, pr, None)
+    assert q.shape == (2, 3, NUM_ACTIONS) and torch.isfinite(q).all()
+
+
+def test_universe_torso_sees_where_a_pixel_is():
+    # The grid keeps position: a bright pixel in two far-apart places gives two
+    # different torso outputs (at 42x42 the Nature convs end at 1x1).
+    net = make_net((1, 42, 42), torso="universe")
+    left = torch.zeros(1, 1, 42, 42, dtype=torch.uint8)
+    right = left.clone()
+    left[0, 0, 20, 2] = 255
+    right[0, 0, 20, 39] = 255
+    with torch.no_grad():
+        out_l, out_r = net.torso(left), net.torso(right)
+    assert not torch.allclose(out_l, out_r)
+
+
+def test_universe_torso_refuses_vector_observations():
+    with pytest.raises(ValueError, match="universe torso needs a"):
+        make_net(VECTOR_SHAPE, torso="universe")
+
+
 def test_atari_torso_rejects_small_frames():
     with pytest.raises(ValueError, match="too small"):
         make_net((4, 30, 30), torso="atari")
@@ -172,9 +200,10 @@ def test_default_config_uses_paper_sizes():
 # --------------------------------------------------------------------------- shapes
 
 @pytest.mark.parametrize("torso, core, dueling, res_link, prev", list(itertools.product(
-    ["atari", "mlp"], ["lstm", "feedforward"], [True, False], [True, False], [True, False])))
+    ["atari", "universe", "mlp"], ["lstm", "feedforward"], [True, False], [True, False],
+    [True, False])))
 def test_output_shapes_and_dtypes(torso, core, dueling, res_link, prev):
-    obs_shape = ATARI_SHAPE if torso == "atari" else VECTOR_SHAPE
+    obs_shape = VECTOR_SHAPE if torso == "mlp" else ATARI_SHAPE
     net = make_net(obs_shape, torso=torso, core=core, dueling=dueling, res_link=res_link,
                    use_prev_action=prev, use_prev_reward=prev)
     t_len, batch = 3, 2
@@ -187,7 +216,8 @@ def test_output_shapes_and_dtypes(torso, core, dueling, res_link, prev):
     assert h.shape == (batch, 16) and c.shape == (batch, 16)
     assert h.dtype == torch.float32 and c.dtype == torch.float32
     assert torch.isfinite(q).all()
-    expected_in = (512 if torso == "atari" else 12) + (NUM_ACTIONS + 1 if prev else 0)
+    torso_size = {"atari": 512, "universe": 32 * 3 * 3, "mlp": 12}[torso]
+    expected_in = torso_size + (NUM_ACTIONS + 1 if prev else 0)
     assert net.core_input_size == expected_in
 
 
@@ -210,9 +240,9 @@ def test_prev_action_and_reward_change_q():
 
 # --------------------------------------------------------------------------- resets and carry
 
-@pytest.mark.parametrize("torso", ["atari", "mlp"])
+@pytest.mark.parametrize("torso", ["atari", "universe", "mlp"])
 def test_reset_equals_fresh_unroll_from_k(torso):
-    obs_shape = ATARI_SHAPE if torso == "atari" else VECTOR_SHAPE
+    obs_shape = VECTOR_SHAPE if torso == "mlp" else ATARI_SHAPE
     net = make_net(obs_shape, torso=torso)
     t_len, batch, k = 6, 3, 4
     obs, pa, pr = make_inputs(obs_shape, t_len, batch)
