@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
-from tests.helpers.launcher import TINY, check_nothing_lost, launch, sets
+from tests.helpers.launcher import ROOT, TINY, check_nothing_lost, launch, mpiexec, sets
 
 
 def test_mpi_end_to_end_four_ranks(tmp_path):
@@ -70,3 +73,25 @@ def test_serial_flag_under_mpiexec_is_refused(tmp_path):
     proc, _ = launch(2, ["--serial"], tmp_path, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("--serial runs every role in one process") == 1
+
+
+def test_config_reaches_every_rank_from_rank_0(tmp_path):
+    """r2d2-train's broadcast: ranks 1-3 are launched (MPMD) with a config file
+    that does not exist, another run directory and a conflicting network size;
+    the job runs on rank 0's config alone. Were ranks 1-3 to read their own
+    arguments, they would exit 2 on the missing file, or their parameter
+    vectors would not match the learner's."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cli = [sys.executable, "-m", "r2d2_hpc.cli", "--quiet"]
+    rank0 = cli + ["--run-dir", str(run)] + sets(*TINY, "learner.max_steps=30")
+    others = cli + ["--config", str(tmp_path / "missing.yaml"), "--run-dir", str(other),
+                    "--set", "network.lstm_size=7"]
+    proc = subprocess.run([mpiexec(), "-n", "1"] + rank0 + [":", "-n", "3"] + others,
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = json.loads((run / "summary.json").read_text())
+    assert [r["role"] for r in ranks] == ["learner", "replay", "actor", "actor"]
+    assert ranks[0]["learner_step"] == 30
+    check_nothing_lost(ranks)
+    assert not other.exists()

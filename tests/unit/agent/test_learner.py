@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from r2d2_hpc.agent import losses
 from r2d2_hpc.agent.device import device_errors, resolve_device
 from r2d2_hpc.agent.learner import (
     METRIC_KEYS,
@@ -121,25 +122,30 @@ def test_step_rejects_weights_of_the_wrong_shape() -> None:
         learner.step(batch, ones(4))
 
 
-def test_priorities_follow_the_eta_mix_of_the_trace_errors() -> None:
-    """Priorities equal eta max|δ| + (1 - eta) mean|δ| recomputed from the loss pieces."""
-    from r2d2_hpc.agent import losses
-
-    learner = make_learner()
-    batch = random_sequence_batch(learner.cfg, seed=3)
+@pytest.mark.parametrize("eta", [0.9, 0.25, 0.0])
+def test_priorities_follow_the_eta_mix_of_the_trace_errors(eta: float) -> None:
+    """Priorities equal eta max|δ| + (1 - eta) mean|δ|, with the configured eta
+    (non-default values too: a learner that ignored ``replay.priority_eta`` and
+    used the paper's 0.9 would fail at 0.25 and 0)."""
+    base = tiny_config()
+    cfg = dataclasses.replace(base, replay=dataclasses.replace(base.replay, priority_eta=eta))
+    learner = make_learner(cfg)
+    batch = random_sequence_batch(cfg, seed=3)
     tb = learner.batch_to_device(batch)
-    cfg = learner.cfg
     with torch.no_grad():
         out = losses.sequence_loss(learner.online, learner.target, tb, torch.ones(5),
                                    burn_in=cfg.replay.burn_in, n=cfg.learner.n_step,
                                    gamma=cfg.learner.discount,
-                                   eps=cfg.learner.value_rescaling_epsilon,
-                                   eta=cfg.replay.priority_eta)
+                                   eps=cfg.learner.value_rescaling_epsilon)
     abs_td, valid = out.abs_td_error.numpy(), out.valid.numpy()
-    expected = [0.9 * abs_td[valid[:, b], b].max() + 0.1 * abs_td[valid[:, b], b].mean()
+    expected = [eta * abs_td[valid[:, b], b].max() + (1 - eta) * abs_td[valid[:, b], b].mean()
                 for b in range(5)]
     result = learner.step(batch, ones())
     np.testing.assert_allclose(result.priorities, expected, rtol=1e-6)
+    if eta != 0.9:  # distinguishable from the default mix on this batch
+        default = [0.9 * abs_td[valid[:, b], b].max() + 0.1 * abs_td[valid[:, b], b].mean()
+                   for b in range(5)]
+        assert not np.allclose(result.priorities, default, rtol=1e-3)
 
 
 @pytest.mark.parametrize("period, num_steps", [(1, 3), (3, 7), (4, 9)])
