@@ -2,8 +2,10 @@
 finding a running job's ranks, writing the JSON result."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,30 @@ def find_mpiexec() -> str:
     if not found:
         raise SystemExit("mpiexec not found: install r2d2_hpc's [mpich] extra or a system MPI")
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def mpiexec_cmd() -> List[str]:
+    """``[mpiexec, *flags]``: :func:`find_mpiexec` and what its MPI needs to run
+    a job of more ranks than cores on one machine.
+
+    ``R2D2_MPIEXEC_FLAGS`` (split like a shell line) gives the flags when set.
+    Otherwise, for Open MPI (``mpiexec --version`` names it): ``--oversubscribe``
+    (it refuses more ranks than cores by default) and, as root,
+    ``--allow-run-as-root``; for MPICH none.
+    """
+    exe = find_mpiexec()
+    flags = os.environ.get("R2D2_MPIEXEC_FLAGS")
+    if flags is not None:
+        return [exe, *shlex.split(flags)]
+    try:
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    if "Open MPI" in version or "OpenRTE" in version:
+        return [exe, "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    return [exe]
 
 
 def run_worker(script: str, ranks: int, worker_flag: str, args: Sequence[str] = (),
@@ -47,7 +73,7 @@ def run_worker(script: str, ranks: int, worker_flag: str, args: Sequence[str] = 
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "worker.json")
-        cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, os.path.abspath(script),
+        cmd = [*mpiexec_cmd(), "-n", str(ranks), sys.executable, os.path.abspath(script),
                worker_flag, out, *args]
         for o in overrides:
             cmd += ["--set", o]

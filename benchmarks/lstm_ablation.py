@@ -47,7 +47,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, ROOT)
-from benchmarks._common import find_mpiexec  # noqa: E402
+from benchmarks._common import mpiexec_cmd  # noqa: E402
 
 #: Config overrides of each variant on top of the embedded default.
 VARIANTS: Dict[str, List[str]] = {
@@ -64,7 +64,7 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [find_mpiexec(), "-n", str(np_ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+    cmd = [*mpiexec_cmd(), "-n", str(np_ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
            "--run-dir", run_dir]
     for o in overrides:
         cmd += ["--set", o]

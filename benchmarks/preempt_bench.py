@@ -75,7 +75,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, ROOT)
-from benchmarks._common import find_mpiexec, rank_pids, write_result  # noqa: E402
+from benchmarks._common import find_mpiexec, mpiexec_cmd, rank_pids, write_result  # noqa: E402
 
 from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE  # noqa: E402
 from r2d2_hpc.checkpoint.records import CheckpointInfo, LEARNER_FILE  # noqa: E402
@@ -211,7 +211,7 @@ def within_grace(seconds: float, grace: float = SLURM_GRACE_S) -> Dict[str, Any]
 
 def train_command(run_dir: str, settings: Sequence[str], ranks: int) -> List[str]:
     """``mpiexec -n RANKS python -m r2d2_hpc.cli --quiet --run-dir RUN --config ... --set ...``."""
-    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+    cmd = [*mpiexec_cmd(), "-n", str(ranks), sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
            "--run-dir", run_dir, "--config", CONFIG_FILE]
     for s in settings:
         cmd += ["--set", s]

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
-MPIEXEC="${MPIEXEC:-mpiexec}"
+# Open MPI needs --oversubscribe for more ranks than cores (and
+# --allow-run-as-root as root); benchmarks/_common.py's mpiexec_cmd decides.
+MPIEXEC="${MPIEXEC:-$("$PY" -c 'from benchmarks._common import mpiexec_cmd; print(" ".join(mpiexec_cmd()))')}"
 NP="${R2D2_TEST_NP:-4}"
 echo "== plain tests =="
 # Horovod is optional (scripts/install_horovod.sh): its tests are deselected

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any, Dict, List, Sequence, Tuple
 
+from benchmarks._common import mpiexec_cmd
 from r2d2_hpc.config import Config, load_config
 from r2d2_hpc.presets import load_preset
 
@@ -45,19 +46,11 @@ def check_nothing_lost(ranks: Sequence[Dict[str, Any]]) -> None:
     assert sum(a["chunks_sent"] for a in actors) == sum(s["chunks_received"] for s in shards)
 
 
-def mpiexec() -> str:
-    """The mpiexec beside this Python (the [mpich] extra's), else the one on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    assert found, "mpiexec not found: install the [mpich] extra or a system MPI"
-    return found
-
-
 def launch(n: int, args: Sequence[str], cwd: Any,
            timeout: float = 240) -> Tuple[subprocess.CompletedProcess, float]:
     """``mpiexec -n N python -m r2d2_hpc.cli --quiet ARGS``; (process, wall seconds)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "r2d2_hpc.cli", "--quiet"] + list(args)
+    cmd = [*mpiexec_cmd(), "-n", str(n), sys.executable, "-m", "r2d2_hpc.cli", "--quiet"] + list(args)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

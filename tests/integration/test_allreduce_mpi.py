@@ -25,7 +25,7 @@ import pytest
 
 from r2d2_hpc.comm.allreduce import (BACKENDS, HOROVOD_INSTALL, backend_status, choose_backend,
                                      horovod_status)
-from tests.helpers.launcher import ROOT, TINY, launch, mpiexec, sets
+from tests.helpers.launcher import ROOT, TINY, launch, mpiexec_cmd, sets
 
 #: The two-learner check, run as a module from the repository root.
 WORKER = "tests.helpers.allreduce_worker"
@@ -54,7 +54,7 @@ ALL_BACKENDS = [backend_param(b) for b in BACKENDS]
 def run_worker(backend: str, tmp_path, n: int = 2) -> dict:
     out = tmp_path / f"worker_{backend}.json"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([mpiexec(), "-n", str(n), sys.executable, "-m", WORKER, "--backend",
+    proc = subprocess.run([*mpiexec_cmd(), "-n", str(n), sys.executable, "-m", WORKER, "--backend",
                            backend, "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -14,7 +14,7 @@ from r2d2_hpc.cli.train import EXIT_BAD_INPUT, train_main
 from tests.helpers.checkpoints import fill, new_shard, write_checkpoint
 from tests.helpers.fakes import tiny_config
 from tests.helpers.launcher import ROOT
-from tests.helpers.launcher import mpiexec as find_mpiexec
+from benchmarks._common import mpiexec_cmd
 from tests.helpers.pong import PONG, copy_run
 
 
@@ -89,9 +89,8 @@ def test_unwritable_run_dir(tmp_path):
 
 
 def test_bad_input_under_mpiexec_is_printed_once(tmp_path):
-    mpiexec = find_mpiexec()
-    assert mpiexec, "mpiexec not found: install the [mpich] extra or a system MPI"
-    proc = run_cli(["--set", "learner.discount=7"], cwd=tmp_path, launcher=[mpiexec, "-n", "2"])
+    proc = run_cli(["--set", "learner.discount=7"], cwd=tmp_path,
+                   launcher=[*mpiexec_cmd(), "-n", "2"])
     assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
     assert proc.stderr.count("learner.discount") == 1
 
@@ -193,8 +192,6 @@ def test_entry_point_subprocess(pong, tmp_path):
 @pytest.mark.slow
 def test_end_to_end_pong_mpiexec_checkpoint_then_eval(tmp_path):
     """r2d2-train on Pong under ``mpiexec -n 3`` writes a checkpoint; r2d2-eval scores it."""
-    mpiexec = find_mpiexec()
-    assert mpiexec, "mpiexec not found: install the [mpich] extra or a system MPI"
     run = str(tmp_path / "run")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
@@ -204,7 +201,7 @@ def test_end_to_end_pong_mpiexec_checkpoint_then_eval(tmp_path):
                    "learner.n_step=2", "learner.max_steps=6", "learner.publish_period=2",
                    "learner.device=cpu", "checkpoint.interval_steps=3",
                    "checkpoint.interval_seconds=0", "topology.replay_shards=1"]
-    argv = [mpiexec, "-n", "3", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+    argv = [*mpiexec_cmd(), "-n", "3", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
             "--run-dir", run]
     for s in sets:
         argv += ["--set", s]

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.helpers.launcher import ROOT, TINY, check_nothing_lost, launch, mpiexec, sets
+from tests.helpers.launcher import ROOT, TINY, check_nothing_lost, launch, mpiexec_cmd, sets
 
 
 def test_mpi_end_to_end_four_ranks(tmp_path):
@@ -87,7 +87,7 @@ def test_config_reaches_every_rank_from_rank_0(tmp_path):
     rank0 = cli + ["--run-dir", str(run)] + sets(*TINY, "learner.max_steps=30")
     others = cli + ["--config", str(tmp_path / "missing.yaml"), "--run-dir", str(other),
                     "--set", "network.lstm_size=7"]
-    proc = subprocess.run([mpiexec(), "-n", "1"] + rank0 + [":", "-n", "3"] + others,
+    proc = subprocess.run([*mpiexec_cmd(), "-n", "1"] + rank0 + [":", "-n", "3"] + others,
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = json.loads((run / "summary.json").read_text())

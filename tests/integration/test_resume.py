@@ -21,7 +21,7 @@ from r2d2_hpc.checkpoint.validate import find_latest_valid
 from r2d2_hpc.replay.snapshot import load_snapshot
 
 from benchmarks._common import rank_pids  # shared with benchmarks/preempt_bench.py
-from tests.helpers.launcher import ROOT, TINY, launch, mpiexec, sets
+from tests.helpers.launcher import ROOT, TINY, launch, mpiexec_cmd, sets
 
 
 SMALL = TINY + ["logging.eval_interval_steps=0", "logging.final_eval_episodes=0"]
@@ -57,7 +57,7 @@ def test_sigusr1_checkpoints_exits_3_and_resumes_bit_exact(tmp_path):
     args = ["--quiet", "--run-dir", str(run)] + sets(*SMALL, "logging.log_interval_seconds=0.2",
                                                      "learner.max_steps=400")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([mpiexec(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli"] + args,
+    proc = subprocess.Popen([*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli"] + args,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
