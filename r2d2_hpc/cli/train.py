@@ -14,7 +14,7 @@ import argparse
 import datetime
 import os
 import sys
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -23,6 +23,7 @@ from r2d2_hpc.checkpoint.records import CheckpointIncompatible, CheckpointInfo, 
 from r2d2_hpc.checkpoint.resume import resume_point
 from r2d2_hpc.comm.allreduce import check_allreduce
 from r2d2_hpc.config import Config, ConfigError, load_config, save_config
+from r2d2_hpc.job.memory import NodeMemory, check_serial_memory, gather_nodes, memory_problem
 from r2d2_hpc.job.role import job_spec
 from r2d2_hpc.job.runner import RunHooks, run_mpi, run_serial
 from r2d2_hpc.presets import config_path, load_preset, preset_names
@@ -60,6 +61,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial-actors", type=int, default=1, metavar="N",
                    help="actors in --serial mode (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="start even if the replay and the ranks look too big for a node's "
+                        "available memory (r2d2_hpc.job.memory)")
     p.add_argument("--inject-actor-failure", type=int, default=0, metavar="STEP",
                    help=argparse.SUPPRESS)  # tests: actor 0 raises at this env step
     return p
@@ -135,9 +139,25 @@ def _resume_point(run_dir: str, cfg: Config, spec: JobSpec,
     return info
 
 
-def _root_setup(args: argparse.Namespace, world_size: int
+def _memory_errors(args: argparse.Namespace, cfg: Config, spec: JobSpec, world_size: int,
+                   nodes: Optional[List[NodeMemory]]) -> List[str]:
+    """The memory check (``--no-memory-check`` skips it): nodes of an MPI job, or
+    this process for ``--serial``."""
+    if args.no_memory_check:
+        return []
+    if nodes is None:
+        problem = check_serial_memory(cfg, spec, args.serial_actors)
+    else:
+        problem = memory_problem(cfg, spec, nodes, world_size)
+    return [problem + " (--no-memory-check starts anyway)"] if problem else []
+
+
+def _root_setup(args: argparse.Namespace, world_size: int,
+                nodes: Optional[List[NodeMemory]] = None
                 ) -> Tuple[Optional[dict], Optional[str], str, Optional[CheckpointInfo]]:
-    """Rank 0's part: (config dict, error message, run dir, checkpoint to resume)."""
+    """Rank 0's part: (config dict, error message, run dir, checkpoint to resume).
+
+    ``nodes``: the MPI job's nodes and their memory (None: serial)."""
     try:
         cfg = resolve_config(args)
         if args.print_config:
@@ -171,6 +191,8 @@ def _root_setup(args: argparse.Namespace, world_size: int
                 resume = _resume_point(run_dir, cfg, spec, required=bool(args.resume))
             except ConfigError as exc:
                 errors += exc.errors
+        if not errors and spec is not None:  # before any rank allocates its replay
+            errors += _memory_errors(args, cfg, spec, world_size, nodes)
         if not errors:  # create nothing when the job cannot start
             try:
                 prepare_run_dir(run_dir)
@@ -197,7 +219,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_train_parser().parse_args(argv)
     comm, rank = _world()
     size = comm.Get_size() if comm is not None else 1
-    payload = _root_setup(args, size) if rank == 0 else None
+    # Collective: every rank tells rank 0 its node and that node's free memory.
+    nodes = gather_nodes(comm) if comm is not None and size > 1 else None
+    payload = _root_setup(args, size, nodes) if rank == 0 else None
     if comm is not None and comm.Get_size() > 1:
         payload = comm.bcast(payload, root=0)
     cfg_dict, error, run_dir, resume = payload

@@ -32,6 +32,7 @@ from r2d2_hpc.comm.messages import Command, sample_reply_arrays
 from r2d2_hpc.comm.topology import RoleInfo
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.role import Role, poll_control, stop_requested
+from r2d2_hpc.replay.layout import ShardSpec, shard_spec
 from r2d2_hpc.replay.rate_limit import RateLimiter
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.storage.digest import state_digest
@@ -46,16 +47,23 @@ def shard_seed(cfg: Config, shard_index: int) -> int:
     return cfg.seed * 7_919 + 104_729 * (shard_index + 1)
 
 
-def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) -> ReplayShard:
-    """The shard of one replay rank: its 1/S share of the replay capacity."""
+def replay_shard_spec(cfg: Config, spec: JobSpec, num_shards: int) -> ShardSpec:
+    """The layout of each replay rank's shard: its 1/S share of the replay capacity
+    (computed, not allocated: the memory check uses it too)."""
     r = cfg.replay
-    return ReplayShard(
+    return shard_spec(
         spec.frame_shape, capacity_observations=max(r.sequence_length, r.capacity_observations
                                                     // num_shards),
         capacity_sequences=max(cfg.learner.batch_size, r.capacity_sequences // num_shards),
         sequence_length=r.sequence_length, state_size=spec.state_size,
         obs_dtype=spec.obs_dtype, frame_stack=spec.frame_stack,
-        priority_exponent=r.priority_exponent, seed=shard_seed(cfg, shard_index))
+        priority_exponent=r.priority_exponent)
+
+
+def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) -> ReplayShard:
+    """The shard of one replay rank (:func:`replay_shard_spec`), empty."""
+    return ReplayShard.from_spec(replay_shard_spec(cfg, spec, num_shards),
+                                 seed=shard_seed(cfg, shard_index))
 
 
 def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
@@ -63,8 +71,7 @@ def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
     """This rank's shard from checkpoint ``resume``: exact when the shard count and
     layout are unchanged, else re-sharded by the actors' routing rule."""
     same = resume.num_shards == info.num_shards
-    # np.zeros pages are not touched, so building a shard only for its spec is cheap.
-    fresh = None if same else make_shard(cfg, spec, info.index, info.num_shards).spec
+    fresh = None if same else replay_shard_spec(cfg, spec, info.num_shards)
     return restore_shard(resume, info.index, info.num_shards, num_envs=cfg.actor.num_envs,
                          spec=fresh,
                          seed=shard_seed(cfg, info.index))

@@ -56,15 +56,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from r2d2_hpc.replay.sumtree import SumTree
 
 __all__ = [
     "STEP_FIELDS", "SEQUENCE_FIELDS", "SLOT_FIELDS", "STREAM_FIELDS", "RUN_FIELDS",
     "COUNTER_NAMES", "INITIAL_MAX_PRIORITY", "OBS_DTYPES", "STACK_FILLS",
     "STEP_SEGMENT_BYTES", "SEQUENCE_SEGMENT_BYTES", "ShardSpec",
-    "ShardState", "copy_json", "make_keys", "split_keys",
+    "ShardState", "shard_spec", "copy_json", "make_keys", "split_keys",
 ]
 
 #: Fields of the step ring, ``[capacity_observations, ...]``.
@@ -215,6 +217,28 @@ class ShardSpec:
             "tree_leaves": ((), np.dtype(np.float64)),
         }
 
+    def storage_bytes(self) -> Dict[str, int]:
+        """Bytes a shard of this layout allocates per storage group, computed
+        without allocating (the replay memory check): the step ring has
+        ``capacity_observations + 1`` rows (the last is the all-zero sentinel),
+        the sequence and slot tables ``capacity_sequences`` rows, the sum-tree
+        ``SumTree.num_nodes`` float64 nodes. ``ReplayShard.storage_bytes``
+        reports the same groups from its arrays (a test holds them equal).
+        """
+        lay = self.field_layout()
+
+        def rows(names: Sequence[str], n: int) -> int:
+            return sum(n * int(np.prod(lay[f][0], dtype=np.int64)) * lay[f][1].itemsize
+                       for f in names)
+
+        return {
+            "ring": rows(STEP_FIELDS, self.capacity_observations + 1),
+            "sequences": rows(SEQUENCE_FIELDS, self.capacity_sequences),
+            "slots": rows([f for f in SLOT_FIELDS if f != "tree_leaves"],
+                          self.capacity_sequences),
+            "tree": 8 * SumTree.num_nodes(self.capacity_sequences),
+        }
+
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able dict (inverse of ``from_dict``)."""
         d = dataclasses.asdict(self)
@@ -274,6 +298,38 @@ class ShardSpec:
         if valid["capacity_sequences"] and self.capacity_sequences >= 2 ** 31:
             e.append(f"capacity_sequences: {self.capacity_sequences} must be < 2**31")
         return e
+
+
+
+def shard_spec(frame_shape: Sequence[int], *, capacity_observations: int,
+               capacity_sequences: int, sequence_length: int, state_size: int,
+               obs_dtype: Union[str, np.dtype, type] = np.uint8, frame_stack: int = 1,
+               stack_fill: str = "zeros", priority_exponent: float = 0.9,
+               segment_observations: Optional[int] = None,
+               segment_sequences: Optional[int] = None) -> ShardSpec:
+    """The layout of a shard, unvalidated (``ReplayShard``'s arguments; the
+    segment sizes default to about 8 MiB of frames and 4 MiB of sequences).
+    ``ShardSpec.errors()`` lists what is wrong with it."""
+    try:
+        dtype_name = np.dtype(obs_dtype).name
+    except TypeError:
+        dtype_name = str(obs_dtype)
+    shape = tuple(frame_shape)
+    frame_bytes = (int(np.prod(shape, dtype=np.int64)) *
+                   (np.dtype(dtype_name).itemsize if dtype_name in OBS_DTYPES else 1))
+    if segment_observations is None and isinstance(capacity_observations, int):
+        segment_observations = max(1, min(capacity_observations,
+                                          STEP_SEGMENT_BYTES // max(1, frame_bytes)))
+    if segment_sequences is None and isinstance(capacity_sequences, int):
+        row = (frame_stack - 1 + sequence_length) * 4 + 8 * state_size + 40 \
+            if isinstance(frame_stack, int) and isinstance(sequence_length, int) and \
+            isinstance(state_size, int) else 1
+        segment_sequences = max(1, min(capacity_sequences,
+                                       SEQUENCE_SEGMENT_BYTES // max(1, row)))
+    return ShardSpec(shape, dtype_name, frame_stack, stack_fill, capacity_observations,
+                     capacity_sequences, sequence_length, state_size,
+                     float(priority_exponent) if isinstance(priority_exponent, (int, float))
+                     else priority_exponent, segment_observations, segment_sequences)
 
 
 @dataclass

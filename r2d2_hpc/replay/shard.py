@@ -40,10 +40,9 @@ import numpy as np
 
 from r2d2_hpc.replay.checks import (check_index, check_int, check_priorities, check_sequences,
                                     check_steps)
-from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, OBS_DTYPES, SEQUENCE_FIELDS,
-                                    SEQUENCE_SEGMENT_BYTES, SLOT_FIELDS,
-                                    STEP_FIELDS, STEP_SEGMENT_BYTES, ShardSpec, ShardState,
-                                    copy_json, make_keys, split_keys)
+from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, SEQUENCE_FIELDS, SLOT_FIELDS,
+                                    STEP_FIELDS, ShardSpec, ShardState, copy_json, make_keys,
+                                    shard_spec, split_keys)
 from r2d2_hpc.replay.sampling import ShardStats
 from r2d2_hpc.replay.streams import Stream, StreamIndex
 from r2d2_hpc.replay.sumtree import SumTree
@@ -88,26 +87,13 @@ class ReplayShard:
         Raises:
           ValueError: listing every invalid argument.
         """
-        try:
-            dtype_name = np.dtype(obs_dtype).name
-        except TypeError:
-            dtype_name = str(obs_dtype)
-        shape = tuple(frame_shape)
-        frame_bytes = (int(np.prod(shape, dtype=np.int64)) *
-                       (np.dtype(dtype_name).itemsize if dtype_name in OBS_DTYPES else 1))
-        if segment_observations is None and isinstance(capacity_observations, int):
-            segment_observations = max(1, min(capacity_observations,
-                                              STEP_SEGMENT_BYTES // max(1, frame_bytes)))
-        if segment_sequences is None and isinstance(capacity_sequences, int):
-            row = (frame_stack - 1 + sequence_length) * 4 + 8 * state_size + 40 \
-                if isinstance(frame_stack, int) and isinstance(sequence_length, int) and \
-                isinstance(state_size, int) else 1
-            segment_sequences = max(1, min(capacity_sequences,
-                                           SEQUENCE_SEGMENT_BYTES // max(1, row)))
-        spec = ShardSpec(shape, dtype_name, frame_stack, stack_fill, capacity_observations,
-                         capacity_sequences, sequence_length, state_size,
-                         float(priority_exponent) if isinstance(priority_exponent, (int, float))
-                         else priority_exponent, segment_observations, segment_sequences)
+        spec = shard_spec(frame_shape, capacity_observations=capacity_observations,
+                          capacity_sequences=capacity_sequences,
+                          sequence_length=sequence_length, state_size=state_size,
+                          obs_dtype=obs_dtype, frame_stack=frame_stack, stack_fill=stack_fill,
+                          priority_exponent=priority_exponent,
+                          segment_observations=segment_observations,
+                          segment_sequences=segment_sequences)
         errors = spec.errors()
         if errors:
             raise ValueError("ReplayShard: " + "; ".join(errors))

@@ -95,7 +95,13 @@ class SumTree:
         self._depth: int = max(0, (self.capacity - 1).bit_length())
         self._num_padded: int = 1 << self._depth
         # Index 0 is unused; the root is node 1 and leaf i is node P + i.
-        self._nodes: np.ndarray = np.zeros(2 * self._num_padded, dtype=np.float64)
+        self._nodes: np.ndarray = np.zeros(self.num_nodes(self.capacity), dtype=np.float64)
+
+    @staticmethod
+    def num_nodes(capacity: int) -> int:
+        """Length of the node array of a tree with ``capacity`` leaves: twice the
+        leaf count padded to a power of two (8 bytes each)."""
+        return 2 << max(0, (int(capacity) - 1).bit_length())
 
     # ------------------------------------------------------------------ access
     @property

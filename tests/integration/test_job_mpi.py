@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-from tests.helpers.launcher import ROOT, TINY, check_nothing_lost, launch, mpiexec_cmd, sets
+from r2d2_hpc.job.memory import available_memory_bytes
+from r2d2_hpc.job.replay import replay_shard_spec
+from r2d2_hpc.job.role import job_spec
+from tests.helpers.launcher import (ROOT, TINY, check_nothing_lost, launch, mpiexec_cmd, sets,
+                                    tiny_job_config)
 
 
 def test_mpi_end_to_end_four_ranks(tmp_path):
@@ -95,3 +100,23 @@ def test_config_reaches_every_rank_from_rank_0(tmp_path):
     assert ranks[0]["learner_step"] == 30
     check_nothing_lost(ranks)
     assert not other.exists()
+
+
+def test_a_replay_too_big_for_the_node_stops_before_anything_starts(tmp_path):
+    """The memory check through the real entry point: a replay twice this
+    machine's available memory ends the job with exit 2 and one message (rank
+    0), before any rank allocates and before the run directory is made."""
+    cfg = tiny_job_config()
+    spec = job_spec(cfg)
+    small = dataclasses.replace(cfg, replay=dataclasses.replace(
+        cfg.replay, capacity_observations=100_000))
+    per_obs = sum(replay_shard_spec(small, spec, 1).storage_bytes().values()) / 100_000
+    capacity = int(2 * available_memory_bytes() / per_obs)
+    run = tmp_path / "run"
+    proc, seconds = launch(4, ["--run-dir", str(run)]
+                           + sets(*TINY, f"replay.capacity_observations={capacity}"), tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("does not fit in memory") == 1, proc.stderr
+    assert "replay.capacity_observations" in proc.stderr and "GB" in proc.stderr
+    assert not run.exists()
+    assert seconds < 60
