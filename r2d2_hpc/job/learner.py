@@ -58,6 +58,7 @@ from r2d2_hpc.config import Config
 from r2d2_hpc.job.role import Control, Role, poll_control, stop_requested
 from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
                                       global_probabilities)
+from r2d2_hpc.seeding import EVALUATOR_FINAL, EVALUATOR_PERIODIC, derive_seed
 from r2d2_hpc.storage.digest import replica_digest, state_digest
 from r2d2_hpc.types import JobSpec, SequenceBatch
 
@@ -116,7 +117,7 @@ class LearnerRank(Role):
             self._join_learners(learner_comm)
         self.on_metrics = on_metrics
         self.clock = clock
-        self.rng = np.random.default_rng(cfg.seed * 31 + 17 + info.index)
+        self.rng = np.random.default_rng(derive_seed(cfg.seed, "learner", info.index))
         self.shard_ranks = list(info.replay_ranks)
         self.stats: List[ShardStats] = [ShardStats(0.0, 0, 0.0) for _ in self.shard_ranks]
         self.shard_counters: Dict[int, Dict[str, int]] = {}
@@ -188,9 +189,10 @@ class LearnerRank(Role):
         """The lead's evaluator (``logging.eval_episodes``), or one playing ``episodes``."""
         if episodes is None:
             return Evaluator(self.cfg, self.spec.obs_shape, self.spec.num_actions,
-                             seed=self.cfg.seed * 7_919 + 424_242)
+                             seed=derive_seed(self.cfg.seed, "evaluator", EVALUATOR_PERIODIC))
         return Evaluator(self.cfg, self.spec.obs_shape, self.spec.num_actions,
-                         seed=self.cfg.seed * 7_919 + 525_252, episodes=episodes)
+                         seed=derive_seed(self.cfg.seed, "evaluator", EVALUATOR_FINAL),
+                         episodes=episodes)
 
     def listen_names(self) -> Sequence[str]:
         return ("SHARD_STATS", "SAMPLE_REPLY", "ACTOR_REPORT", "CONTROL")

@@ -34,16 +34,12 @@ from r2d2_hpc.config import Config
 from r2d2_hpc.job.role import Role, poll_control, stop_requested
 from r2d2_hpc.replay.rate_limit import RateLimiter
 from r2d2_hpc.replay.shard import ReplayShard
+from r2d2_hpc.seeding import derive_seed
 from r2d2_hpc.storage.digest import state_digest
 from r2d2_hpc.types import JobSpec
 
 #: Seconds between SHARD_STATS messages while something changes.
 STATS_INTERVAL_S = 0.02
-
-
-def shard_seed(cfg: Config, shard_index: int) -> int:
-    """Seed of replay shard ``shard_index``'s sampling RNG (fresh or resumed)."""
-    return cfg.seed * 7_919 + 104_729 * (shard_index + 1)
 
 
 def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) -> ReplayShard:
@@ -55,7 +51,7 @@ def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) ->
         capacity_sequences=max(cfg.learner.batch_size, r.capacity_sequences // num_shards),
         sequence_length=r.sequence_length, state_size=spec.state_size,
         obs_dtype=spec.obs_dtype, frame_stack=spec.frame_stack,
-        priority_exponent=r.priority_exponent, seed=shard_seed(cfg, shard_index))
+        priority_exponent=r.priority_exponent, seed=derive_seed(cfg.seed, "replay", shard_index))
 
 
 def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
@@ -67,7 +63,7 @@ def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
     fresh = None if same else make_shard(cfg, spec, info.index, info.num_shards).spec
     return restore_shard(resume, info.index, info.num_shards, num_envs=cfg.actor.num_envs,
                          spec=fresh,
-                         seed=shard_seed(cfg, info.index))
+                         seed=derive_seed(cfg.seed, "replay", info.index))
 
 
 class ReplayRank(Role):
