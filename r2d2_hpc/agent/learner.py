@@ -90,10 +90,10 @@ def mixed_precision_forward(net: R2D2Network, dtype: Optional[torch.dtype],
                             state: Optional[TorchState]) -> Tuple[torch.Tensor, TorchState]:
     """``net(obs, prev_action, prev_reward, first, state)`` under autocast ``dtype``.
 
-    ``network_unroll`` inside ``torch.autocast(device, dtype)``: torso and head
-    in ``dtype``; the core in float32 for bfloat16 (see the module docstring)
-    and under the autocast for float16. ``dtype=None`` is the plain float32
-    forward.
+    The network's own forward inside ``torch.autocast(device, dtype)``: torso
+    and head in ``dtype``; the core in float32 for bfloat16
+    (``core_float32``, see the module docstring) and under the autocast for
+    float16. ``dtype=None`` is the plain float32 forward.
 
     Args:
       net: the network.
@@ -109,44 +109,10 @@ def mixed_precision_forward(net: R2D2Network, dtype: Optional[torch.dtype],
     """
     if dtype is None:
         return net(obs, prev_action, prev_reward, first, state)
-    if state is None:
-        state = net.initial_state(obs.shape[1], device=obs.device)
     with torch.autocast(obs.device.type, dtype=dtype):
-        q, (h, c) = network_unroll(net, obs, prev_action, prev_reward, first, state,
-                                   core_autocast=dtype != torch.bfloat16)
+        q, (h, c) = net(obs, prev_action, prev_reward, first, state,
+                        core_float32=dtype == torch.bfloat16)
     return q.float(), (h.float(), c.float())
-
-
-def network_unroll(net: R2D2Network, obs: torch.Tensor, prev_action: torch.Tensor,
-                   prev_reward: torch.Tensor, first: torch.Tensor, state: TorchState,
-                   core_autocast: bool = True) -> Tuple[torch.Tensor, TorchState]:
-    """``R2D2Network.forward``'s composition, with the core optionally outside autocast.
-
-    ``torso -> core -> (+ residual link) -> head``, through the network's own
-    ``embed``, ``unroll_core``, ``res_proj`` and ``head``; outside any autocast
-    region it computes exactly what ``net(...)`` computes.
-
-    Args:
-      net: the network.
-      obs, prev_action, prev_reward, first: ``[T, B, ...]`` as for ``net``.
-      state: ``(h, c)`` before step 0.
-      core_autocast: False runs the core in float32 with autocast disabled
-        (its input and state cast to float32).
-
-    Returns:
-      ``(q [T, B, A], (h, c))`` in whatever dtypes the region produced.
-    """
-    torso_out, core_in = net.embed(obs, prev_action, prev_reward)
-    if core_autocast:
-        core_out, new_state = net.unroll_core(core_in, first, state)
-    else:
-        with torch.autocast(obs.device.type, enabled=False):
-            core_out, new_state = net.unroll_core(core_in.float(), first,
-                                                  (state[0].float(), state[1].float()))
-    if net.cfg.res_link:
-        core_out = core_out + (net.res_proj(torso_out) if net.res_proj is not None
-                               else torso_out)
-    return net.head(core_out), new_state
 
 
 class _MixedPrecisionQ:

@@ -14,7 +14,6 @@ from r2d2_hpc.agent.learner import (
     METRIC_KEYS,
     Learner,
     mixed_precision_forward,
-    network_unroll,
     q_value_discrepancy,
 )
 from r2d2_hpc.config import Config, ConfigError
@@ -427,8 +426,9 @@ def test_mixed_precision_forward_casts_torso_and_head_not_the_core(dtype, expect
 
 
 @pytest.mark.parametrize("res_link", [False, True])
-def test_network_unroll_is_the_networks_forward(res_link: bool) -> None:
-    """The composition under autocast computes, without autocast, net(...) to the bit."""
+def test_mixed_precision_forward_is_the_networks_own_forward(res_link: bool) -> None:
+    """No second composition: float32 is net(...) to the bit; bf16 is net(...,
+    core_float32=True) under the autocast to the bit, and close to float32."""
     cfg = tiny_config()
     cfg = cfg.replace(network=dataclasses.replace(cfg.network, res_link=res_link,
                                                   mlp_hidden=(16,)))  # 16 != 8: res_proj
@@ -436,10 +436,13 @@ def test_network_unroll_is_the_networks_forward(res_link: bool) -> None:
     tb = learner.batch_to_device(random_sequence_batch(cfg, seed=21))
     args = (tb.obs, tb.prev_action, tb.prev_reward, tb.first.bool(), (tb.state_h, tb.state_c))
     q_ref, (h_ref, c_ref) = learner.online(*args)
-    for core_autocast in (True, False):
-        q, (h, c) = network_unroll(learner.online, *args, core_autocast=core_autocast)
-        assert torch.equal(q, q_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
-    q_bf16, _ = mixed_precision_forward(learner.online, torch.bfloat16, *args)
+    q, (h, c) = mixed_precision_forward(learner.online, None, *args)
+    assert torch.equal(q, q_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q_net, (h_net, c_net) = learner.online(*args, core_float32=True)
+    q_bf16, (h_bf16, c_bf16) = mixed_precision_forward(learner.online, torch.bfloat16, *args)
+    assert torch.equal(q_bf16, q_net.float())
+    assert torch.equal(h_bf16, h_net) and torch.equal(c_bf16, c_net)  # the core's float32
     assert not torch.equal(q_bf16, q_ref)
     torch.testing.assert_close(q_bf16, q_ref, rtol=3e-2, atol=3e-2)
 
