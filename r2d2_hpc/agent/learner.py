@@ -58,6 +58,8 @@ import torch
 from r2d2_hpc.agent import losses
 from r2d2_hpc.agent.device import AUTOCAST_DTYPES, DeviceSpec, device_errors, resolve_device
 from r2d2_hpc.agent.network import R2D2Network, TorchState
+from r2d2_hpc.agent.params import (flat_grads, load_flat_array, num_elements, set_grads,
+                                   to_flat_array)
 from r2d2_hpc.config import Config, ConfigError
 from r2d2_hpc.types import SequenceBatch
 
@@ -252,8 +254,7 @@ class Learner:
                                           eps=cfg.learner.adam_epsilon)
         self._params: List[torch.nn.Parameter] = list(self.online.parameters())
         self._names: List[str] = [name for name, _ in self.online.named_parameters()]
-        self._numels: List[int] = [p.numel() for p in self._params]
-        self.num_params: int = int(sum(self._numels))
+        self.num_params: int = num_elements(self._params)
         self.step_count: int = 0
         self.params_version: int = 0
         # Reused page-locked staging buffers, one per batch field (CUDA only).
@@ -329,7 +330,7 @@ class Learner:
             scaler.scale(out.loss).backward()
         else:
             out.loss.backward()
-        flat = self._flat_grad()
+        flat = flat_grads(self._params)
         self._sync()
         t1 = time.perf_counter()
 
@@ -341,13 +342,13 @@ class Learner:
         if scaler is not None:
             # Unscale the averaged gradient through the scaler, which records
             # inf/nan for its step(); every learner sees the same flat.
-            self._set_grads(flat)
+            set_grads(self._params, flat)
             scaler.unscale_(self.optimizer)
-            flat = self._flat_grad()
+            flat = flat_grads(self._params)
         grad_norm = torch.linalg.vector_norm(flat)
         if lcfg.max_grad_norm > 0:
             flat.mul_(torch.clamp(lcfg.max_grad_norm / (grad_norm + 1e-6), max=1.0))
-        self._set_grads(flat)
+        set_grads(self._params, flat)
         skipped = False
         if scaler is not None:
             scaler.step(self.optimizer)  # skipped when the gradient holds inf/nan
@@ -382,19 +383,6 @@ class Learner:
         }
         return LearnerStepResult(priorities=priorities, loss=loss_value, metrics=metrics)
 
-    def _flat_grad(self) -> torch.Tensor:
-        """All online gradients concatenated into one new ``<float32>[num_params]``."""
-        return torch.cat([p.grad.reshape(-1) if p.grad is not None
-                          else torch.zeros(p.numel(), device=self.device)
-                          for p in self._params])
-
-    def _set_grads(self, flat: torch.Tensor) -> None:
-        """Copies the flat gradient back into every ``p.grad``."""
-        for p, chunk in zip(self._params, torch.split(flat, self._numels)):
-            if p.grad is None:
-                p.grad = torch.empty_like(p)
-            p.grad.copy_(chunk.view_as(p))
-
     def update_target(self) -> None:
         """Hard target update: ``target ← online``."""
         with torch.no_grad():
@@ -411,9 +399,7 @@ class Learner:
           ``<float32>[num_params]``, parameters in ``named_parameters()`` order,
           each flattened row-major; a fresh array.
         """
-        with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in self._params])
-        return flat.cpu().numpy().astype(np.float32, copy=False)
+        return to_flat_array(self._params)
 
     def load_flat_params(self, flat: np.ndarray, version: Optional[int] = None,
                          update_target: bool = False) -> None:
@@ -424,11 +410,11 @@ class Learner:
           version: if given, the new ``params_version``.
           update_target: also copy into the target network (e.g. when several
             learners start from rank 0's parameters).
+
+        Raises:
+          ValueError: if ``flat`` is not ``[num_params]``.
         """
-        flat_t = _check_flat(flat, self.num_params)
-        with torch.no_grad():
-            for p, chunk in zip(self._params, torch.split(flat_t, self._numels)):
-                p.copy_(chunk.view_as(p))
+        load_flat_array(self._params, flat)
         if version is not None:
             self.params_version = int(version)
         if update_target:
@@ -596,10 +582,3 @@ def _py_number(value: object) -> Union[int, float]:
     item = np.asarray(value).item()
     return item if isinstance(item, (int, float)) else float(item)
 
-
-def _check_flat(flat: np.ndarray, num_params: int) -> torch.Tensor:
-    """Validates a flat parameter buffer and returns it as a float32 CPU tensor."""
-    flat = np.asarray(flat)
-    if flat.ndim != 1 or flat.shape[0] != num_params:
-        raise ValueError(f"flat parameters must have shape ({num_params},), got {flat.shape}")
-    return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
