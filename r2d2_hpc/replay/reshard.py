@@ -369,5 +369,6 @@ def reshard(shards: Sequence[ReplayShard], num_shards: int, *, seed: int = 0,
       The ``num_shards`` new shards.
     """
     sources = [MemorySource(s) for s in shards]
-    return [build_resharded(sources, i, num_shards, seed=derive_seed(seed, "replay", i), strict=strict, **kwargs)
+    return [build_resharded(sources, i, num_shards, seed=derive_seed(seed, "replay", i),
+                            strict=strict, **kwargs)
             for i in range(num_shards)]
