@@ -8,13 +8,13 @@ gradient in place (an allreduce).
 
 One ``step``::
 
-    numpy batch ──(pinned when CUDA)──► device
+    numpy batch ──(pinned when CUDA: host_array, else a staging copy)──► device
     losses.sequence_loss(online, target, ...) ──► loss, priorities
     loss.backward()
-    flat = concat(p.grad for p in online)      one contiguous <float32>[num_params]
+    flat = flat_grads(online)                  one contiguous <float32>[num_params]
     grad_reducer(flat)                         optional, in place (allreduce mean)
     flat *= min(1, max_grad_norm / ‖flat‖₂)    only if max_grad_norm > 0
-    p.grad ◄── flat                            what the optimizer uses
+    set_grads(online, flat)                    what the optimizer uses
     Adam(lr, eps=1e-3).step()
     step_count += 1; params_version += 1
     if step_count % target_update_period == 0: target ◄── online
@@ -263,11 +263,39 @@ class Learner:
     # ------------------------------------------------------------------ #
     # Moving data.
 
+    def host_array(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised host array the device copy can read directly.
+
+        Page-locked on CUDA (``batch_to_device`` then copies it to the device
+        without staging), plain ``np.empty`` otherwise. For buffers reused
+        across steps, e.g. the learner rank's batch assembly.
+
+        Args:
+          shape: array shape.
+          dtype: numpy dtype.
+
+        Returns:
+          The array; on CUDA a view of a pinned byte tensor that it keeps alive.
+        """
+        dtype = np.dtype(dtype)
+        if self.device.type != "cuda":
+            return np.empty(shape, dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return pinned.numpy().view(dtype).reshape(shape)
+
     def _to_device(self, name: str, array: np.ndarray) -> torch.Tensor:
-        """A numpy array as a tensor on the device; via a pinned buffer for CUDA."""
+        """A numpy array as a tensor on the device; via a pinned buffer for CUDA.
+
+        On the CPU the tensor shares the array's memory (no copy). On CUDA an
+        array already in page-locked memory (``host_array``) is copied straight
+        to the device; any other is first copied to a reused pinned buffer.
+        """
         host = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type != "cuda":
             return host
+        if host.is_pinned():
+            return host.to(self.device, non_blocking=True)
         buf = self._pinned.get(name)
         if buf is None or buf.shape != host.shape or buf.dtype != host.dtype:
             buf = torch.empty(host.shape, dtype=host.dtype).pin_memory()

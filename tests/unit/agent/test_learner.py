@@ -141,6 +141,39 @@ def test_priorities_follow_the_eta_mix_of_the_trace_errors() -> None:
     np.testing.assert_allclose(result.priorities, expected, rtol=1e-6)
 
 
+def host_batch(learner: Learner, batch) -> tuple:
+    """``batch`` copied into ``learner.host_array`` buffers (as the batch assembly does)."""
+    out = []
+    for value in batch:
+        buf = learner.host_array(value.shape, value.dtype)
+        buf[...] = value
+        out.append(buf)
+    return type(batch)(*out)
+
+
+def test_a_cpu_learner_uses_the_host_batch_without_copying() -> None:
+    learner = make_learner()
+    batch = host_batch(learner, random_sequence_batch(learner.cfg, seed=5))
+    tb = learner.batch_to_device(batch)
+    for host, tensor in zip(batch, tb):
+        assert np.shares_memory(host, tensor.numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_learner_copies_a_pinned_batch_straight_to_the_device() -> None:
+    torch.manual_seed(0)
+    learner = Learner(tiny_config(), OBS_SHAPE, NUM_ACTIONS, device="cuda")
+    plain = random_sequence_batch(learner.cfg, seed=5)
+    batch = host_batch(learner, plain)
+    assert all(torch.from_numpy(a).is_pinned() for a in batch)
+    tb = learner.batch_to_device(batch)
+    assert learner._pinned == {}  # no staging copy
+    for host, tensor in zip(plain, tb):
+        np.testing.assert_array_equal(tensor.cpu().numpy(), host)
+    learner.batch_to_device(plain)
+    assert set(learner._pinned) == set(type(plain)._fields)  # others are staged
+
+
 @pytest.mark.parametrize("period, num_steps", [(1, 3), (3, 7), (4, 9)])
 def test_target_changes_exactly_at_multiples_of_the_period(period: int, num_steps: int) -> None:
     learner = make_learner(tiny_config(target_update_period=period, learning_rate=1e-2))
