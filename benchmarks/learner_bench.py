@@ -32,10 +32,12 @@ Configurations (``--configs``):
 ``ratio_cpu_time`` compares updates per CPU-second of the learner's thread
 (live: from the CPU time the benchmark adds to each metrics row), which
 other processes taking the core away does not change: it is the learner
-rank's own per-step overhead (receiving, concatenating, weights, priorities,
-publishing, logging). Also reported, to tell why a ratio is below 1: the live run's mean time inside
-``Learner.step`` (``compute_seconds / steps``, contention shows here) against
-the in-memory step time, and the live fraction of wall time spent in steps.
+rank's own per-step overhead (receiving, assembling, weights, priorities,
+publishing, logging). ``batch_copies`` gives the host bytes the learner rank
+copies per batch (``batch_copy_bytes``). Also reported, to tell why a ratio is
+below 1: the live run's mean time inside ``Learner.step`` (``compute_seconds /
+steps``, contention shows here) against the in-memory step time, and the live
+fraction of wall time spent in steps.
 
 Usage::
 
@@ -167,6 +169,41 @@ def bench_in_memory(cfg: Any, batches: List[Any], weights: List[np.ndarray], sec
             "mean_step_seconds": (now - start) / steps}
 
 
+def batch_copy_bytes(batches: List[Any], num_shards: int = 2) -> Dict[str, Any]:
+    """Host bytes the learner rank copies per batch, before and after ``BatchAssembler``.
+
+    Each batch is cut into ``num_shards`` replies (views, as the receive buffers
+    hold them) and assembled by the learner rank's ``BatchAssembler``, which
+    counts the bytes it copies ("after": one copy into a reused buffer, which a
+    CUDA learner sends to the device as it is). "Before" is the old path's count
+    on the same batch: ``np.array`` of every reply, ``np.concatenate`` of the
+    replies, and on CUDA a copy into a pinned staging buffer (3 copies; 2 on a
+    CPU learner, whose tensors shared the concatenated arrays).
+    """
+    from r2d2_hpc.replay.assembly import BatchAssembler, batch_axis
+
+    size = int(np.shape(batches[0].keys)[0])
+    assembler = BatchAssembler(size)
+    bounds = np.linspace(0, size, num_shards + 1).astype(int)
+    for rid, batch in enumerate(batches):
+        parts = [(s, int(hi - lo)) for s, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+        assembler.expect(rid, parts)
+        for s, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            assembler.add(rid, s, type(batch)(*(
+                a[(slice(None),) * batch_axis(n) + (slice(lo, hi),)]
+                for n, a in zip(type(batch)._fields, batch))))
+        assembler.take(rid)
+    batch_bytes = int(sum(np.asarray(a).nbytes for a in batches[0]))
+    return {
+        "num_shards": num_shards,
+        "batch_bytes": batch_bytes,
+        "obs_bytes": int(np.asarray(batches[0].obs).nbytes),
+        "host_bytes_copied_per_batch_before_cuda": 3 * batch_bytes,
+        "host_bytes_copied_per_batch_before_cpu": 2 * batch_bytes,
+        "host_bytes_copied_per_batch_after": assembler.bytes_copied / assembler.batches,
+    }
+
+
 # --------------------------------------------------------------------------- #
 # Live: the real job under mpiexec.
 
@@ -268,6 +305,7 @@ def bench_one(name: str, overrides: Sequence[str], seconds: float, baseline_seco
         "live_mean_step_seconds": live_step,
         "in_memory_mean_step_seconds": base_step,
         "live_step_slowdown": live_step / base_step,
+        "batch_copies": batch_copy_bytes(batches),
         "live_fraction_of_wall_in_step": steady["updates_per_s"] * live_step,
         "in_memory_before": before,
         "in_memory_after": after,

@@ -51,6 +51,11 @@ class SequenceBatch(NamedTuple):
     probs: Array
 
 
+#: ``SequenceBatch`` fields laid out ``[T, B, ...]``; the others are ``[B, ...]``.
+TIME_MAJOR_FIELDS: Tuple[str, ...] = ("obs", "action", "reward", "discount", "first", "mask",
+                                      "prev_action", "prev_reward")
+
+
 class JobSpec(NamedTuple):
     """Shapes every rank derives identically from the config (``job.role.job_spec``).
 

@@ -44,6 +44,7 @@ from r2d2_hpc.agent.policy import ActorPolicy
 from r2d2_hpc.config import Config
 from r2d2_hpc.envs.atari import step_cap
 from r2d2_hpc.envs.factory import make_vector_env
+from r2d2_hpc.seeding import derive_seed
 
 
 class EvalResult(NamedTuple):
@@ -82,7 +83,8 @@ class Evaluator:
         ``logging.eval_episodes``).
       obs_shape: shape of one observation.
       num_actions: size of the action set.
-      seed: seeds the environments' start states and the exploration draws.
+      seed: seeds the environments' start states and the exploration draws;
+        evaluation ``j`` plays with ``derive_seed(seed, "evaluation", j)``.
       episodes: episodes per evaluation; default ``cfg.logging.eval_episodes``.
       epsilon: exploration rate; default ``cfg.logging.eval_epsilon``.
       max_steps: safety cap on agent steps per episode; default
@@ -118,7 +120,7 @@ class Evaluator:
         """
         t0 = time.perf_counter()
         k = self.episodes
-        eval_seed = self.seed * 1_000_003 + self.num_evaluations
+        eval_seed = derive_seed(self.seed, "evaluation", self.num_evaluations)
         self.num_evaluations += 1
         env = make_vector_env(self.cfg.env, k, seed=eval_seed)
         # A fresh policy state per evaluation; the exploration draws are

@@ -8,13 +8,13 @@ gradient in place (an allreduce).
 
 One ``step``::
 
-    numpy batch ──(pinned when CUDA)──► device
+    numpy batch ──(pinned when CUDA: host_array, else a staging copy)──► device
     losses.sequence_loss(online, target, ...) ──► loss, priorities
     loss.backward()
-    flat = concat(p.grad for p in online)      one contiguous <float32>[num_params]
+    flat = flat_grads(online)                  one contiguous <float32>[num_params]
     grad_reducer(flat)                         optional, in place (allreduce mean)
     flat *= min(1, max_grad_norm / ‖flat‖₂)    only if max_grad_norm > 0
-    p.grad ◄── flat                            what the optimizer uses
+    set_grads(online, flat)                    what the optimizer uses
     Adam(lr, eps=1e-3).step()
     step_count += 1; params_version += 1
     if step_count % target_update_period == 0: target ◄── online
@@ -58,6 +58,8 @@ import torch
 from r2d2_hpc.agent import losses
 from r2d2_hpc.agent.device import AUTOCAST_DTYPES, DeviceSpec, device_errors, resolve_device
 from r2d2_hpc.agent.network import R2D2Network, TorchState
+from r2d2_hpc.agent.params import (flat_grads, load_flat_array, num_elements, set_grads,
+                                   to_flat_array)
 from r2d2_hpc.config import Config, ConfigError
 from r2d2_hpc.types import SequenceBatch
 
@@ -90,10 +92,10 @@ def mixed_precision_forward(net: R2D2Network, dtype: Optional[torch.dtype],
                             state: Optional[TorchState]) -> Tuple[torch.Tensor, TorchState]:
     """``net(obs, prev_action, prev_reward, first, state)`` under autocast ``dtype``.
 
-    ``network_unroll`` inside ``torch.autocast(device, dtype)``: torso and head
-    in ``dtype``; the core in float32 for bfloat16 (see the module docstring)
-    and under the autocast for float16. ``dtype=None`` is the plain float32
-    forward.
+    The network's own forward inside ``torch.autocast(device, dtype)``: torso
+    and head in ``dtype``; the core in float32 for bfloat16
+    (``core_float32``, see the module docstring) and under the autocast for
+    float16. ``dtype=None`` is the plain float32 forward.
 
     Args:
       net: the network.
@@ -109,44 +111,10 @@ def mixed_precision_forward(net: R2D2Network, dtype: Optional[torch.dtype],
     """
     if dtype is None:
         return net(obs, prev_action, prev_reward, first, state)
-    if state is None:
-        state = net.initial_state(obs.shape[1], device=obs.device)
     with torch.autocast(obs.device.type, dtype=dtype):
-        q, (h, c) = network_unroll(net, obs, prev_action, prev_reward, first, state,
-                                   core_autocast=dtype != torch.bfloat16)
+        q, (h, c) = net(obs, prev_action, prev_reward, first, state,
+                        core_float32=dtype == torch.bfloat16)
     return q.float(), (h.float(), c.float())
-
-
-def network_unroll(net: R2D2Network, obs: torch.Tensor, prev_action: torch.Tensor,
-                   prev_reward: torch.Tensor, first: torch.Tensor, state: TorchState,
-                   core_autocast: bool = True) -> Tuple[torch.Tensor, TorchState]:
-    """``R2D2Network.forward``'s composition, with the core optionally outside autocast.
-
-    ``torso -> core -> (+ residual link) -> head``, through the network's own
-    ``embed``, ``unroll_core``, ``res_proj`` and ``head``; outside any autocast
-    region it computes exactly what ``net(...)`` computes.
-
-    Args:
-      net: the network.
-      obs, prev_action, prev_reward, first: ``[T, B, ...]`` as for ``net``.
-      state: ``(h, c)`` before step 0.
-      core_autocast: False runs the core in float32 with autocast disabled
-        (its input and state cast to float32).
-
-    Returns:
-      ``(q [T, B, A], (h, c))`` in whatever dtypes the region produced.
-    """
-    torso_out, core_in = net.embed(obs, prev_action, prev_reward)
-    if core_autocast:
-        core_out, new_state = net.unroll_core(core_in, first, state)
-    else:
-        with torch.autocast(obs.device.type, enabled=False):
-            core_out, new_state = net.unroll_core(core_in.float(), first,
-                                                  (state[0].float(), state[1].float()))
-    if net.cfg.res_link:
-        core_out = core_out + (net.res_proj(torso_out) if net.res_proj is not None
-                               else torso_out)
-    return net.head(core_out), new_state
 
 
 class _MixedPrecisionQ:
@@ -286,8 +254,7 @@ class Learner:
                                           eps=cfg.learner.adam_epsilon)
         self._params: List[torch.nn.Parameter] = list(self.online.parameters())
         self._names: List[str] = [name for name, _ in self.online.named_parameters()]
-        self._numels: List[int] = [p.numel() for p in self._params]
-        self.num_params: int = int(sum(self._numels))
+        self.num_params: int = num_elements(self._params)
         self.step_count: int = 0
         self.params_version: int = 0
         # Reused page-locked staging buffers, one per batch field (CUDA only).
@@ -296,11 +263,39 @@ class Learner:
     # ------------------------------------------------------------------ #
     # Moving data.
 
+    def host_array(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised host array the device copy can read directly.
+
+        Page-locked on CUDA (``batch_to_device`` then copies it to the device
+        without staging), plain ``np.empty`` otherwise. For buffers reused
+        across steps, e.g. the learner rank's batch assembly.
+
+        Args:
+          shape: array shape.
+          dtype: numpy dtype.
+
+        Returns:
+          The array; on CUDA a view of a pinned byte tensor that it keeps alive.
+        """
+        dtype = np.dtype(dtype)
+        if self.device.type != "cuda":
+            return np.empty(shape, dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return pinned.numpy().view(dtype).reshape(shape)
+
     def _to_device(self, name: str, array: np.ndarray) -> torch.Tensor:
-        """A numpy array as a tensor on the device; via a pinned buffer for CUDA."""
+        """A numpy array as a tensor on the device; via a pinned buffer for CUDA.
+
+        On the CPU the tensor shares the array's memory (no copy). On CUDA an
+        array already in page-locked memory (``host_array``) is copied straight
+        to the device; any other is first copied to a reused pinned buffer.
+        """
         host = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type != "cuda":
             return host
+        if host.is_pinned():
+            return host.to(self.device, non_blocking=True)
         buf = self._pinned.get(name)
         if buf is None or buf.shape != host.shape or buf.dtype != host.dtype:
             buf = torch.empty(host.shape, dtype=host.dtype).pin_memory()
@@ -363,7 +358,7 @@ class Learner:
             scaler.scale(out.loss).backward()
         else:
             out.loss.backward()
-        flat = self._flat_grad()
+        flat = flat_grads(self._params)
         self._sync()
         t1 = time.perf_counter()
 
@@ -375,13 +370,13 @@ class Learner:
         if scaler is not None:
             # Unscale the averaged gradient through the scaler, which records
             # inf/nan for its step(); every learner sees the same flat.
-            self._set_grads(flat)
+            set_grads(self._params, flat)
             scaler.unscale_(self.optimizer)
-            flat = self._flat_grad()
+            flat = flat_grads(self._params)
         grad_norm = torch.linalg.vector_norm(flat)
         if lcfg.max_grad_norm > 0:
             flat.mul_(torch.clamp(lcfg.max_grad_norm / (grad_norm + 1e-6), max=1.0))
-        self._set_grads(flat)
+        set_grads(self._params, flat)
         skipped = False
         if scaler is not None:
             scaler.step(self.optimizer)  # skipped when the gradient holds inf/nan
@@ -416,19 +411,6 @@ class Learner:
         }
         return LearnerStepResult(priorities=priorities, loss=loss_value, metrics=metrics)
 
-    def _flat_grad(self) -> torch.Tensor:
-        """All online gradients concatenated into one new ``<float32>[num_params]``."""
-        return torch.cat([p.grad.reshape(-1) if p.grad is not None
-                          else torch.zeros(p.numel(), device=self.device)
-                          for p in self._params])
-
-    def _set_grads(self, flat: torch.Tensor) -> None:
-        """Copies the flat gradient back into every ``p.grad``."""
-        for p, chunk in zip(self._params, torch.split(flat, self._numels)):
-            if p.grad is None:
-                p.grad = torch.empty_like(p)
-            p.grad.copy_(chunk.view_as(p))
-
     def update_target(self) -> None:
         """Hard target update: ``target ← online``."""
         with torch.no_grad():
@@ -445,9 +427,7 @@ class Learner:
           ``<float32>[num_params]``, parameters in ``named_parameters()`` order,
           each flattened row-major; a fresh array.
         """
-        with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in self._params])
-        return flat.cpu().numpy().astype(np.float32, copy=False)
+        return to_flat_array(self._params)
 
     def load_flat_params(self, flat: np.ndarray, version: Optional[int] = None,
                          update_target: bool = False) -> None:
@@ -458,11 +438,11 @@ class Learner:
           version: if given, the new ``params_version``.
           update_target: also copy into the target network (e.g. when several
             learners start from rank 0's parameters).
+
+        Raises:
+          ValueError: if ``flat`` is not ``[num_params]``.
         """
-        flat_t = _check_flat(flat, self.num_params)
-        with torch.no_grad():
-            for p, chunk in zip(self._params, torch.split(flat_t, self._numels)):
-                p.copy_(chunk.view_as(p))
+        load_flat_array(self._params, flat)
         if version is not None:
             self.params_version = int(version)
         if update_target:
@@ -630,10 +610,3 @@ def _py_number(value: object) -> Union[int, float]:
     item = np.asarray(value).item()
     return item if isinstance(item, (int, float)) else float(item)
 
-
-def _check_flat(flat: np.ndarray, num_params: int) -> torch.Tensor:
-    """Validates a flat parameter buffer and returns it as a float32 CPU tensor."""
-    flat = np.asarray(flat)
-    if flat.ndim != 1 or flat.shape[0] != num_params:
-        raise ValueError(f"flat parameters must have shape ({num_params},), got {flat.shape}")
-    return torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))

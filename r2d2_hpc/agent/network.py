@@ -431,8 +431,12 @@ class R2D2Network(nn.Module):
 
     def forward(self, obs: torch.Tensor, prev_action: Optional[torch.Tensor],
                 prev_reward: Optional[torch.Tensor], first: Optional[torch.Tensor],
-                state: Optional[TorchState] = None) -> Tuple[torch.Tensor, TorchState]:
-        """Unrolls the network over a sequence.
+                state: Optional[TorchState] = None, *,
+                core_float32: bool = False) -> Tuple[torch.Tensor, TorchState]:
+        """Unrolls the network over a sequence: torso, core, residual link, head.
+
+        The only composition of the network; the learner's mixed precision calls
+        it inside a ``torch.autocast`` region (``agent.learner.mixed_precision_forward``).
 
         Args:
           obs: ``<uint8>[T, B, C, H, W]`` frame stacks (scaled by 1/255 here) or
@@ -444,17 +448,25 @@ class R2D2Network(nn.Module):
           first: ``<bool>[T, B]``, True where step ``t`` starts an episode: the state
             is zeroed before step ``t``. None means no resets.
           state: ``(h, c)``, each ``<float32>[B, H]``, before step 0; None means zeros.
+          core_float32: run the core with autocast disabled, on its input and
+            state cast to float32 (inside an autocast region; outside one it
+            changes nothing).
 
         Returns:
           ``(q <float32>[T, B, num_actions], (h, c))`` with ``(h, c)`` the state after
-          the last step.
+          the last step (in the region's dtypes under autocast).
         """
         if obs.dim() < 3:
             raise ValueError(f"obs must be [T, B, *obs_shape], got shape {tuple(obs.shape)}")
         if state is None:
             state = self.initial_state(obs.shape[1], device=obs.device)
         torso_out, core_in = self.embed(obs, prev_action, prev_reward)
-        core_out, new_state = self.unroll_core(core_in, first, state)
+        if core_float32:
+            with torch.autocast(obs.device.type, enabled=False):
+                core_out, new_state = self.unroll_core(
+                    core_in.float(), first, (state[0].float(), state[1].float()))
+        else:
+            core_out, new_state = self.unroll_core(core_in, first, state)
         if self.cfg.res_link:
             core_out = core_out + (self.res_proj(torso_out) if self.res_proj is not None
                                    else torso_out)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from r2d2_hpc.agent.network import R2D2Network
+from r2d2_hpc.agent.params import load_flat_array, num_elements, to_flat_array
 from r2d2_hpc.config import Config
 
 
@@ -100,8 +101,7 @@ class ActorPolicy:
         for p in self.network.parameters():
             p.requires_grad_(False)
         self._params = list(self.network.parameters())
-        self._numels = [p.numel() for p in self._params]
-        self.num_params = int(sum(self._numels))
+        self.num_params = num_elements(self._params)
         self.params_version = 0
         self._rngs = [np.random.default_rng(s)
                       for s in np.random.SeedSequence(int(seed)).spawn(self.num_envs)]
@@ -187,21 +187,16 @@ class ActorPolicy:
         Args:
           flat: ``<float32>[num_params]``.
           version: the learner's ``params_version`` of these parameters.
+
+        Raises:
+          ValueError: if ``flat`` is not ``[num_params]``.
         """
-        flat = np.asarray(flat)
-        if flat.ndim != 1 or flat.shape[0] != self.num_params:
-            raise ValueError(f"flat parameters must have shape ({self.num_params},), "
-                             f"got {flat.shape}")
-        flat_t = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
-        with torch.no_grad():
-            for p, chunk in zip(self._params, torch.split(flat_t, self._numels)):
-                p.copy_(chunk.view_as(p))
+        load_flat_array(self._params, flat)
         self.params_version = int(version)
 
     def flat_params(self) -> np.ndarray:
         """The policy's parameters as ``<float32>[num_params]`` (same layout as the learner's)."""
-        with torch.no_grad():
-            return torch.cat([p.reshape(-1) for p in self._params]).numpy().copy()
+        return to_flat_array(self._params)
 
     @property
     def state(self) -> Tuple[np.ndarray, np.ndarray]:

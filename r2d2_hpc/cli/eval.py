@@ -52,6 +52,7 @@ import torch
 
 from r2d2_hpc.agent.evaluation import Evaluator
 from r2d2_hpc.agent.network import R2D2Network
+from r2d2_hpc.agent.params import to_flat_array
 from r2d2_hpc.checkpoint.records import (CHECKPOINTS_DIR, CheckpointError, CheckpointInfo,
                                          LEARNER_FILE, MANIFEST, checkpoint_key, list_checkpoints)
 from r2d2_hpc.checkpoint.restore import read_learner
@@ -184,12 +185,12 @@ def flat_online_params(online: Dict[str, Any], cfg: Config, obs_shape: Tuple[int
         if arr.shape != tuple(p.shape):
             errors.append(f"{name}: shape {arr.shape}, the network needs {tuple(p.shape)}")
             continue
-        chunks.append(arr.reshape(-1))
+        chunks.append(torch.tensor(arr))
     if errors:
         raise EvalInputError("the checkpoint's online parameters do not fit the network of its "
                              "own config: " + "; ".join(errors[:5])
                              + (f"; ... and {len(errors) - 5} more" if len(errors) > 5 else ""))
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    return to_flat_array(chunks)
 
 
 # --------------------------------------------------------------------------- #

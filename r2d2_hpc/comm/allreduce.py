@@ -78,6 +78,7 @@ import numpy as np
 import torch
 
 from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.agent.params import flatten, unflatten_into
 from r2d2_hpc.config import ALLREDUCE_CHOICES, Config
 
 #: Concrete backends.
@@ -346,14 +347,9 @@ class GradientAverager(abc.ABC):
                 for p in params:
                     st = learner.optimizer.state[p]
                     tensors += [st["exp_avg"], st["exp_avg_sq"], st["step"]]
-            packed = torch.cat([t.detach().reshape(-1).to("cpu", torch.float32)
-                                for t in tensors])
+            packed = flatten(tensors, device="cpu")
             self.broadcast_(packed, root)
-            offset = 0
-            for t in tensors:
-                n = t.numel()
-                t.copy_(packed[offset:offset + n].view_as(t))
-                offset += n
+            unflatten_into(packed, tensors)
         counters = torch.tensor([learner.step_count, learner.params_version], dtype=torch.int64)
         self.broadcast_(counters, root)
         learner.step_count, learner.params_version = (int(v) for v in counters.tolist())

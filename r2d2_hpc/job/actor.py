@@ -33,6 +33,7 @@ from r2d2_hpc.config import Config
 from r2d2_hpc.envs.base import EpisodeStats
 from r2d2_hpc.envs.factory import make_vector_env
 from r2d2_hpc.job.role import Role, poll_control, stop_requested
+from r2d2_hpc.seeding import derive_seed
 from r2d2_hpc.types import JobSpec
 
 #: Seconds between ACTOR_REPORT messages.
@@ -70,7 +71,7 @@ class ActorRank(Role):
         self.epsilons = env_epsilons(n * info.num_actors, cfg.actor.epsilon_base,
                                      cfg.actor.epsilon_alpha)[first_env:first_env + n]
         #: Seeds the env, the policy and its exploration (actor_bench reuses it).
-        self.seed = seed = cfg.seed * 100_003 + 7919 * (self.index + 1)
+        self.seed = seed = derive_seed(cfg.seed, "actor", self.index)
         self.env = make_vector_env(cfg.env, n, seed=seed)
         self.policy = ActorPolicy(cfg, spec.obs_shape, spec.num_actions, self.epsilons, seed)
         self.adder = SequenceAdder.from_config(

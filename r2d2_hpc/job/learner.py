@@ -8,7 +8,9 @@ Each tick:
    masses (``replay.sampling.allocate_batch``) and sends each shard a
    SAMPLE_REQUEST for its share, so the union is proportional prioritized
    sampling over all shards;
-3. when every share of the oldest request arrived, concatenates them, computes
+3. copies each share, as it arrives, to its rows of a reused batch buffer (the
+   batch's one host copy: :class:`~r2d2_hpc.replay.assembly.BatchAssembler`);
+   when every share of the oldest request arrived, computes
    the global probabilities (each reply carries its shard's mass at sampling
    time) and the importance weights with the global N, runs
    :meth:`~r2d2_hpc.agent.learner.Learner.step`, and sends the new priorities back
@@ -56,23 +58,12 @@ from r2d2_hpc.comm.messages import Command, sequence_batch_of, shard_stats_of
 from r2d2_hpc.comm.topology import RoleInfo, node_local_rank
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.role import Control, Role, poll_control, stop_requested
+from r2d2_hpc.replay.assembly import BatchAssembler
 from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
                                       global_probabilities)
+from r2d2_hpc.seeding import EVALUATOR_FINAL, EVALUATOR_PERIODIC, derive_seed
 from r2d2_hpc.storage.digest import replica_digest, state_digest
 from r2d2_hpc.types import JobSpec, SequenceBatch
-
-#: SequenceBatch fields laid out ``[T, B, ...]`` (the others are ``[B, ...]``).
-_T_FIELDS = ("obs", "action", "reward", "discount", "first", "mask", "prev_action",
-             "prev_reward")
-
-
-def concat_replies(replies: Sequence[Dict[str, np.ndarray]]) -> SequenceBatch:
-    """One SequenceBatch from several shards' SAMPLE_REPLY fields (along the batch axis)."""
-    batches = [sequence_batch_of(r) for r in replies]
-    return SequenceBatch(*(np.concatenate([getattr(b, name) for b in batches],
-                                          axis=1 if name in _T_FIELDS else 0)
-                           for name in SequenceBatch._fields))
-
 
 class LearnerRank(Role):
     """Learning loop of one learner rank (see the module docstring).
@@ -116,12 +107,14 @@ class LearnerRank(Role):
             self._join_learners(learner_comm)
         self.on_metrics = on_metrics
         self.clock = clock
-        self.rng = np.random.default_rng(cfg.seed * 31 + 17 + info.index)
+        self.rng = np.random.default_rng(derive_seed(cfg.seed, "learner", info.index))
         self.shard_ranks = list(info.replay_ranks)
         self.stats: List[ShardStats] = [ShardStats(0.0, 0, 0.0) for _ in self.shard_ranks]
         self.shard_counters: Dict[int, Dict[str, int]] = {}
         self.requests: "OrderedDict[int, Dict[int, Optional[Dict[str, np.ndarray]]]]" = \
             OrderedDict()
+        #: The batch's one host copy: replies go straight into reused (pinned) buffers.
+        self.assembler = BatchAssembler(cfg.learner.batch_size, self.learner.host_array)
         self._next_request = 0
         self.actor_steps: Dict[int, int] = {}
         self.actor_versions: Dict[int, int] = {}
@@ -188,9 +181,10 @@ class LearnerRank(Role):
         """The lead's evaluator (``logging.eval_episodes``), or one playing ``episodes``."""
         if episodes is None:
             return Evaluator(self.cfg, self.spec.obs_shape, self.spec.num_actions,
-                             seed=self.cfg.seed * 7_919 + 424_242)
+                             seed=derive_seed(self.cfg.seed, "evaluator", EVALUATOR_PERIODIC))
         return Evaluator(self.cfg, self.spec.obs_shape, self.spec.num_actions,
-                         seed=self.cfg.seed * 7_919 + 525_252, episodes=episodes)
+                         seed=derive_seed(self.cfg.seed, "evaluator", EVALUATOR_FINAL),
+                         episodes=episodes)
 
     def listen_names(self) -> Sequence[str]:
         return ("SHARD_STATS", "SAMPLE_REPLY", "ACTOR_REPORT", "CONTROL")
@@ -227,7 +221,9 @@ class LearnerRank(Role):
             if parts is None or msg.source not in parts:
                 raise RuntimeError(f"learner {self.info.index}: unexpected SAMPLE_REPLY "
                                    f"{rid} from rank {msg.source}")
-            parts[msg.source] = {k: np.array(v) for k, v in msg.fields.items()}
+            self.assembler.add(rid, msg.source, sequence_batch_of(msg.fields))
+            parts[msg.source] = {k: np.array(v) for k, v in msg.fields.items()
+                                 if k not in SequenceBatch._fields}  # the scalars
         self.ep.release("SAMPLE_REPLY")
         if self.lead:
             for msg in self.ep.poll("ACTOR_REPORT"):
@@ -243,13 +239,13 @@ class LearnerRank(Role):
         alloc = allocate_batch(self.stats, self.cfg.learner.batch_size, self.rng)
         rid = self._next_request
         self._next_request += 1
+        plan = [(self.shard_ranks[s], int(k)) for s, k in enumerate(alloc) if k > 0]
+        self.assembler.expect(rid, plan)  # the batch's rows, in this order
         parts: Dict[int, Optional[Dict[str, np.ndarray]]] = {}
-        for s, k in enumerate(alloc):
-            if k > 0:
-                rank = self.shard_ranks[s]
-                parts[rank] = None
-                self.ep.send("SAMPLE_REQUEST", rank, timeout=60.0, request_id=rid,
-                             num_sequences=int(k))
+        for rank, k in plan:
+            parts[rank] = None
+            self.ep.send("SAMPLE_REQUEST", rank, timeout=60.0, request_id=rid,
+                         num_sequences=k)
         self.requests[rid] = parts
 
     def _ready_batch(self) -> Optional[Tuple[SequenceBatch, np.ndarray, List[Tuple[int, int]]]]:
@@ -261,7 +257,7 @@ class LearnerRank(Role):
         del self.requests[rid]
         ranks = list(parts)
         replies = [parts[r] for r in ranks]
-        batch = concat_replies(replies)
+        batch = self.assembler.take(rid)
         # Each reply carries its shard's stats at sampling time; the other
         # shards' masses are the latest reported.
         stats = list(self.stats)

@@ -35,16 +35,12 @@ from r2d2_hpc.job.role import Role, poll_control, stop_requested
 from r2d2_hpc.replay.layout import ShardSpec, shard_spec
 from r2d2_hpc.replay.rate_limit import RateLimiter
 from r2d2_hpc.replay.shard import ReplayShard
+from r2d2_hpc.seeding import derive_seed
 from r2d2_hpc.storage.digest import state_digest
 from r2d2_hpc.types import JobSpec
 
 #: Seconds between SHARD_STATS messages while something changes.
 STATS_INTERVAL_S = 0.02
-
-
-def shard_seed(cfg: Config, shard_index: int) -> int:
-    """Seed of replay shard ``shard_index``'s sampling RNG (fresh or resumed)."""
-    return cfg.seed * 7_919 + 104_729 * (shard_index + 1)
 
 
 def replay_shard_spec(cfg: Config, spec: JobSpec, num_shards: int) -> ShardSpec:
@@ -63,7 +59,7 @@ def replay_shard_spec(cfg: Config, spec: JobSpec, num_shards: int) -> ShardSpec:
 def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) -> ReplayShard:
     """The shard of one replay rank (:func:`replay_shard_spec`), empty."""
     return ReplayShard.from_spec(replay_shard_spec(cfg, spec, num_shards),
-                                 seed=shard_seed(cfg, shard_index))
+                                 seed=derive_seed(cfg.seed, "replay", shard_index))
 
 
 def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
@@ -74,7 +70,7 @@ def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
     fresh = None if same else replay_shard_spec(cfg, spec, info.num_shards)
     return restore_shard(resume, info.index, info.num_shards, num_envs=cfg.actor.num_envs,
                          spec=fresh,
-                         seed=shard_seed(cfg, info.index))
+                         seed=derive_seed(cfg.seed, "replay", info.index))
 
 
 class ReplayRank(Role):

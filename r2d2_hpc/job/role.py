@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from r2d2_hpc.agent.network import R2D2Network
+from r2d2_hpc.agent.params import num_elements
 from r2d2_hpc.comm.endpoint import Endpoint
 from r2d2_hpc.comm.messages import Command
 from r2d2_hpc.comm.topology import RoleInfo
@@ -39,7 +40,7 @@ def job_spec(cfg: Config) -> JobSpec:
     frame_shape = obs_shape[1:] if k > 1 else obs_shape
     with torch.random.fork_rng():
         net = R2D2Network(obs_shape, num_actions, cfg.network)
-    num_params = sum(p.numel() for p in net.parameters())
+    num_params = num_elements(net.parameters())
     return JobSpec(obs_shape, frame_shape, dtype, num_actions, int(net.state_size),
                    int(num_params), k)
 

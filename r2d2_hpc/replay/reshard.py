@@ -18,6 +18,7 @@ from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, RUN_FIELDS, SEQUENCE_F
                                     SLOT_FIELDS, STEP_FIELDS, STREAM_FIELDS, ShardSpec)
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.streams import encode_streams
+from r2d2_hpc.seeding import derive_seed
 
 __all__ = ["MemorySource", "ShardSource", "build_resharded", "reshard", "shard_for_stream"]
 
@@ -359,7 +360,8 @@ def reshard(shards: Sequence[ReplayShard], num_shards: int, *, seed: int = 0,
     Args:
       shards: the current shards.
       num_shards: S', the number of new shards.
-      seed: new shard ``i`` is seeded with ``seed + i``.
+      seed: new shard ``i`` is seeded with ``derive_seed(seed, "replay", i)``, the
+        seed a job with ``cfg.seed = seed`` gives its shard ``i``.
       strict: see ``build_resharded``.
       **kwargs: ``capacity_observations``, ``capacity_sequences``, ``assign``.
 
@@ -367,5 +369,6 @@ def reshard(shards: Sequence[ReplayShard], num_shards: int, *, seed: int = 0,
       The ``num_shards`` new shards.
     """
     sources = [MemorySource(s) for s in shards]
-    return [build_resharded(sources, i, num_shards, seed=seed + i, strict=strict, **kwargs)
+    return [build_resharded(sources, i, num_shards, seed=derive_seed(seed, "replay", i),
+                            strict=strict, **kwargs)
             for i in range(num_shards)]

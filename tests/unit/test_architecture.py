@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 #: Layer of each top-level module or subpackage, bottom up (docs/ARCHITECTURE.md).
 LAYERS: Dict[str, int] = {
-    "r2d2_hpc": 0, "config": 0, "types": 0,
+    "r2d2_hpc": 0, "config": 0, "types": 0, "seeding": 0,
     "presets": 1, "storage": 1,
     "envs": 2, "replay": 2,
     "agent": 3,

@@ -9,6 +9,7 @@ import torch
 
 from r2d2_hpc.agent.evaluation import Evaluator, default_step_cap
 from r2d2_hpc.agent.network import R2D2Network
+from r2d2_hpc.agent.params import to_flat_array
 from r2d2_hpc.config import EnvConfig, LoggingConfig, load_config
 from r2d2_hpc.presets import load_preset
 from tests.helpers.fakes import tiny_config
@@ -28,7 +29,7 @@ def fixed_action_params(cfg, obs_shape, num_actions: int, action: int) -> np.nda
         for p in net.parameters():
             p.zero_()
         net.advantage_head[-1].bias[action] = 1.0
-    return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).numpy().astype(np.float32)
+    return to_flat_array(net.parameters())
 
 
 # Counter env i terminates after 5 + 5 (i mod 8) steps; action a earns 1 + a.
@@ -70,7 +71,7 @@ def test_cartpole_evaluation_is_seeded_and_successive_ones_differ():
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = R2D2Network(obs_shape, num_actions, cfg.network)
-    params = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).numpy()
+    params = to_flat_array(net.parameters())
     a, b = Evaluator(cfg, obs_shape, num_actions, seed=5), Evaluator(cfg, obs_shape,
                                                                        num_actions, seed=5)
     first_a, first_b = a.evaluate(params), b.evaluate(params)

@@ -15,7 +15,6 @@ from r2d2_hpc.agent.learner import (
     METRIC_KEYS,
     Learner,
     mixed_precision_forward,
-    network_unroll,
     q_value_discrepancy,
 )
 from r2d2_hpc.config import Config, ConfigError
@@ -146,6 +145,39 @@ def test_priorities_follow_the_eta_mix_of_the_trace_errors(eta: float) -> None:
         default = [0.9 * abs_td[valid[:, b], b].max() + 0.1 * abs_td[valid[:, b], b].mean()
                    for b in range(5)]
         assert not np.allclose(result.priorities, default, rtol=1e-3)
+
+
+def host_batch(learner: Learner, batch) -> tuple:
+    """``batch`` copied into ``learner.host_array`` buffers (as the batch assembly does)."""
+    out = []
+    for value in batch:
+        buf = learner.host_array(value.shape, value.dtype)
+        buf[...] = value
+        out.append(buf)
+    return type(batch)(*out)
+
+
+def test_a_cpu_learner_uses_the_host_batch_without_copying() -> None:
+    learner = make_learner()
+    batch = host_batch(learner, random_sequence_batch(learner.cfg, seed=5))
+    tb = learner.batch_to_device(batch)
+    for host, tensor in zip(batch, tb):
+        assert np.shares_memory(host, tensor.numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_learner_copies_a_pinned_batch_straight_to_the_device() -> None:
+    torch.manual_seed(0)
+    learner = Learner(tiny_config(), OBS_SHAPE, NUM_ACTIONS, device="cuda")
+    plain = random_sequence_batch(learner.cfg, seed=5)
+    batch = host_batch(learner, plain)
+    assert all(torch.from_numpy(a).is_pinned() for a in batch)
+    tb = learner.batch_to_device(batch)
+    assert learner._pinned == {}  # no staging copy
+    for host, tensor in zip(plain, tb):
+        np.testing.assert_array_equal(tensor.cpu().numpy(), host)
+    learner.batch_to_device(plain)
+    assert set(learner._pinned) == set(type(plain)._fields)  # others are staged
 
 
 @pytest.mark.parametrize("period, num_steps", [(1, 3), (3, 7), (4, 9)])
@@ -433,8 +465,9 @@ def test_mixed_precision_forward_casts_torso_and_head_not_the_core(dtype, expect
 
 
 @pytest.mark.parametrize("res_link", [False, True])
-def test_network_unroll_is_the_networks_forward(res_link: bool) -> None:
-    """The composition under autocast computes, without autocast, net(...) to the bit."""
+def test_mixed_precision_forward_is_the_networks_own_forward(res_link: bool) -> None:
+    """No second composition: float32 is net(...) to the bit; bf16 is net(...,
+    core_float32=True) under the autocast to the bit, and close to float32."""
     cfg = tiny_config()
     cfg = cfg.replace(network=dataclasses.replace(cfg.network, res_link=res_link,
                                                   mlp_hidden=(16,)))  # 16 != 8: res_proj
@@ -442,10 +475,13 @@ def test_network_unroll_is_the_networks_forward(res_link: bool) -> None:
     tb = learner.batch_to_device(random_sequence_batch(cfg, seed=21))
     args = (tb.obs, tb.prev_action, tb.prev_reward, tb.first.bool(), (tb.state_h, tb.state_c))
     q_ref, (h_ref, c_ref) = learner.online(*args)
-    for core_autocast in (True, False):
-        q, (h, c) = network_unroll(learner.online, *args, core_autocast=core_autocast)
-        assert torch.equal(q, q_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
-    q_bf16, _ = mixed_precision_forward(learner.online, torch.bfloat16, *args)
+    q, (h, c) = mixed_precision_forward(learner.online, None, *args)
+    assert torch.equal(q, q_ref) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q_net, (h_net, c_net) = learner.online(*args, core_float32=True)
+    q_bf16, (h_bf16, c_bf16) = mixed_precision_forward(learner.online, torch.bfloat16, *args)
+    assert torch.equal(q_bf16, q_net.float())
+    assert torch.equal(h_bf16, h_net) and torch.equal(c_bf16, c_net)  # the core's float32
     assert not torch.equal(q_bf16, q_ref)
     torch.testing.assert_close(q_bf16, q_ref, rtol=3e-2, atol=3e-2)
 

@@ -293,6 +293,32 @@ def test_first_none_equals_all_false_and_state_none_equals_zeros():
     assert torch.equal(q1, q2) and torch.equal(s1[0], s2[0]) and torch.equal(s1[1], s2[1])
 
 
+@pytest.mark.parametrize("core, res_link", [("lstm", False), ("lstm", True),
+                                            ("feedforward", True)])
+def test_core_float32_changes_nothing_outside_autocast(core, res_link):
+    net = make_net(core=core, res_link=res_link)
+    obs, pa, pr = make_inputs(VECTOR_SHAPE, 6, 3)
+    first = torch.zeros(6, 3, dtype=torch.bool)
+    first[3, 1] = True
+    state = random_state(net, 3)
+    with torch.no_grad():
+        q1, (h1, c1) = net(obs, pa, pr, first, state)
+        q2, (h2, c2) = net(obs, pa, pr, first, state, core_float32=True)
+    assert torch.equal(q1, q2) and torch.equal(h1, h2) and torch.equal(c1, c2)
+
+
+def test_core_float32_keeps_the_core_out_of_autocast():
+    net = make_net()
+    obs, pa, pr = make_inputs(VECTOR_SHAPE, 4, 2)
+    seen = {}
+    net.lstm.register_forward_hook(lambda _m, _i, out: seen.update(lstm=out[0].dtype))
+    net.torso.register_forward_hook(lambda _m, _i, out: seen.update(torso=out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        q, (h, c) = net(obs, pa, pr, None, core_float32=True)
+    assert seen == {"torso": torch.bfloat16, "lstm": torch.float32}
+    assert h.dtype == c.dtype == torch.float32 and q.dtype == torch.bfloat16
+
+
 def test_incoming_state_matters_for_lstm():
     net = make_net()
     obs, pa, pr = make_inputs(VECTOR_SHAPE, 3, 2)
