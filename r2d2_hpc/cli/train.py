@@ -24,6 +24,7 @@ from r2d2_hpc.checkpoint.resume import resume_point
 from r2d2_hpc.comm.allreduce import check_allreduce
 from r2d2_hpc.config import Config, ConfigError, load_config, save_config
 from r2d2_hpc.job.memory import NodeMemory, check_serial_memory, gather_nodes, memory_problem
+from r2d2_hpc.job.plan import plan_lines, print_plan
 from r2d2_hpc.job.role import job_spec
 from r2d2_hpc.job.runner import RunHooks, run_mpi, run_serial
 from r2d2_hpc.presets import config_path, load_preset, preset_names
@@ -154,14 +155,16 @@ def _memory_errors(args: argparse.Namespace, cfg: Config, spec: JobSpec, world_s
 
 def _root_setup(args: argparse.Namespace, world_size: int,
                 nodes: Optional[List[NodeMemory]] = None
-                ) -> Tuple[Optional[dict], Optional[str], str, Optional[CheckpointInfo]]:
-    """Rank 0's part: (config dict, error message, run dir, checkpoint to resume).
+                ) -> Tuple[Optional[dict], Optional[str], str, Optional[CheckpointInfo],
+                           Optional[JobSpec]]:
+    """Rank 0's part: (config dict, error message, run dir, checkpoint to resume,
+    the job's shapes).
 
     ``nodes``: the MPI job's nodes and their memory (None: serial)."""
     try:
         cfg = resolve_config(args)
         if args.print_config:
-            return cfg.to_dict(), None, "", None
+            return cfg.to_dict(), None, "", None, None
         errors = []
         if args.serial and world_size > 1:
             errors.append(f"--serial runs every role in one process, but this job has "
@@ -201,9 +204,9 @@ def _root_setup(args: argparse.Namespace, world_size: int,
         if errors:
             raise ConfigError(errors)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        return cfg.to_dict(), None, run_dir, resume
+        return cfg.to_dict(), None, run_dir, resume, spec
     except ConfigError as exc:
-        return None, str(exc), "", None
+        return None, str(exc), "", None, None
 
 
 def _world() -> Tuple[Any, int]:
@@ -224,7 +227,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     payload = _root_setup(args, size, nodes) if rank == 0 else None
     if comm is not None and comm.Get_size() > 1:
         payload = comm.bcast(payload, root=0)
-    cfg_dict, error, run_dir, resume = payload
+    cfg_dict, error, run_dir, resume, spec = payload
     if error is not None:
         if rank == 0:
             print(f"r2d2-train: {error}", file=sys.stderr, flush=True)
@@ -236,12 +239,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     hooks = RunHooks(fail_actor_at_step=args.inject_actor_failure)
     if rank == 0:
-        mode = "serial" if args.serial else f"{size} MPI ranks"
-        print(f"r2d2-train: run directory {run_dir} ({mode}; effective config in "
-              f"config.yaml)", flush=True)
-        if resume is not None:
-            print(f"r2d2-train: resuming from checkpoint {resume.name} (learner step "
-                  f"{resume.step}, {resume.num_shards} replay shard(s))", flush=True)
+        print_plan(plan_lines(cfg, spec, size, run_dir, resume,
+                              serial_actors=args.serial_actors if args.serial else 0))
     if args.serial:
         result = run_serial(cfg, run_dir, num_actors=args.serial_actors, quiet=args.quiet,
                             hooks=hooks, resume=resume)
