@@ -17,7 +17,7 @@ and ``num_dropped_sequences`` counts it.
 
 The insert protocol follows what an actor stream sends. Each actor environment
 is a *stream* with an integer id, always routed to the same shard
-(``shard_for_stream``); its steps are numbered consecutively. ``add_steps``
+(``replay.routing.shard_for_stream``); its steps are numbered consecutively. ``add_steps``
 appends new steps; ``add_sequences`` declares sequences over steps already
 added. A stream remembers, per contiguous *run* of its steps in the ring,
 ``(first step number, abs of that step, count)``, which is how a step number

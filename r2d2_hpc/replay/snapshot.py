@@ -54,8 +54,8 @@ identical to the saved one, so sampling continues bit-identically.
 
 ``load_resharded`` builds shard ``i`` of ``S'`` from the snapshots of ``S``
 shards (a requeued job may get another allocation), reading only the segments
-it needs, one at a time; streams are assigned by ``shard_for_stream`` unless the
-caller passes the routing rule its actors use.
+it needs, one at a time; streams are placed by the rule the actors send by
+(``replay.routing.shard_for_stream``, given the new job's ``num_envs``).
 """
 from __future__ import annotations
 
@@ -66,14 +66,14 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
 from r2d2_hpc.replay.layout import (RUN_FIELDS, SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS,
                                     STREAM_FIELDS, ShardSpec)
-from r2d2_hpc.replay.reshard import build_resharded, shard_for_stream
+from r2d2_hpc.replay.reshard import build_resharded
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.storage.files import crc32_file, fsync_path
 from r2d2_hpc.storage.h5tree import write_dataset
@@ -497,14 +497,14 @@ def load_snapshot(directory: str, *, verify: bool = True) -> ReplayShard:
 
 
 def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int, *,
-                   capacity_observations: Optional[int] = None,
+                   num_envs: int, capacity_observations: Optional[int] = None,
                    capacity_sequences: Optional[int] = None, seed: int = 0,
-                   strict: bool = True, verify: bool = True,
-                   assign: Callable[[int, int], int] = shard_for_stream) -> ReplayShard:
+                   strict: bool = True, verify: bool = True) -> ReplayShard:
     """Builds shard ``shard_index`` of ``num_shards`` from the snapshots of other shards.
 
     Every sequence whose stream maps to ``shard_index``
-    (``assign(stream, num_shards)``) is kept with its priority; see
+    (``replay.routing.shard_for_stream(stream, num_envs, num_shards)``, the rule
+    the actors send by) is kept with its priority; see
     ``r2d2_hpc.replay.reshard.build_resharded`` for the details and the capacity
     defaults (the sources' total divided by ``num_shards``).
 
@@ -512,14 +512,12 @@ def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int
       directories: snapshot directories of the old shards (any number).
       shard_index: which new shard to build.
       num_shards: S', the number of new shards.
+      num_envs: environments per actor in the new job (``actor.num_envs``).
       capacity_observations: ring rows of the new shard.
       capacity_sequences: sequence slots of the new shard.
       seed: seed of the new shard's generator.
       strict: raise instead of dropping the oldest data if it does not fit.
       verify: check segment sizes and crc32s.
-      assign: ``(stream_id, num_shards) -> shard``; must match how actors route
-        their streams after the re-shard, so that a stream's steps and its
-        future sequences meet in one shard (default ``shard_for_stream``).
 
     Returns:
       The new shard.
@@ -529,7 +527,6 @@ def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int
       ValueError: on incompatible shards or (strict) insufficient capacity.
     """
     sources = [SnapshotSource(d, verify) for d in directories]
-    return build_resharded(sources, shard_index, num_shards,
+    return build_resharded(sources, shard_index, num_shards, num_envs=num_envs,
                            capacity_observations=capacity_observations,
-                           capacity_sequences=capacity_sequences, seed=seed, strict=strict,
-                           assign=assign)
+                           capacity_sequences=capacity_sequences, seed=seed, strict=strict)

@@ -11,7 +11,7 @@ import torch
 from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointInfo
-from r2d2_hpc.comm.topology import stream_id
+from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.config import Config
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.types import SequenceBatch

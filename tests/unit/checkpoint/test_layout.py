@@ -16,7 +16,7 @@ from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointError, list_checkpoints
 from r2d2_hpc.checkpoint.restore import read_actors, read_learner, restore_shard
 from r2d2_hpc.checkpoint.validate import find_latest_valid, open_checkpoint
-from r2d2_hpc.comm.topology import stream_id
+from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.config import Config
 from tests.helpers.checkpoints import (JOB_SPEC, NUM_ENVS, a_segment, actor_streams,
                                        assert_batches_equal, fill, flip, make_learner, new_shard,

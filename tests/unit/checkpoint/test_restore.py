@@ -7,7 +7,7 @@ import pytest
 
 from r2d2_hpc.checkpoint.records import CheckpointError
 from r2d2_hpc.checkpoint.restore import restore_shard
-from r2d2_hpc.comm.topology import shard_for_stream_id, stream_id
+from r2d2_hpc.replay.routing import shard_for_stream, stream_id
 from tests.helpers.checkpoints import (NUM_ENVS, actor_streams, fill, live_records, new_shard,
                                        write_checkpoint)
 from tests.helpers.fakes import tiny_config
@@ -19,7 +19,7 @@ def test_reshard_keeps_every_sequence_on_the_actor_routed_shard(tmp_path, old, n
     run = str(tmp_path / "run")
     shards = [new_shard(seed=i, C=200, S=60) for i in range(old)]
     for a in range(num_actors):
-        s = shard_for_stream_id(stream_id(a, 0, NUM_ENVS), NUM_ENVS, old)
+        s = shard_for_stream(stream_id(a, 0, NUM_ENVS), NUM_ENVS, old)
         fill(shards[s], actor_streams([a]), seed=a, steps=10)
     expected = live_records(shards)
     info = write_checkpoint(run, 3, tiny_config(), shards)
@@ -31,7 +31,7 @@ def test_reshard_keeps_every_sequence_on_the_actor_routed_shard(tmp_path, old, n
     assert live_records(restored) == expected
     for i, sh in enumerate(restored):
         streams = sh.sequence_info(sh.live_keys())["stream"]
-        assert all(shard_for_stream_id(int(s), NUM_ENVS, new) == i for s in streams)
+        assert all(shard_for_stream(int(s), NUM_ENVS, new) == i for s in streams)
         assert sh.spec.capacity_observations == 200 * old
         sh.sample(4)  # sampling works on the new shard
 

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from r2d2_hpc.replay.layout import make_keys, split_keys
-from r2d2_hpc.replay.reshard import reshard, shard_for_stream
+from r2d2_hpc.replay.reshard import reshard
+from r2d2_hpc.replay.routing import shard_for_stream
 from r2d2_hpc.replay.sampling import ShardStats, allocate_batch, global_probabilities
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.types import SequenceBatch
@@ -294,7 +295,6 @@ def test_keys_roundtrip():
     s2, g2 = split_keys(k)
     np.testing.assert_array_equal(s2, slots)
     np.testing.assert_array_equal(g2, gens)
-    assert shard_for_stream(7, 3) == 1 and shard_for_stream(0, 5) == 0
 
 
 def test_sample_uses_own_generator_or_given_one():
@@ -476,9 +476,10 @@ def test_interleaved_streams_never_corrupt_live_sequences(ops, k, T, extra, S, f
 
 
 def _fill(shards: List[ReplayShard], priorities: np.ndarray) -> None:
-    """Stream i holds one sequence of priority priorities[i], in shard i mod len(shards)."""
+    """Stream i (one env per actor) holds one sequence of priority priorities[i], in
+    shard i mod len(shards)."""
     for i, p in enumerate(priorities):
-        s = shards[shard_for_stream(i, len(shards))]
+        s = shards[shard_for_stream(i, 1, len(shards))]
         add_id_steps(s, i, 0, [0], 4)
         add_seq(s, i, 0, 4, priority=float(p))
 
@@ -529,14 +530,14 @@ def test_cross_shard_sampling_matches_single_shard():
 def test_in_memory_reshard_keeps_sequences():
     shards = [make_shard(seed=i) for i in range(2)]
     for stream in range(6):
-        s = shards[shard_for_stream(stream, 2)]
+        s = shards[shard_for_stream(stream, 1, 2)]
         add_id_steps(s, stream, 0, [0], 9)
         add_seq(s, stream, 2, 5, priority=1.0 + stream)
-    new = reshard(shards, 3)
+    new = reshard(shards, 3, num_envs=1)
     assert [len(s) for s in new] == [2, 2, 2]
     for i, s in enumerate(new):
         info = s.sequence_info(s.live_keys())
-        assert all(shard_for_stream(x, 3) == i for x in info["stream"].tolist())
+        assert all(shard_for_stream(x, 1, 3) == i for x in info["stream"].tolist())
         np.testing.assert_array_equal(info["priority"], 1.0 + info["stream"])
         b = s.read(s.live_keys())
         np.testing.assert_array_equal(b.obs[:, :, -1, 0, 0].T, [[3, 4, 5, 6, 7]] * 2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from r2d2_hpc.replay import snapshot as snap
-from r2d2_hpc.replay.reshard import shard_for_stream
+from r2d2_hpc.replay.routing import shard_for_stream
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, load_resharded,
                                       load_snapshot, save_snapshot)
@@ -18,6 +18,8 @@ from r2d2_hpc.types import SequenceBatch
 from tests.helpers.replay_model import FRAME, Driver, SeqRef, check_batch_column
 
 SEG_OBS, SEG_SEQ = 8, 4
+#: Environments per actor in the re-sharding tests (streams 2a, 2a+1 belong to actor a).
+ENVS = 2
 
 
 def new_shard(seed: int = 0, C: int = 64, S: int = 16) -> ReplayShard:
@@ -308,7 +310,7 @@ def _sharded_sources(tmp_path, num: int, streams: int = 9):
     shards, drivers, dirs = [], [], []
     for i in range(num):
         s = new_shard(seed=i, C=48, S=12)
-        mine = [x for x in range(streams) if shard_for_stream(x, num) == i]
+        mine = [x for x in range(streams) if shard_for_stream(x, ENVS, num) == i]
         drivers.append(populate(s, 20 + i, rounds=25, streams=mine))
         shards.append(s)
         dirs.append(str(tmp_path / f"shard_{i}"))
@@ -321,19 +323,19 @@ def test_reshard_keeps_every_sequence_and_priority(tmp_path, old, new):
     shards, drivers, dirs = _sharded_sources(tmp_path, old)
     before = _sequence_records(shards)
     assert len(before) >= 8
-    targets = [load_resharded(dirs, i, new, capacity_observations=150, capacity_sequences=40)
-               for i in range(new)]
+    targets = [load_resharded(dirs, i, new, num_envs=ENVS, capacity_observations=150,
+                              capacity_sequences=40) for i in range(new)]
     assert _sequence_records(targets) == before
     for i, t in enumerate(targets):
         info = t.sequence_info(t.live_keys()) if t.count else {"stream": np.zeros(0, int)}
-        assert all(shard_for_stream(x, new) == i for x in info["stream"].tolist())
-        assert all(shard_for_stream(x, new) == i for x in t.streams())
+        assert all(shard_for_stream(x, ENVS, new) == i for x in info["stream"].tolist())
+        assert all(shard_for_stream(x, ENVS, new) == i for x in t.streams())
         st = t.stats()
         assert st.count == t.count and st.max_priority == max(s.max_priority for s in shards)
     # every stream continues on its new shard: numbering, steps and stacks carry over
     for drv in drivers:
         for sid, epoch in drv.epochs.items():
-            t = targets[shard_for_stream(sid, new)]
+            t = targets[shard_for_stream(sid, ENVS, new)]
             assert t.streams()[sid] == (epoch.base, epoch.next_step)
             nxt = epoch.next_step
             rng = np.random.default_rng(sid)
@@ -357,10 +359,11 @@ def test_reshard_keeps_every_sequence_and_priority(tmp_path, old, new):
 def test_reshard_capacity_overflow(tmp_path):
     shards, _, dirs = _sharded_sources(tmp_path, 2, streams=4)
     with pytest.raises(ValueError, match="capacity_observations"):
-        load_resharded(dirs, 0, 1, capacity_observations=20, capacity_sequences=40)
+        load_resharded(dirs, 0, 1, num_envs=ENVS, capacity_observations=20,
+                       capacity_sequences=40)
     total = sum(s.count for s in shards)
-    kept = load_resharded(dirs, 0, 1, capacity_observations=40, capacity_sequences=5,
-                          strict=False)
+    kept = load_resharded(dirs, 0, 1, num_envs=ENVS, capacity_observations=40,
+                          capacity_sequences=5, strict=False)
     assert kept.count == min(5, total)
     assert kept.num_dropped_sequences == total - kept.count
     newest = _sequence_records([kept])
