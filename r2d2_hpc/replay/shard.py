@@ -45,7 +45,7 @@ from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, OBS_DTYPES, SEQUENCE_F
                                     STEP_FIELDS, STEP_SEGMENT_BYTES, ShardSpec, ShardState,
                                     copy_json, make_keys, split_keys)
 from r2d2_hpc.replay.sampling import ShardStats
-from r2d2_hpc.replay.streams import Stream, StreamIndex
+from r2d2_hpc.replay.streams import StreamIndex, sequence_rows
 from r2d2_hpc.replay.sumtree import SumTree
 from r2d2_hpc.types import SequenceBatch
 
@@ -323,7 +323,8 @@ class ReplayShard:
             raise ValueError(f"{w}: start_step: sequence {i} (steps {starts[i]}.."
                              f"{starts[i] + lens[i] - 1}) references steps stream {sid} has "
                              f"not sent (next step is {stream.next_step})")
-        pos, oldest, kept = self._sequence_rows(stream, starts, lens)
+        pos, oldest, kept = sequence_rows(self.spec, stream, self._ring["first"], self._write,
+                                          starts, lens)
 
         # ---- everything validated: mutate.
         keys = np.full(m, -1, np.int64)
@@ -362,60 +363,6 @@ class ReplayShard:
         self._seq_versions[np.unique(slots // self.spec.segment_sequences)] = self._mutation
         keys[idx] = make_keys(slots, sl["generation"][slots])
         return keys
-
-    def _sequence_rows(self, stream: Stream, starts: np.ndarray, lens: np.ndarray
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ring rows of ``M`` sequences of ``stream`` (see the layout's ``pos`` diagram).
-
-        Args:
-          stream: the sequences' stream.
-          starts: ``<int64>[M]`` first step numbers (already checked against the stream).
-          lens: ``<int64>[M]`` valid lengths.
-
-        Returns:
-          ``(pos <int64>[M, span], oldest <int64>[M], kept <bool>[M])``: ``kept`` is
-          False where a step (or a frame the first stack needs) was overwritten.
-
-        Raises:
-          ValueError: if a sequence crosses an episode start.
-        """
-        m = starts.shape[0]
-        k1, C = self._k - 1, self._C
-        offs = np.arange(-k1, self._T, dtype=np.int64)
-        steps = starts[:, None] + offs[None, :]                       # [M, span]
-        in_seq = (offs[None, :] >= 0) & (offs[None, :] < lens[:, None])
-        absv = stream.lookup(np.where(in_seq | (offs[None, :] < 0), steps, -1), self._write - C)
-        kept = ~((absv < 0) & in_seq).any(axis=1)                   # all own steps stored
-        rows = np.where(absv >= 0, absv % C, C)
-        first_ring = self._ring["first"]
-        inner = in_seq & (offs[None, :] > 0) & kept[:, None]
-        crossing = inner & first_ring[rows]
-        if crossing.any():
-            i, j = np.argwhere(crossing)[0]
-            raise ValueError(f"add_sequences: length: sequence {i} (start_step {starts[i]}, "
-                             f"length {lens[i]}) crosses the episode start at step "
-                             f"{steps[i, j]}")
-        pos = np.where(in_seq, rows, C).astype(np.int64)
-        oldest = np.where(in_seq, absv, np.iinfo(np.int64).max).min(axis=1)
-        # Walk back from the start while the episode continues: the stack of
-        # step 0 needs step start-j iff none of steps start-j+1 .. start is first.
-        need = kept.copy()
-        at_first = first_ring[pos[:, k1]]
-        fill = pos[:, k1].copy() if self.spec.stack_fill == "first" else np.full(m, C, np.int64)
-        for j in range(1, k1 + 1):
-            col = k1 - j
-            need &= ~at_first
-            a = absv[:, col]
-            missing = need & (a < 0)
-            kept &= ~missing
-            need &= ~missing
-            r = np.where(need, a % C, C)
-            pos[:, col] = np.where(need, r, fill)
-            if self.spec.stack_fill == "first":
-                fill = np.where(need, r, fill)
-            oldest = np.where(need, np.minimum(oldest, a), oldest)
-            at_first = np.where(need, first_ring[r], at_first)
-        return pos, oldest, kept
 
     def _leaf(self, p: np.ndarray) -> np.ndarray:
         """Sum-tree leaf of raw priorities: ``p ** alpha``."""
