@@ -68,8 +68,8 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
     """Replay shard ``shard_index`` of ``num_shards`` from a checkpoint.
 
     Exact (``load_snapshot``: contents, priorities, RNG; sampling continues
-    bit-identically) when the shard count is unchanged and ``spec`` is None or
-    equals the saved layout. Otherwise every saved shard is read and the new
+    bit-identically; ``shard-<i>`` must hold shard ``i``) when the shard count
+    is unchanged and ``spec`` is None or equals the saved layout. Otherwise every saved shard is read and the new
     shard keeps every live sequence of the streams that now route to it
     (``replay.routing.shard_for_stream(stream, num_envs, num_shards)``, the
     rule actors send by), with its priority; keys are reissued.
@@ -113,7 +113,8 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
                                   f"run's layout: " + "; ".join(diffs))
     try:
         if saved == num_shards and (spec is None or old == spec.to_dict()):
-            return load_snapshot(info.shard_dir(shard_index), verify=check)
+            return load_snapshot(info.shard_dir(shard_index), verify=check,
+                                 shard_index=shard_index)
         return load_resharded(
             [info.shard_dir(i) for i in range(saved)], shard_index, num_shards,
             num_envs=num_envs,

@@ -55,7 +55,8 @@ def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) ->
         capacity_sequences=max(cfg.learner.batch_size, r.capacity_sequences // num_shards),
         sequence_length=r.sequence_length, state_size=spec.state_size,
         obs_dtype=spec.obs_dtype, frame_stack=spec.frame_stack,
-        priority_exponent=r.priority_exponent, seed=shard_seed(cfg, shard_index))
+        priority_exponent=r.priority_exponent, seed=shard_seed(cfg, shard_index),
+        shard_index=shard_index)
 
 
 def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
@@ -87,12 +88,16 @@ class ReplayRank(Role):
             shard = restore_replay(cfg, spec, info, resume)
             self.resume_digest = state_digest(shard.get_state())
         self.shard = shard or make_shard(cfg, spec, info.index, info.num_shards)
+        if self.shard.shard_index != info.index:
+            raise ValueError(f"replay rank {info.index} was given shard "
+                             f"{self.shard.shard_index}, whose keys name another owner")
         self.pending: Deque[Tuple[int, int, int]] = deque()  # (learner rank, request id, k)
         self.inserted_sequences = 0
         self.sampled_sequences = 0
         self.chunks_received = 0
         self.steps_received = 0
         self.priority_updates = 0
+        self.priority_keys = 0
         self.stale_priority_keys = 0
         self.rate_limited = 0
         self.insert_waits = 0
@@ -154,9 +159,12 @@ class ReplayRank(Role):
             self.insert_waits += 1
         for msg in self.ep.poll("PRIORITY_UPDATE"):
             keys, prio = msg.fields["keys"], msg.fields["priorities"]
+            misrouted = self.shard.misrouted_updates
             applied = self.shard.update_priorities(keys, prio)
+            misrouted = self.shard.misrouted_updates - misrouted
             self.priority_updates += 1
-            self.stale_priority_keys += len(keys) - applied
+            self.priority_keys += len(keys)
+            self.stale_priority_keys += len(keys) - applied - misrouted
             worked = True
         self.ep.release("PRIORITY_UPDATE")
         for msg in self.ep.poll("SAMPLE_REQUEST"):
@@ -222,7 +230,9 @@ class ReplayRank(Role):
                 "chunks_received": self.chunks_received, "steps_received": self.steps_received,
                 "stored_sequences": self.shard.count, "stored_observations": self.shard.num_steps,
                 "priority_updates": self.priority_updates,
+                "priority_keys": self.priority_keys,
                 "stale_priority_keys": self.stale_priority_keys,
+                "misrouted_updates": self.shard.misrouted_updates,
                 "rate_limited_samples": self.rate_limited, "insert_waits": self.insert_waits,
                 "dropped_sequences": self.shard.num_dropped_sequences,
                 "checkpoints_written": self.checkpoints_written,

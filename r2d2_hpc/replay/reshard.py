@@ -297,8 +297,10 @@ def build_resharded(sources: Sequence[ShardSource], shard_index: int, num_shards
     step numbering (so its actor can continue). Ring rows are copied in the
     order they were written, interleaved across sources by how many steps ago
     they were written, so the FIFO order of eviction is preserved. New keys are
-    issued: every slot's generation starts above all source generations, so no
-    key from before the re-shard can match.
+    issued: they name ``shard_index`` as their owner, and every slot's
+    generation starts above all source generations, so no key from before the
+    re-shard can match (another shard's key is refused as misrouted, this
+    index's old keys are stale).
 
     Args:
       sources: shards to read (``MemorySource`` or a snapshot source), all of
@@ -322,7 +324,7 @@ def build_resharded(sources: Sequence[ShardSource], shard_index: int, num_shards
     """
     _check_sources(sources, shard_index, num_shards)
     spec = _target_spec(sources, num_shards, capacity_observations, capacity_sequences)
-    target = ReplayShard.from_spec(spec, seed)
+    target = ReplayShard.from_spec(spec, seed, shard_index=shard_index)
     parts = [_contribution(src, shard_index, num_shards, num_envs) for src in sources]
     remaps, n_rows = _place_rows(target, sources, parts, strict, shard_index)
     slots, m, dropped = _place_sequences(target, sources, parts, remaps, strict, shard_index)

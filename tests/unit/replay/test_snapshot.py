@@ -15,6 +15,7 @@ from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, load_resharded,
                                       load_snapshot, save_snapshot)
 from r2d2_hpc.types import SequenceBatch
+from tests.helpers.checkpoints import as_snapshot_version_1, rewrite_snapshot_meta
 from tests.helpers.replay_model import FRAME, Driver, SeqRef, check_batch_column
 
 SEG_OBS, SEG_SEQ = 8, 4
@@ -22,10 +23,10 @@ SEG_OBS, SEG_SEQ = 8, 4
 ENVS = 2
 
 
-def new_shard(seed: int = 0, C: int = 64, S: int = 16) -> ReplayShard:
+def new_shard(seed: int = 0, C: int = 64, S: int = 16, shard_index: int = 0) -> ReplayShard:
     return ReplayShard(FRAME, capacity_observations=C, capacity_sequences=S, sequence_length=5,
                        state_size=3, frame_stack=3, seed=seed, segment_observations=SEG_OBS,
-                       segment_sequences=SEG_SEQ)
+                       segment_sequences=SEG_SEQ, shard_index=shard_index)
 
 
 def populate(shard: ReplayShard, seed: int, rounds: int = 30, streams=(0, 1, 2)) -> Driver:
@@ -282,6 +283,43 @@ def test_missing_files_are_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# Shard identity and format versions
+# ----------------------------------------------------------------------------
+
+
+def test_snapshot_records_the_shard_index(tmp_path):
+    a = new_shard(seed=1, shard_index=3)
+    populate(a, 1)
+    save_snapshot(a, str(tmp_path))
+    b = load_snapshot(str(tmp_path))
+    assert b.shard_index == 3 and b.get_state().equals(a.get_state())
+    np.testing.assert_array_equal(b.live_keys(), a.live_keys())
+    assert load_snapshot(str(tmp_path), shard_index=3).shard_index == 3
+    with pytest.raises(SnapshotError, match="holds shard 3, expected shard 2"):
+        load_snapshot(str(tmp_path), shard_index=2)
+
+
+def test_version_1_snapshot_loads_as_the_shard_the_caller_names(tmp_path):
+    a = new_shard(seed=1, shard_index=1)
+    populate(a, 1)
+    save_snapshot(a, str(tmp_path))
+    rewrite_snapshot_meta(str(tmp_path), as_snapshot_version_1)
+    with pytest.raises(SnapshotError, match=r"'r2d2_hpc\.replay\.snapshot/1' does not record"):
+        load_snapshot(str(tmp_path))
+    b = load_snapshot(str(tmp_path), shard_index=1)
+    assert b.get_state().equals(a.get_state())
+    # re-sharding reads it too: a source's own index plays no part
+    assert load_resharded([str(tmp_path)], 0, 1, num_envs=ENVS).count == a.count
+
+
+def test_unknown_snapshot_format_is_refused_naming_it(tmp_path):
+    save_snapshot(new_shard(), str(tmp_path))
+    rewrite_snapshot_meta(str(tmp_path), lambda m: m.update(format="r2d2_hpc.replay.snapshot/9"))
+    with pytest.raises(SnapshotError, match="unknown format 'r2d2_hpc.replay.snapshot/9'"):
+        load_snapshot(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------
 # Re-sharding
 # ----------------------------------------------------------------------------
 
@@ -309,7 +347,7 @@ def _sequence_records(shards: List[ReplayShard]) -> List[tuple]:
 def _sharded_sources(tmp_path, num: int, streams: int = 9):
     shards, drivers, dirs = [], [], []
     for i in range(num):
-        s = new_shard(seed=i, C=48, S=12)
+        s = new_shard(seed=i, C=48, S=12, shard_index=i)
         mine = [x for x in range(streams) if shard_for_stream(x, ENVS, num) == i]
         drivers.append(populate(s, 20 + i, rounds=25, streams=mine))
         shards.append(s)
