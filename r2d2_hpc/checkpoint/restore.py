@@ -69,10 +69,12 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
 
     Exact (``load_snapshot``: contents, priorities, RNG; sampling continues
     bit-identically; ``shard-<i>`` must hold shard ``i``) when the shard count
-    is unchanged and ``spec`` is None or equals the saved layout. Otherwise every saved shard is read and the new
-    shard keeps every live sequence of the streams that now route to it
+    is unchanged and ``spec`` is None or equals the saved layout. Otherwise
+    every saved shard is read and the new shard keeps every live sequence of
+    the streams that now route to it
     (``replay.routing.shard_for_stream(stream, num_envs, num_shards)``, the
-    rule actors send by), with its priority; keys are reissued.
+    rule actors send by), with its priority; keys are reissued, naming
+    ``shard_index``.
 
     Args:
       info: the checkpoint (from ``find_latest_valid``/``resume_point``).

@@ -77,8 +77,8 @@ __all__ = [
     "STEP_FIELDS", "SEQUENCE_FIELDS", "SLOT_FIELDS", "STREAM_FIELDS", "RUN_FIELDS",
     "COUNTER_NAMES", "INITIAL_MAX_PRIORITY", "OBS_DTYPES", "STACK_FILLS",
     "STEP_SEGMENT_BYTES", "SEQUENCE_SEGMENT_BYTES", "ShardSpec",
-    "ShardState", "copy_json", "make_keys", "split_keys", "keys_by_shard", "match_keys", "KeyFields",
-    "KeyMatch", "KEY_SHARD_BITS", "KEY_GENERATION_BITS", "KEY_SLOT_BITS", "MAX_SHARDS",
+    "ShardState", "copy_json", "make_keys", "split_keys", "keys_by_shard", "match_keys",
+    "KeyFields", "KeyMatch", "KEY_SHARD_BITS", "KEY_GENERATION_BITS", "KEY_SLOT_BITS", "MAX_SHARDS",
 ]
 
 #: Fields of the step ring, ``[capacity_observations, ...]``.

@@ -325,7 +325,8 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
             nbytes += entry["nbytes"]
     new_counters = dict(counters, snapshot_id=new_id, snapshot_uid=new_uid)
     meta = {"format": FORMAT, "snapshot_id": new_id, "snapshot_uid": new_uid,
-            "shard_index": state.shard_index, "spec": spec.to_dict(), "counters": new_counters, "rng_state": state.rng_state,
+            "shard_index": state.shard_index, "spec": spec.to_dict(),
+            "counters": new_counters, "rng_state": state.rng_state,
             "steps": steps_table, "seqs": seqs_table,
             "step_segment_versions": state.step_segment_versions.tolist(),
             "sequence_segment_versions": state.sequence_segment_versions.tolist()}

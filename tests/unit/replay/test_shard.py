@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from r2d2_hpc.replay.layout import make_keys, split_keys
+from r2d2_hpc.replay.layout import split_keys
 from r2d2_hpc.replay.reshard import reshard
 from r2d2_hpc.replay.routing import shard_for_stream
 from r2d2_hpc.replay.sampling import ShardStats, allocate_batch, global_probabilities
