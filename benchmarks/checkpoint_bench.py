@@ -199,7 +199,7 @@ def main(argv=None) -> Dict[str, Any]:
         for i in range(args.shards):
             sh = ReplayShard(FRAME, capacity_observations=args.capacity,
                              capacity_sequences=args.capacity // 40, sequence_length=120,
-                             state_size=512, frame_stack=4, seed=i)
+                             state_size=512, frame_stack=4, seed=i, shard_index=i)
             fill_shard(sh, args.capacity, rng)
             shards.append(sh)
         out["fill_seconds"] = time.perf_counter() - t0

@@ -553,7 +553,7 @@ def fill(job: Job, run_dir: str, target: int, rows: Mapping[str, int],
         metrics = read_metrics(run_dir)
         if metrics and not started:
             started = loop_start(time.monotonic() - job.t_launch, metrics[0])
-            started["launch_to_setup_line_s"] = job.line_time("r2d2-train: run directory")
+            started["launch_to_setup_line_s"] = job.line_time("r2d2-train plan:")
         if metrics:
             last = metrics[-1]
             got = replay_bytes(last.get("replay_observations", math.nan),
@@ -604,7 +604,7 @@ def resume(job: Job, run_dir: str, step: int, rows_before: int, timeout: float
             started = loop_start(now, metrics[rows_before])
         i = first_row_after(metrics, rows_before, step)
         if i is not None:
-            return {"launch_to_setup_line_s": job.line_time("r2d2-train: run directory"),
+            return {"launch_to_setup_line_s": job.line_time("r2d2-train plan:"),
                     "launch_to_resuming_line_s": job.line_time("resuming from checkpoint"),
                     **started,
                     "launch_to_first_learner_step_s": now,

@@ -258,14 +258,21 @@ class CheckpointLayout:
 
         Args:
           path: the partial directory (``partial_path(step)``).
-          index: the shard's index.
+          index: the shard's index (must be ``shard.shard_index``: a restore
+            reads ``shard-<i>`` back as shard ``i``).
           shard: the shard; afterwards it remembers this snapshot as its latest.
           full: write every segment (no links; also when the layout has
             ``link=False``).
 
         Returns:
           A ``ShardWriteReport``.
+
+        Raises:
+          ValueError: if ``index`` is not the shard's own index.
         """
+        if index != shard.shard_index:
+            raise ValueError(f"write_shard: index: shard {shard.shard_index} cannot be written "
+                             f"as shard-{index}")
         t0 = time.perf_counter()
         target = os.path.join(path, f"shard-{index}")
         if os.path.exists(target):  # a retry into the same partial dir

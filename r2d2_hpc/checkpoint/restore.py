@@ -3,7 +3,7 @@
 A replay shard is restored exactly (contents, priorities, RNG: sampling
 continues bit-identically) when the job has as many shards as the checkpoint,
 and otherwise re-sharded by the rule the actors route by
-(:func:`r2d2_hpc.comm.topology.shard_for_stream_id`), keeping every sequence.
+(:func:`r2d2_hpc.replay.routing.shard_for_stream`), keeping every sequence.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Union
 from r2d2_hpc.checkpoint.records import (ACTORS_FILE, LEARNER_FILE, CheckpointError,
                                          CheckpointInfo, LearnerCheckpoint, index_meta,
                                          open_h5, read_meta)
-from r2d2_hpc.comm.topology import shard_for_stream_id
 from r2d2_hpc.replay.layout import ShardSpec
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import INDEX_FILE, SnapshotError, load_resharded, load_snapshot
@@ -69,11 +68,13 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
     """Replay shard ``shard_index`` of ``num_shards`` from a checkpoint.
 
     Exact (``load_snapshot``: contents, priorities, RNG; sampling continues
-    bit-identically) when the shard count is unchanged and ``spec`` is None or
-    equals the saved layout. Otherwise every saved shard is read and the new
-    shard keeps every live sequence of the streams that now route to it
-    (``topology.shard_for_stream_id(stream, num_envs, num_shards)``, the rule
-    actors send by), with its priority; keys are reissued.
+    bit-identically; ``shard-<i>`` must hold shard ``i``) when the shard count
+    is unchanged and ``spec`` is None or equals the saved layout. Otherwise
+    every saved shard is read and the new shard keeps every live sequence of
+    the streams that now route to it
+    (``replay.routing.shard_for_stream(stream, num_envs, num_shards)``, the
+    rule actors send by), with its priority; keys are reissued, naming
+    ``shard_index``.
 
     Args:
       info: the checkpoint (from ``find_latest_valid``/``resume_point``).
@@ -114,12 +115,13 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
                                   f"run's layout: " + "; ".join(diffs))
     try:
         if saved == num_shards and (spec is None or old == spec.to_dict()):
-            return load_snapshot(info.shard_dir(shard_index), verify=check)
+            return load_snapshot(info.shard_dir(shard_index), verify=check,
+                                 shard_index=shard_index)
         return load_resharded(
             [info.shard_dir(i) for i in range(saved)], shard_index, num_shards,
+            num_envs=num_envs,
             capacity_observations=spec.capacity_observations if spec else None,
             capacity_sequences=spec.capacity_sequences if spec else None,
-            seed=seed, strict=strict, verify=check,
-            assign=lambda stream, n: shard_for_stream_id(int(stream), num_envs, n))
+            seed=seed, strict=strict, verify=check)
     except SnapshotError as exc:
         raise CheckpointError(f"{info.name}: {exc}") from None

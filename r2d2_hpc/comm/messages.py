@@ -186,7 +186,7 @@ def declare_messages(cfg: Config, obs_frame_shape: Sequence[int], obs_dtype: Any
     i64, f32, f64 = np.int64, np.float32, np.float64
 
     step_chunk = _layout("STEP_CHUNK", [
-        Field("stream_id", i64),            # topology.stream_id(actor, env, num_envs)
+        Field("stream_id", i64),            # replay.routing.stream_id(actor, env, num_envs)
         Field("first_step_index", i64),     # stream step number of obs[0]
         Field("obs", obs_dt, (n, *frame)),  # o_t, one frame per step
         Field("action", i64, (n,)),         # a_t

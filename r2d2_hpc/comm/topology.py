@@ -9,7 +9,8 @@ with ``L = topology.learners`` and ``S = topology.replay_shards``. Rank 0 is
 learner 0, the lead: it prints, writes the run directory and publishes the
 parameters. Every actor rank sends all of its environment streams to one
 replay shard, ``shard_for_actor(actor_index, S)`` (round-robin), so a stream's
-steps always reach the same shard in order.
+steps always reach the same shard in order; that rule, and the stream -> shard
+rule built on it, live in :mod:`r2d2_hpc.replay.routing`.
 
 Only :func:`split_communicators`, :func:`node_local_rank` and :func:`node_size`
 touch MPI, and
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from r2d2_hpc.config import TopologyConfig
+from r2d2_hpc.replay.routing import actors_of_shard, shard_for_actor
 
 #: Role names, as :attr:`RoleInfo.role` spells them.
 LEARNER = "learner"
@@ -126,92 +128,6 @@ def assign_role(rank: int, size: int, topo: TopologyConfig) -> RoleInfo:
     else:
         role, index = ACTOR, rank - len(learners) - len(shards)
     return RoleInfo(role, index, learners, shards, actors, rank, size)
-
-
-def shard_for_actor(actor_index: int, num_shards: int) -> int:
-    """The replay shard an actor (and every env stream of it) always sends to.
-
-    Round-robin: ``shard = actor_index mod num_shards``, so shards get equal
-    numbers of actors (up to one) and a stream never changes shard.
-
-    Args:
-      actor_index: index of the actor within the actor role, >= 0.
-      num_shards: number of replay shards, >= 1.
-
-    Returns:
-      The shard index in ``[0, num_shards)``.
-    """
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    if actor_index < 0:
-        raise ValueError(f"actor_index must be >= 0, got {actor_index}")
-    return actor_index % num_shards
-
-
-def actors_of_shard(shard_index: int, num_actors: int, num_shards: int) -> Tuple[int, ...]:
-    """Actor indices whose streams go to shard ``shard_index`` (inverse of shard_for_actor).
-
-    Args:
-      shard_index: the shard, ``0 <= shard_index < num_shards``.
-      num_actors: number of actors in the job.
-      num_shards: number of replay shards, >= 1.
-
-    Returns:
-      The actor indices ``a`` with ``a mod num_shards == shard_index``, increasing.
-    """
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    return tuple(range(shard_index, num_actors, num_shards))
-
-
-def stream_id(actor_index: int, env_index: int, num_envs: int) -> int:
-    """Globally unique id of environment stream ``env_index`` of actor ``actor_index``.
-
-    ``stream_id = actor_index * num_envs + env_index``; every actor runs the same
-    ``num_envs`` environments, so ids are dense in ``[0, num_actors * num_envs)``.
-
-    Args:
-      actor_index: index of the actor within the actor role, >= 0.
-      env_index: environment within the actor's vector, ``0 <= env_index < num_envs``.
-      num_envs: environments per actor, >= 1.
-
-    Returns:
-      The stream id.
-    """
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    if not 0 <= env_index < num_envs:
-        raise ValueError(f"env_index must be in [0, {num_envs}), got {env_index}")
-    if actor_index < 0:
-        raise ValueError(f"actor_index must be >= 0, got {actor_index}")
-    return actor_index * num_envs + env_index
-
-
-def actor_of_stream(stream: int, num_envs: int) -> int:
-    """The actor index that runs stream ``stream`` (inverse of :func:`stream_id`)."""
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    if stream < 0:
-        raise ValueError(f"stream id must be >= 0, got {stream}")
-    return stream // num_envs
-
-
-def shard_for_stream_id(stream: int, num_envs: int, num_shards: int) -> int:
-    """The shard a stream's steps go to: its actor's shard.
-
-    ``shard = (stream // num_envs) mod num_shards``; code that places streams
-    on shards after the fact (re-sharding a replay snapshot) must use this rule,
-    not ``stream mod num_shards``, to agree with where actors send.
-
-    Args:
-      stream: a :func:`stream_id`.
-      num_envs: environments per actor.
-      num_shards: number of replay shards.
-
-    Returns:
-      The shard index in ``[0, num_shards)``.
-    """
-    return shard_for_actor(actor_of_stream(stream, num_envs), num_shards)
 
 
 class Comms(NamedTuple):

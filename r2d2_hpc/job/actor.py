@@ -28,11 +28,12 @@ from r2d2_hpc.agent.adder import SequenceAdder, StreamChunk
 from r2d2_hpc.agent.exploration import env_epsilons
 from r2d2_hpc.agent.policy import ActorPolicy
 from r2d2_hpc.comm.endpoint import Endpoint
-from r2d2_hpc.comm.topology import RoleInfo, stream_id
+from r2d2_hpc.comm.topology import RoleInfo
 from r2d2_hpc.config import Config
 from r2d2_hpc.envs.base import EpisodeStats
 from r2d2_hpc.envs.factory import make_vector_env
 from r2d2_hpc.job.role import Role, poll_control, stop_requested
+from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.seeding import derive_seed
 from r2d2_hpc.types import JobSpec
 

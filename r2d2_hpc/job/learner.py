@@ -14,7 +14,8 @@ Each tick:
    the global probabilities (each reply carries its shard's mass at sampling
    time) and the importance weights with the global N, runs
    :meth:`~r2d2_hpc.agent.learner.Learner.step`, and sends the new priorities back
-   to the shard that owns each key;
+   to the shard that owns each key (the shard a key names,
+   ``replay.layout.keys_by_shard``; not the key's position in the batch);
 4. learner 0 publishes parameters every ``learner.publish_period`` steps,
    aggregates ACTOR_REPORTs, writes metrics and decides when the run's budget
    is spent; it then sends CONTROL STOP to every other rank.
@@ -59,6 +60,7 @@ from r2d2_hpc.comm.topology import RoleInfo, node_local_rank
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.role import Control, Role, poll_control, stop_requested
 from r2d2_hpc.replay.assembly import BatchAssembler
+from r2d2_hpc.replay.layout import keys_by_shard
 from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
                                       global_probabilities)
 from r2d2_hpc.seeding import EVALUATOR_FINAL, EVALUATOR_PERIODIC, derive_seed
@@ -110,6 +112,8 @@ class LearnerRank(Role):
         self.rng = np.random.default_rng(derive_seed(cfg.seed, "learner", info.index))
         self.shard_ranks = list(info.replay_ranks)
         self.stats: List[ShardStats] = [ShardStats(0.0, 0, 0.0) for _ in self.shard_ranks]
+        #: Priority keys sent to each shard (by shard index).
+        self.priority_keys_sent = [0] * len(self.shard_ranks)
         self.shard_counters: Dict[int, Dict[str, int]] = {}
         self.requests: "OrderedDict[int, Dict[int, Optional[Dict[str, np.ndarray]]]]" = \
             OrderedDict()
@@ -248,7 +252,7 @@ class LearnerRank(Role):
                          num_sequences=k)
         self.requests[rid] = parts
 
-    def _ready_batch(self) -> Optional[Tuple[SequenceBatch, np.ndarray, List[Tuple[int, int]]]]:
+    def _ready_batch(self) -> Optional[Tuple[SequenceBatch, np.ndarray]]:
         if not self.requests:
             return None
         rid, parts = next(iter(self.requests.items()))
@@ -270,8 +274,7 @@ class LearnerRank(Role):
         n_items = max(1, global_count(stats))
         weights = importance_weights(probs, n_items,
                                      self.cfg.replay.importance_sampling_exponent)
-        owners = [(r, int(rep["num_sequences"])) for r, rep in zip(ranks, replies)]
-        return batch, np.asarray(weights, np.float32), owners
+        return batch, np.asarray(weights, np.float32)
 
     # ------------------------------------------------------------------ loop
     def tick(self) -> bool:
@@ -302,7 +305,7 @@ class LearnerRank(Role):
                 self._maybe_log()
                 self._check_budget(before_step=True)
             return False
-        batch, weights, owners = ready
+        batch, weights = ready
         if self.averager is not None:
             # The stop rides in this step's allreduce; a step budget that this
             # step spends is known in advance, so all learners end exactly on it.
@@ -313,12 +316,7 @@ class LearnerRank(Role):
         t0 = time.perf_counter()
         result = self.learner.step(batch, weights)
         self.compute_seconds += time.perf_counter() - t0
-        offset = 0
-        for rank, k in owners:
-            sl = slice(offset, offset + k)
-            self.ep.send("PRIORITY_UPDATE", rank, timeout=60.0, keys=batch.keys[sl],
-                         priorities=result.priorities[sl])
-            offset += k
+        self._send_priorities(batch.keys, result.priorities)
         self.losses.append(result.loss)
         self.priority_sum += float(result.priorities.sum())
         self.priority_n += len(result.priorities)
@@ -342,6 +340,16 @@ class LearnerRank(Role):
             self.exit_code = self.averager.stop_code
             self._finish()
         return True
+
+    def _send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """One PRIORITY_UPDATE per shard, holding the keys that name it."""
+        for s, mine in keys_by_shard(keys).items():
+            if s >= len(self.shard_ranks):
+                raise RuntimeError(f"learner {self.info.index}: a sampled key names shard {s} "
+                                   f"but the job has {len(self.shard_ranks)}")
+            self.ep.send("PRIORITY_UPDATE", self.shard_ranks[s], timeout=60.0,
+                         keys=keys[mine], priorities=priorities[mine])
+            self.priority_keys_sent[s] += int(mine.size)
 
     def _check_budget(self, before_step: bool = False) -> None:
         if self.stop_reason:
@@ -572,6 +580,7 @@ class LearnerRank(Role):
                 "episodes": self.episodes,
                 "compute_seconds": self.compute_seconds,
                 "params_version": self.learner.params_version,
+                "priority_keys_sent": list(self.priority_keys_sent),
                 "allreduce_seconds": self.averager.seconds if self.averager else 0.0,
                 "allreduce_backend": self.averager.backend if self.averager else "",
                 "params_digest": replica_digest(self.learner.state()),

@@ -59,7 +59,8 @@ def replay_shard_spec(cfg: Config, spec: JobSpec, num_shards: int) -> ShardSpec:
 def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) -> ReplayShard:
     """The shard of one replay rank (:func:`replay_shard_spec`), empty."""
     return ReplayShard.from_spec(replay_shard_spec(cfg, spec, num_shards),
-                                 seed=derive_seed(cfg.seed, "replay", shard_index))
+                                 seed=derive_seed(cfg.seed, "replay", shard_index),
+                                 shard_index=shard_index)
 
 
 def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
@@ -90,12 +91,16 @@ class ReplayRank(Role):
             shard = restore_replay(cfg, spec, info, resume)
             self.resume_digest = state_digest(shard.get_state())
         self.shard = shard or make_shard(cfg, spec, info.index, info.num_shards)
+        if self.shard.shard_index != info.index:
+            raise ValueError(f"replay rank {info.index} was given shard "
+                             f"{self.shard.shard_index}, whose keys name another owner")
         self.pending: Deque[Tuple[int, int, int]] = deque()  # (learner rank, request id, k)
         self.inserted_sequences = 0
         self.sampled_sequences = 0
         self.chunks_received = 0
         self.steps_received = 0
         self.priority_updates = 0
+        self.priority_keys = 0
         self.stale_priority_keys = 0
         self.rate_limited = 0
         self.insert_waits = 0
@@ -157,9 +162,12 @@ class ReplayRank(Role):
             self.insert_waits += 1
         for msg in self.ep.poll("PRIORITY_UPDATE"):
             keys, prio = msg.fields["keys"], msg.fields["priorities"]
+            misrouted = self.shard.misrouted_updates
             applied = self.shard.update_priorities(keys, prio)
+            misrouted = self.shard.misrouted_updates - misrouted
             self.priority_updates += 1
-            self.stale_priority_keys += len(keys) - applied
+            self.priority_keys += len(keys)
+            self.stale_priority_keys += len(keys) - applied - misrouted
             worked = True
         self.ep.release("PRIORITY_UPDATE")
         for msg in self.ep.poll("SAMPLE_REQUEST"):
@@ -225,7 +233,9 @@ class ReplayRank(Role):
                 "chunks_received": self.chunks_received, "steps_received": self.steps_received,
                 "stored_sequences": self.shard.count, "stored_observations": self.shard.num_steps,
                 "priority_updates": self.priority_updates,
+                "priority_keys": self.priority_keys,
                 "stale_priority_keys": self.stale_priority_keys,
+                "misrouted_updates": self.shard.misrouted_updates,
                 "rate_limited_samples": self.rate_limited, "insert_waits": self.insert_waits,
                 "dropped_sequences": self.shard.num_dropped_sequences,
                 "checkpoints_written": self.checkpoints_written,

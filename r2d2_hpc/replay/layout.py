@@ -40,10 +40,23 @@ repeats that first frame (``stack_fill="first"``). Sample-time stacking is then
 a single fancy-indexing gather ``frames[idx]`` with ``idx`` of shape
 ``[T, B, k]`` built by a sliding window over ``pos``.
 
-Keys are ``generation << 32 | slot``. A slot's generation is incremented every
-time it receives a new sequence, so ``update_priorities`` recognises keys
-whose slot was evicted (not live) or reused (other generation) since they
-were sampled and drops them silently; keys that were never issued raise.
+A key names a sequence and the shard that issued it, in one non-negative int64
+(:func:`make_keys` packs it, :func:`split_keys` unpacks it)::
+
+    bit:   63 | 62 ........ 51 | 50 ............ 26 | 25 ......... 0
+            0 |  shard (12)    |  generation (25)   |  slot (26)
+
+A slot's generation is incremented every time it receives a new sequence, so
+``update_priorities`` recognises keys whose slot was evicted (not live) or
+reused (other generation) since they were sampled and drops them silently; a
+key of this shard that was never issued raises. The shard field lets a learner
+send each new priority to the shard that owns the key, and lets a shard refuse
+a key it did not issue: ``update_priorities`` drops it and counts it in
+``misrouted_updates`` (:func:`match_keys` sorts keys into these cases). The
+key holds the generation modulo ``2**25``: a stale key would pass for a current
+one only if its slot were refilled a multiple of ``2**25`` times between the
+sample and the update. Keys are never saved: a restored shard issues them from
+its slots' generations and the shard index it is restored as.
 
 The complete state is an explicit record (``ShardState``): ring fields,
 sequence fields, per-slot fields, stream tables, counters and the RNG state.
@@ -56,7 +69,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -66,7 +79,9 @@ __all__ = [
     "STEP_FIELDS", "SEQUENCE_FIELDS", "SLOT_FIELDS", "STREAM_FIELDS", "RUN_FIELDS",
     "COUNTER_NAMES", "INITIAL_MAX_PRIORITY", "OBS_DTYPES", "STACK_FILLS",
     "STEP_SEGMENT_BYTES", "SEQUENCE_SEGMENT_BYTES", "ShardSpec",
-    "ShardState", "shard_spec", "copy_json", "make_keys", "split_keys",
+    "ShardState", "shard_spec", "copy_json", "make_keys", "split_keys", "keys_by_shard",
+    "match_keys", "KeyFields", "KeyMatch", "KEY_SHARD_BITS", "KEY_GENERATION_BITS",
+    "KEY_SLOT_BITS", "MAX_SHARDS",
 ]
 
 #: Fields of the step ring, ``[capacity_observations, ...]``.
@@ -82,8 +97,15 @@ STREAM_FIELDS: Tuple[str, ...] = ("stream_id", "next_step", "epoch_first")
 #: Runs of consecutive steps of one stream stored at consecutive ``abs``.
 RUN_FIELDS: Tuple[str, ...] = ("run_stream", "run_step_lo", "run_abs_lo", "run_n")
 
-_SLOT_BITS = 32
-_SLOT_MASK = (1 << _SLOT_BITS) - 1
+#: Bits of a replay key, low to high: slot, generation (mod 2**25), owner shard.
+KEY_SLOT_BITS = 26
+KEY_GENERATION_BITS = 25
+KEY_SHARD_BITS = 12
+#: Replay shards a job may have (the key's shard field).
+MAX_SHARDS = 1 << KEY_SHARD_BITS
+_SLOT_MASK = (1 << KEY_SLOT_BITS) - 1
+_GENERATION_MASK = (1 << KEY_GENERATION_BITS) - 1
+_SHARD_SHIFT = KEY_SLOT_BITS + KEY_GENERATION_BITS
 #: ``ShardSpec.stack_fill`` choices: what a stack holds before an episode's first frame.
 STACK_FILLS: Tuple[str, ...] = ("zeros", "first")
 #: ``ShardSpec.obs_dtype`` choices.
@@ -98,30 +120,113 @@ COUNTER_NAMES: Tuple[str, ...] = ("write", "seq_write", "max_priority", "num_dro
                                   "mutation", "snapshot_id", "snapshot_uid")
 
 
-def make_keys(slots: np.ndarray, generations: np.ndarray) -> np.ndarray:
-    """Packs replay keys ``generation << 32 | slot``.
+class KeyFields(NamedTuple):
+    """The fields of replay keys (``split_keys``), each ``<int64>[N]``."""
+
+    shard: np.ndarray
+    """The shard that issued the key."""
+    slot: np.ndarray
+    """The sequence slot in that shard."""
+    generation: np.ndarray
+    """The slot's generation when the key was issued, modulo ``2**KEY_GENERATION_BITS``."""
+
+
+def make_keys(shard: Union[int, np.ndarray], slots: np.ndarray,
+              generations: np.ndarray) -> np.ndarray:
+    """Packs replay keys ``shard << 51 | (generation mod 2**25) << 26 | slot``.
 
     Args:
-      slots: ``<int>[N]`` slot indices, ``< 2**32``.
-      generations: ``<int>[N]`` slot generations, ``< 2**31``.
+      shard: the issuing shard, ``0 <= shard < MAX_SHARDS`` (a scalar or ``<int>[N]``).
+      slots: ``<int>[N]`` slot indices, ``< 2**26``.
+      generations: ``<int>[N]`` slot generations, ``>= 0`` (only the low 25 bits are kept).
 
     Returns:
-      ``<int64>[N]`` keys.
+      ``<int64>[N]`` non-negative keys.
     """
-    return (np.asarray(generations, np.int64) << _SLOT_BITS) | np.asarray(slots, np.int64)
+    return ((np.asarray(shard, np.int64) << _SHARD_SHIFT)
+            | ((np.asarray(generations, np.int64) & _GENERATION_MASK) << KEY_SLOT_BITS)
+            | np.asarray(slots, np.int64))
 
 
-def split_keys(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def split_keys(keys: np.ndarray) -> KeyFields:
     """Inverse of ``make_keys``.
 
     Args:
       keys: ``<int64>[N]`` non-negative keys.
 
     Returns:
-      ``(slots <int64>[N], generations <int64>[N])``.
+      ``KeyFields(shard, slot, generation)``, each ``<int64>[N]``.
     """
     k = np.asarray(keys, np.int64)
-    return k & _SLOT_MASK, k >> _SLOT_BITS
+    return KeyFields(k >> _SHARD_SHIFT, k & _SLOT_MASK,
+                     (k >> KEY_SLOT_BITS) & _GENERATION_MASK)
+
+
+def keys_by_shard(keys: np.ndarray) -> Dict[int, np.ndarray]:
+    """Which keys each shard owns: where a learner sends each new priority.
+
+    Args:
+      keys: ``<int64>[B]`` non-negative keys (e.g. a sampled batch's).
+
+    Returns:
+      ``{shard: <int64>[n] positions in keys}`` for every shard named, shards
+      increasing, positions in batch order.
+    """
+    owner = split_keys(keys).shard
+    return {int(s): np.flatnonzero(owner == s) for s in np.unique(owner)}
+
+
+class KeyMatch(NamedTuple):
+    """Keys sorted against one shard's slots (``match_keys``), each ``[K]``."""
+
+    slots: np.ndarray
+    """``<int64>`` the slot each owned key names (0 for keys of other shards)."""
+    owned: np.ndarray
+    """``<bool>`` the key names this shard."""
+    current: np.ndarray
+    """``<bool>`` owned, and its slot still holds the sequence it was issued for."""
+
+
+def match_keys(where: str, keys: Any, shard_index: int, generation: np.ndarray,
+               live: np.ndarray) -> KeyMatch:
+    """Sorts keys against a shard: another shard's, stale, or current.
+
+    Args:
+      where: the calling method, for error messages.
+      keys: ``<int>[K]`` keys.
+      shard_index: the shard's index.
+      generation: ``<int64>[S]`` the shard's slot generations.
+      live: ``<bool>[S]`` which slots hold a sequence.
+
+    Returns:
+      A ``KeyMatch``.
+
+    Raises:
+      ValueError: on a shape or dtype mismatch, a negative key, or a key of
+        this shard that it never issued (a slot beyond its capacity, or a
+        generation the slot has not reached).
+    """
+    arr = np.asarray(keys)
+    if arr.ndim != 1:
+        raise ValueError(f"{where}: keys: expected shape (K,), got {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"{where}: keys: expected an integer dtype, got {arr.dtype}")
+    k = arr.astype(np.int64)
+    f = split_keys(k)
+    owned = (k >= 0) & (f.shard == shard_index)
+    in_range = owned & (f.slot < generation.shape[0])
+    slots = np.where(in_range, f.slot, 0)
+    g = generation[slots]
+    # Until a slot's generation wraps past 2**25, a key beyond it was never issued.
+    unissued = (g <= _GENERATION_MASK) & ((f.generation < 1) | (f.generation > g))
+    unknown = (k < 0) | (owned & ~in_range) | (in_range & unissued)
+    if unknown.any():
+        i = int(np.flatnonzero(unknown)[0])
+        raise ValueError(f"{where}: keys: unknown key {int(k[i])} at index {i} (slot "
+                         f"{int(f.slot[i])}, generation {int(f.generation[i])}) was never "
+                         f"issued by shard {shard_index}")
+    current = in_range & ((g & _GENERATION_MASK) == f.generation) & live[slots]
+    return KeyMatch(slots, owned, current)
 
 
 # ----------------------------------------------------------------------------
@@ -295,8 +400,9 @@ class ShardSpec:
                          f"sequence ({self.span} rows = frame_stack - 1 + sequence_length)")
         if valid["capacity_observations"] and self.capacity_observations >= 2 ** 31 - 1:
             e.append(f"capacity_observations: {self.capacity_observations} must be < 2**31-1")
-        if valid["capacity_sequences"] and self.capacity_sequences >= 2 ** 31:
-            e.append(f"capacity_sequences: {self.capacity_sequences} must be < 2**31")
+        if valid["capacity_sequences"] and self.capacity_sequences > 1 << KEY_SLOT_BITS:
+            e.append(f"capacity_sequences: {self.capacity_sequences} must be <= "
+                     f"2**{KEY_SLOT_BITS} (a replay key holds the slot in {KEY_SLOT_BITS} bits)")
         return e
 
 
@@ -341,7 +447,8 @@ class ShardState:
     ``ShardSpec.field_layout``); ``streams`` holds ``STREAM_FIELDS`` and
     ``RUN_FIELDS`` as ``<int64>`` vectors. ``counters``: ``write``,
     ``seq_write``, ``max_priority``, ``num_dropped_sequences``, ``mutation``,
-    ``snapshot_id``, ``snapshot_uid``. Arrays returned by
+    ``snapshot_id``, ``snapshot_uid``. ``shard_index`` is the shard's
+    identity (the owner its keys name). Arrays returned by
     ``ReplayShard.get_state`` are views of the live storage; call ``copy()``
     to keep them.
     """
@@ -355,6 +462,7 @@ class ShardState:
     rng_state: Dict[str, Any]
     step_segment_versions: np.ndarray
     sequence_segment_versions: np.ndarray
+    shard_index: int
 
     def copy(self) -> "ShardState":
         """Deep copy (arrays copied)."""
@@ -362,11 +470,12 @@ class ShardState:
         return ShardState(self.spec, cp(self.steps), cp(self.sequences), cp(self.slots),
                           cp(self.streams), dict(self.counters), copy_json(self.rng_state),
                           self.step_segment_versions.copy(),
-                          self.sequence_segment_versions.copy())
+                          self.sequence_segment_versions.copy(), self.shard_index)
 
     def equals(self, other: "ShardState") -> bool:
-        """Exact equality of every array, counter and the RNG state."""
-        if self.spec != other.spec or self.counters != other.counters:
+        """Exact equality of every array, counter, the RNG state and the shard index."""
+        if self.spec != other.spec or self.counters != other.counters or \
+                self.shard_index != other.shard_index:
             return False
         if self.rng_state != other.rng_state:
             return False

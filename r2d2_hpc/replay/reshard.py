@@ -2,7 +2,8 @@
 
 A requeued job may get another number of replay ranks. Every live sequence is
 kept with its priority and stored state, on the shard its stream now routes to
-(the caller passes the routing rule its actors use); the ring rows those
+(``replay.routing.shard_for_stream``, the rule the actors send by; the caller
+passes the new job's ``num_envs``); the ring rows those
 sequences reference and each stream's step numbering come along, so actors
 continue where they were. Sources are shards in memory or snapshots on disk
 (:class:`ShardSource`), read one segment at a time.
@@ -10,33 +11,18 @@ continue where they were. Sources are shards in memory or snapshots on disk
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, RUN_FIELDS, SEQUENCE_FIELDS,
                                     SLOT_FIELDS, STEP_FIELDS, STREAM_FIELDS, ShardSpec)
+from r2d2_hpc.replay.routing import shard_for_stream
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.streams import encode_streams
 from r2d2_hpc.seeding import derive_seed
 
-__all__ = ["MemorySource", "ShardSource", "build_resharded", "reshard", "shard_for_stream"]
-
-
-def shard_for_stream(stream_id: int, num_shards: int) -> int:
-    """The shard that owns an actor stream: ``stream_id mod num_shards``.
-
-    Actors route every message of a stream to this shard, and re-sharding uses
-    the same rule, so a stream's overlapping steps stay deduplicated together.
-
-    Args:
-      stream_id: non-negative stream id.
-      num_shards: number of replay shards, ``>= 1``.
-
-    Returns:
-      The shard index in ``[0, num_shards)``.
-    """
-    return int(stream_id) % int(num_shards)
+__all__ = ["MemorySource", "ShardSource", "build_resharded", "reshard"]
 
 
 class ShardSource(Protocol):
@@ -139,18 +125,19 @@ def _target_spec(sources: Sequence[ShardSource], num_shards: int,
 
 
 def _contribution(src: ShardSource, shard_index: int, num_shards: int,
-                  assign: Callable[[int, int], int]) -> _Contribution:
-    """Reads what ``src`` contributes to shard ``shard_index``."""
+                  num_envs: int) -> _Contribution:
+    """Reads what ``src`` contributes to shard ``shard_index`` (its streams that
+    ``shard_for_stream(stream, num_envs, num_shards)`` puts there)."""
     C, S = src.spec.capacity_observations, src.spec.capacity_sequences
     sl, stt, cnt = src.slot_table(), src.stream_table(), src.counters()
     write, seq_write = int(cnt["write"]), int(cnt["seq_write"])
-    mine = np.array([assign(int(s), num_shards) == shard_index for s in sl["stream"]],
-                    dtype=bool) if S else np.zeros(0, bool)
+    mine = np.array([shard_for_stream(s, num_envs, num_shards) == shard_index
+                     for s in sl["stream"].tolist()], dtype=bool) if S else np.zeros(0, bool)
     slots = np.flatnonzero(sl["live"] & mine)
     seqs = src.read_sequences(slots)
     last = seq_write - 1 - np.mod(seq_write - 1 - slots, S)
-    keep_stream = np.array([assign(int(s), num_shards) == shard_index
-                            for s in stt["stream_id"]], dtype=bool)
+    keep_stream = np.array([shard_for_stream(s, num_envs, num_shards) == shard_index
+                            for s in stt["stream_id"].tolist()], dtype=bool)
     keep_run = np.isin(stt["run_stream"], stt["stream_id"][keep_stream])
     need = [seqs["pos"][seqs["pos"] < C].reshape(-1).astype(np.int64)]
     oldest_live = write - C
@@ -299,33 +286,36 @@ def _merge_streams(sources: Sequence[ShardSource], parts: Sequence[_Contribution
 
 
 def build_resharded(sources: Sequence[ShardSource], shard_index: int, num_shards: int, *,
-                    capacity_observations: Optional[int] = None,
+                    num_envs: int, capacity_observations: Optional[int] = None,
                     capacity_sequences: Optional[int] = None, seed: int = 0,
-                    strict: bool = True,
-                    assign: Callable[[int, int], int] = shard_for_stream) -> ReplayShard:
+                    strict: bool = True) -> ReplayShard:
     """Builds shard ``shard_index`` of ``num_shards`` from the contents of ``sources``.
 
     Keeps every live sequence whose stream maps to ``shard_index``
-    (``assign(stream, num_shards)``) with its priority and stored state, the
+    (``replay.routing.shard_for_stream(stream, num_envs, num_shards)``, the
+    rule the actors send by) with its priority and stored state, the
     ring rows those sequences reference, and each such stream's live steps and
     step numbering (so its actor can continue). Ring rows are copied in the
     order they were written, interleaved across sources by how many steps ago
     they were written, so the FIFO order of eviction is preserved. New keys are
-    issued: every slot's generation starts above all source generations, so no
-    key from before the re-shard can match.
+    issued: they name ``shard_index`` as their owner, and every slot's
+    generation starts above all source generations, so no key from before the
+    re-shard can match (another shard's key is refused as misrouted, this
+    index's old keys are stale).
 
     Args:
       sources: shards to read (``MemorySource`` or a snapshot source), all of
         one layout but possibly different capacities.
       shard_index: which target shard to build, in ``[0, num_shards)``.
       num_shards: number of target shards.
+      num_envs: environments per actor in the job the shard is built for
+        (``actor.num_envs``): a stream's actor, hence its shard, depends on it.
       capacity_observations: ring rows of the new shard (default: the sources'
         total divided by ``num_shards``, rounded up).
       capacity_sequences: slots of the new shard (same default rule).
       seed: seed of the new shard's generator.
       strict: raise if the new shard cannot hold everything; else keep the
         newest steps/sequences and count the others in ``num_dropped_sequences``.
-      assign: stream -> shard rule (default ``shard_for_stream``).
 
     Returns:
       The new shard.
@@ -335,8 +325,8 @@ def build_resharded(sources: Sequence[ShardSource], shard_index: int, num_shards
     """
     _check_sources(sources, shard_index, num_shards)
     spec = _target_spec(sources, num_shards, capacity_observations, capacity_sequences)
-    target = ReplayShard.from_spec(spec, seed)
-    parts = [_contribution(src, shard_index, num_shards, assign) for src in sources]
+    target = ReplayShard.from_spec(spec, seed, shard_index=shard_index)
+    parts = [_contribution(src, shard_index, num_shards, num_envs) for src in sources]
     remaps, n_rows = _place_rows(target, sources, parts, strict, shard_index)
     slots, m, dropped = _place_sequences(target, sources, parts, remaps, strict, shard_index)
     streams = _merge_streams(sources, parts, remaps)
@@ -353,22 +343,24 @@ def build_resharded(sources: Sequence[ShardSource], shard_index: int, num_shards
     return target
 
 
-def reshard(shards: Sequence[ReplayShard], num_shards: int, *, seed: int = 0,
+def reshard(shards: Sequence[ReplayShard], num_shards: int, *, num_envs: int, seed: int = 0,
             strict: bool = True, **kwargs: Any) -> List[ReplayShard]:
-    """Redistributes in-memory shards over ``num_shards`` new ones by stream id.
+    """Redistributes in-memory shards over ``num_shards`` new ones by the routing rule.
 
     Args:
       shards: the current shards.
       num_shards: S', the number of new shards.
+      num_envs: environments per actor (see ``build_resharded``).
       seed: new shard ``i`` is seeded with ``derive_seed(seed, "replay", i)``, the
         seed a job with ``cfg.seed = seed`` gives its shard ``i``.
       strict: see ``build_resharded``.
-      **kwargs: ``capacity_observations``, ``capacity_sequences``, ``assign``.
+      **kwargs: ``capacity_observations``, ``capacity_sequences``.
 
     Returns:
       The ``num_shards`` new shards.
     """
     sources = [MemorySource(s) for s in shards]
-    return [build_resharded(sources, i, num_shards, seed=derive_seed(seed, "replay", i),
+    return [build_resharded(sources, i, num_shards, num_envs=num_envs,
+                            seed=derive_seed(seed, "replay", i),
                             strict=strict, **kwargs)
             for i in range(num_shards)]

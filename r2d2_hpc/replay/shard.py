@@ -3,7 +3,10 @@
 A shard keeps a step ring (each step's newest frame, once) and a table of
 sequences that reference ring rows, with a sum-tree over the sequences'
 priorities; :mod:`r2d2_hpc.replay.layout` draws how a sequence references the
-ring and defines the keys and the state record.
+ring and defines the keys (which name the shard that issued them) and the
+state record. A shard knows its index in the job (``shard_index``): its keys
+carry it, and ``update_priorities`` drops and counts (``misrouted_updates``)
+keys that name another shard.
 
 Eviction is FIFO and can never leave a live sequence pointing at overwritten
 rows: each sequence stores ``oldest``, the smallest ``abs`` it references
@@ -17,7 +20,7 @@ and ``num_dropped_sequences`` counts it.
 
 The insert protocol follows what an actor stream sends. Each actor environment
 is a *stream* with an integer id, always routed to the same shard
-(``shard_for_stream``); its steps are numbered consecutively. ``add_steps``
+(``replay.routing.shard_for_stream``); its steps are numbered consecutively. ``add_steps``
 appends new steps; ``add_sequences`` declares sequences over steps already
 added. A stream remembers, per contiguous *run* of its steps in the ring,
 ``(first step number, abs of that step, count)``, which is how a step number
@@ -34,17 +37,17 @@ as it was.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from r2d2_hpc.replay.checks import (check_index, check_int, check_priorities, check_sequences,
                                     check_steps)
-from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, SEQUENCE_FIELDS, SLOT_FIELDS,
-                                    STEP_FIELDS, ShardSpec, ShardState, copy_json, make_keys,
-                                    shard_spec, split_keys)
+from r2d2_hpc.replay.layout import (INITIAL_MAX_PRIORITY, MAX_SHARDS, SEQUENCE_FIELDS,
+                                    SLOT_FIELDS, STEP_FIELDS, KeyMatch, ShardSpec, ShardState,
+                                    copy_json, make_keys, match_keys, shard_spec)
 from r2d2_hpc.replay.sampling import ShardStats
-from r2d2_hpc.replay.streams import Stream, StreamIndex
+from r2d2_hpc.replay.streams import StreamIndex, sequence_rows
 from r2d2_hpc.replay.sumtree import SumTree
 from r2d2_hpc.types import SequenceBatch
 
@@ -63,7 +66,7 @@ class ReplayShard:
                  obs_dtype: Union[str, np.dtype, type] = np.uint8, frame_stack: int = 1,
                  stack_fill: str = "zeros", priority_exponent: float = 0.9, seed: int = 0,
                  segment_observations: Optional[int] = None,
-                 segment_sequences: Optional[int] = None) -> None:
+                 segment_sequences: Optional[int] = None, shard_index: int = 0) -> None:
         """Allocates an empty shard.
 
         Args:
@@ -83,6 +86,8 @@ class ReplayShard:
             8 MiB of frames).
           segment_sequences: sequence slots per snapshot segment (default:
             about 4 MiB).
+          shard_index: which shard of the job this is, ``[0, MAX_SHARDS)``; its
+            keys name it, and it refuses priority updates for other shards' keys.
 
         Raises:
           ValueError: listing every invalid argument.
@@ -94,23 +99,25 @@ class ReplayShard:
                           priority_exponent=priority_exponent,
                           segment_observations=segment_observations,
                           segment_sequences=segment_sequences)
-        errors = spec.errors()
+        errors = spec.errors() + _shard_index_errors(shard_index)
         if errors:
             raise ValueError("ReplayShard: " + "; ".join(errors))
-        self._allocate(spec, seed)
+        self._allocate(spec, seed, shard_index)
 
     @classmethod
-    def from_spec(cls, spec: ShardSpec, seed: int = 0) -> "ReplayShard":
-        """An empty shard with the given layout."""
-        errors = spec.errors()
+    def from_spec(cls, spec: ShardSpec, seed: int = 0, shard_index: int = 0) -> "ReplayShard":
+        """An empty shard with the given layout (and identity, see ``__init__``)."""
+        errors = spec.errors() + _shard_index_errors(shard_index)
         if errors:
             raise ValueError("ReplayShard: " + "; ".join(errors))
         shard = cls.__new__(cls)
-        shard._allocate(spec, seed)
+        shard._allocate(spec, seed, shard_index)
         return shard
 
-    def _allocate(self, spec: ShardSpec, seed: int) -> None:
+    def _allocate(self, spec: ShardSpec, seed: int, shard_index: int) -> None:
         self.spec = spec
+        self._shard_index = int(shard_index)
+        self._misrouted = 0
         C, S = spec.capacity_observations, spec.capacity_sequences
         self._C, self._S = C, S
         self._T, self._k = spec.sequence_length, spec.frame_stack
@@ -140,6 +147,20 @@ class ReplayShard:
         self._rng = np.random.default_rng(seed)
 
     # ------------------------------------------------------------------ info
+    @property
+    def shard_index(self) -> int:
+        """Which shard of the job this is: the owner its keys name."""
+        return self._shard_index
+
+    @property
+    def misrouted_updates(self) -> int:
+        """Priority-update keys dropped because they name another shard.
+
+        Always 0 when learners route by key; anything else is a routing bug
+        upstream. A count of this process's traffic, not saved in snapshots.
+        """
+        return self._misrouted
+
     @property
     def count(self) -> int:
         """Number of live sequences."""
@@ -309,7 +330,8 @@ class ReplayShard:
             raise ValueError(f"{w}: start_step: sequence {i} (steps {starts[i]}.."
                              f"{starts[i] + lens[i] - 1}) references steps stream {sid} has "
                              f"not sent (next step is {stream.next_step})")
-        pos, oldest, kept = self._sequence_rows(stream, starts, lens)
+        pos, oldest, kept = sequence_rows(self.spec, stream, self._ring["first"], self._write,
+                                          starts, lens)
 
         # ---- everything validated: mutate.
         keys = np.full(m, -1, np.int64)
@@ -346,62 +368,8 @@ class ReplayShard:
         self._seq_write += n
         self._mutation += 1
         self._seq_versions[np.unique(slots // self.spec.segment_sequences)] = self._mutation
-        keys[idx] = make_keys(slots, sl["generation"][slots])
+        keys[idx] = make_keys(self._shard_index, slots, sl["generation"][slots])
         return keys
-
-    def _sequence_rows(self, stream: Stream, starts: np.ndarray, lens: np.ndarray
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ring rows of ``M`` sequences of ``stream`` (see the layout's ``pos`` diagram).
-
-        Args:
-          stream: the sequences' stream.
-          starts: ``<int64>[M]`` first step numbers (already checked against the stream).
-          lens: ``<int64>[M]`` valid lengths.
-
-        Returns:
-          ``(pos <int64>[M, span], oldest <int64>[M], kept <bool>[M])``: ``kept`` is
-          False where a step (or a frame the first stack needs) was overwritten.
-
-        Raises:
-          ValueError: if a sequence crosses an episode start.
-        """
-        m = starts.shape[0]
-        k1, C = self._k - 1, self._C
-        offs = np.arange(-k1, self._T, dtype=np.int64)
-        steps = starts[:, None] + offs[None, :]                       # [M, span]
-        in_seq = (offs[None, :] >= 0) & (offs[None, :] < lens[:, None])
-        absv = stream.lookup(np.where(in_seq | (offs[None, :] < 0), steps, -1), self._write - C)
-        kept = ~((absv < 0) & in_seq).any(axis=1)                   # all own steps stored
-        rows = np.where(absv >= 0, absv % C, C)
-        first_ring = self._ring["first"]
-        inner = in_seq & (offs[None, :] > 0) & kept[:, None]
-        crossing = inner & first_ring[rows]
-        if crossing.any():
-            i, j = np.argwhere(crossing)[0]
-            raise ValueError(f"add_sequences: length: sequence {i} (start_step {starts[i]}, "
-                             f"length {lens[i]}) crosses the episode start at step "
-                             f"{steps[i, j]}")
-        pos = np.where(in_seq, rows, C).astype(np.int64)
-        oldest = np.where(in_seq, absv, np.iinfo(np.int64).max).min(axis=1)
-        # Walk back from the start while the episode continues: the stack of
-        # step 0 needs step start-j iff none of steps start-j+1 .. start is first.
-        need = kept.copy()
-        at_first = first_ring[pos[:, k1]]
-        fill = pos[:, k1].copy() if self.spec.stack_fill == "first" else np.full(m, C, np.int64)
-        for j in range(1, k1 + 1):
-            col = k1 - j
-            need &= ~at_first
-            a = absv[:, col]
-            missing = need & (a < 0)
-            kept &= ~missing
-            need &= ~missing
-            r = np.where(need, a % C, C)
-            pos[:, col] = np.where(need, r, fill)
-            if self.spec.stack_fill == "first":
-                fill = np.where(need, r, fill)
-            oldest = np.where(need, np.minimum(oldest, a), oldest)
-            at_first = np.where(need, first_ring[r], at_first)
-        return pos, oldest, kept
 
     def _leaf(self, p: np.ndarray) -> np.ndarray:
         """Sum-tree leaf of raw priorities: ``p ** alpha``."""
@@ -415,46 +383,44 @@ class ReplayShard:
         self._count -= int(slots.size)
 
     # --------------------------------------------------------------- priority
-    def _check_keys(self, where: str, keys: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        arr = np.asarray(keys)
-        if arr.ndim != 1:
-            raise ValueError(f"{where}: keys: expected shape (K,), got {arr.shape}")
-        if arr.size and arr.dtype.kind not in "iu":
-            raise ValueError(f"{where}: keys: expected an integer dtype, got {arr.dtype}")
-        k = arr.astype(np.int64)
-        slots, gens = split_keys(k)
-        unknown = (k < 0) | (slots >= self._S) | (gens < 1)
-        unknown[~unknown] = gens[~unknown] > self._slot["generation"][slots[~unknown]]
-        if unknown.any():
-            i = int(np.flatnonzero(unknown)[0])
-            raise ValueError(f"{where}: keys: unknown key {int(k[i])} at index {i} "
-                             f"(slot {int(slots[i])}, generation {int(gens[i])}) was never "
-                             f"issued by this shard")
-        current = (self._slot["generation"][slots] == gens) & self._slot["live"][slots]
-        return slots, gens, current
+    def _match(self, where: str, keys: Any, owned_only: bool) -> KeyMatch:
+        """``match_keys`` against this shard; with ``owned_only`` another shard's key raises."""
+        m = match_keys(where, keys, self._shard_index, self._slot["generation"],
+                       self._slot["live"])
+        if owned_only and not m.owned.all():
+            i = int(np.flatnonzero(~m.owned)[0])
+            k = int(np.asarray(keys)[i])
+            raise ValueError(f"{where}: keys: key {k} at index {i} belongs to another shard, "
+                             f"not to shard {self._shard_index}")
+        return m
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> int:
         """Sets new raw priorities; keys of evicted or reused slots are dropped.
 
-        If a key occurs more than once, its last priority wins.
+        Keys that name another shard are dropped too, and counted in
+        ``misrouted_updates``. If a key occurs more than once, its last
+        priority wins.
 
         Args:
           keys: ``<int64>[K]`` keys from ``add_sequences`` or ``sample``.
           priorities: ``<float>[K]`` raw priorities ``p >= 0``.
 
         Returns:
-          The number of keys applied (stale ones are not counted).
+          The number of keys applied (stale and misrouted ones are not counted).
 
         Raises:
-          ValueError: on a key this shard never issued, a shape/dtype mismatch,
-            or a NaN / infinite / negative priority; the shard is unchanged.
+          ValueError: on a key of this shard that it never issued, a negative
+            key, a shape/dtype mismatch, or a NaN / infinite / negative
+            priority; the shard (and its counter) is unchanged.
         """
         w = "update_priorities"
-        slots, _, current = self._check_keys(w, keys)
-        p = check_priorities(w, "priorities", priorities, slots.size)
+        m = self._match(w, keys, owned_only=False)
+        p = check_priorities(w, "priorities", priorities, m.slots.size)
+        self._misrouted += int((~m.owned).sum())
+        current = m.current
         if not current.any():
             return 0
-        s, p = slots[current], p[current]
+        s, p = m.slots[current], p[current]
         uniq, first_rev = np.unique(s[::-1], return_index=True)
         pu = p[::-1][first_rev]
         self._slot["priority"][uniq] = pu
@@ -513,9 +479,10 @@ class ReplayShard:
           ``SequenceBatch`` like ``sample``.
 
         Raises:
-          ValueError: on an unknown, evicted or reused key.
+          ValueError: on an unknown, evicted or reused key, or another shard's.
         """
-        slots, _, current = self._check_keys("read", keys)
+        m = self._match("read", keys, owned_only=True)
+        slots, current = m.slots, m.current
         if slots.size == 0:
             raise ValueError("read: keys: expected at least one key")
         if not current.all():
@@ -558,21 +525,22 @@ class ReplayShard:
             first=ring["first"][step_rows], mask=mask, prev_action=prev_action,
             prev_reward=prev_reward, state_h=self._seq["state_h"][slots],
             state_c=self._seq["state_c"][slots],
-            keys=make_keys(slots, self._slot["generation"][slots]),
+            keys=make_keys(self._shard_index, slots, self._slot["generation"][slots]),
             probs=np.asarray(probs, np.float64))
 
     def live_keys(self) -> np.ndarray:
         """Keys of every live sequence, in slot order."""
         slots = np.flatnonzero(self._slot["live"])
-        return make_keys(slots, self._slot["generation"][slots])
+        return make_keys(self._shard_index, slots, self._slot["generation"][slots])
 
     def sequence_info(self, keys: np.ndarray) -> Dict[str, np.ndarray]:
         """Stream id, start step, length and raw priority of live keys.
 
         Raises:
-          ValueError: on an unknown, evicted or reused key.
+          ValueError: on an unknown, evicted or reused key, or another shard's.
         """
-        slots, _, current = self._check_keys("sequence_info", keys)
+        m = self._match("sequence_info", keys, owned_only=True)
+        slots, current = m.slots, m.current
         if not current.all():
             raise ValueError("sequence_info: keys: some keys were evicted or reused")
         return {"stream": self._slot["stream"][slots].copy(),
@@ -595,7 +563,8 @@ class ReplayShard:
             counters=self._counters(),
             rng_state=copy_json(self._rng.bit_generator.state),
             step_segment_versions=self._step_versions,
-            sequence_segment_versions=self._seq_versions)
+            sequence_segment_versions=self._seq_versions,
+            shard_index=self._shard_index)
 
     def _counters(self) -> Dict[str, Union[int, float, str]]:
         return {"write": self._write, "seq_write": self._seq_write,
@@ -650,13 +619,16 @@ class ReplayShard:
         self._seq_versions[...] = sequence_segment_versions
 
     def set_state(self, state: ShardState) -> None:
-        """Replaces the whole content with a copy of ``state`` (same spec).
+        """Replaces the whole content with a copy of ``state`` (same spec and shard index).
 
         Raises:
-          ValueError: on a different spec or an inconsistent record.
+          ValueError: on a different spec or shard index, or an inconsistent record.
         """
         if state.spec != self.spec:
             raise ValueError("set_state: spec differs from this shard's")
+        if state.shard_index != self._shard_index:
+            raise ValueError(f"set_state: shard_index: the state is shard "
+                             f"{state.shard_index}'s, this is shard {self._shard_index}")
         steps, seqs = self.storage_views()
         lay = self.spec.field_layout()
         for group, dst in ((state.steps, steps), (state.sequences, seqs)):
@@ -680,7 +652,16 @@ class ReplayShard:
 
     def __repr__(self) -> str:
         s = self.spec
-        return (f"ReplayShard(frame_shape={s.frame_shape}, frame_stack={s.frame_stack}, "
+        return (f"ReplayShard(shard_index={self._shard_index}, "
+                f"frame_shape={s.frame_shape}, frame_stack={s.frame_stack}, "
                 f"capacity_observations={s.capacity_observations}, "
                 f"capacity_sequences={s.capacity_sequences}, count={self._count}, "
                 f"steps={self.num_steps})")
+
+
+def _shard_index_errors(shard_index: Any) -> List[str]:
+    """``shard_index`` must fit the key's shard field."""
+    if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or \
+            not 0 <= shard_index < MAX_SHARDS:
+        return [f"shard_index: must be an int in [0, {MAX_SHARDS}), got {shard_index!r}"]
+    return []

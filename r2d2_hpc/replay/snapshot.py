@@ -50,12 +50,17 @@ dataset's shape and dtype are checked against the layout; any problem raises
 ``SnapshotError`` naming the file and what is wrong. The restored state --
 contents, priorities, sum-tree leaves (hence the tree, which is a pure function
 of its leaves), generations, counters, stream tables and the RNG state -- is
-identical to the saved one, so sampling continues bit-identically.
+identical to the saved one, so sampling continues bit-identically. The index
+records which shard of the job was saved (``shard_index``, the owner its keys
+name; format version 2), and a shard is restored as that shard. A version 1
+snapshot, written before keys named their shard, still loads when the caller
+says which shard it is (``load_snapshot(..., shard_index=i)``, as the
+checkpoint restore does).
 
 ``load_resharded`` builds shard ``i`` of ``S'`` from the snapshots of ``S``
 shards (a requeued job may get another allocation), reading only the segments
-it needs, one at a time; streams are assigned by ``shard_for_stream`` unless the
-caller passes the routing rule its actors use.
+it needs, one at a time; streams are placed by the rule the actors send by
+(``replay.routing.shard_for_stream``, given the new job's ``num_envs``).
 """
 from __future__ import annotations
 
@@ -66,25 +71,28 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 
 from r2d2_hpc.replay.layout import (RUN_FIELDS, SEQUENCE_FIELDS, SLOT_FIELDS, STEP_FIELDS,
                                     STREAM_FIELDS, ShardSpec)
-from r2d2_hpc.replay.reshard import build_resharded, shard_for_stream
+from r2d2_hpc.replay.reshard import build_resharded
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.storage.files import crc32_file, fsync_path
 from r2d2_hpc.storage.h5tree import write_dataset
 
 __all__ = ["SnapshotError", "SnapshotReport", "SnapshotSource", "save_snapshot",
-           "load_snapshot", "load_resharded", "INDEX_FILE", "FORMAT"]
+           "load_snapshot", "load_resharded", "INDEX_FILE", "FORMAT", "FORMAT_V1"]
 
 #: File name of the index in a snapshot directory.
 INDEX_FILE = "index.h5"
-#: Format tag stored in the index meta.
-FORMAT = "r2d2_hpc.replay.snapshot/1"
+#: Format tag stored in the index meta. Version 2 records the shard's index
+#: (``shard_index``, the owner its keys name); version 1 did not.
+FORMAT = "r2d2_hpc.replay.snapshot/2"
+#: Older formats ``SnapshotSource`` still reads.
+FORMAT_V1 = "r2d2_hpc.replay.snapshot/1"
 _SEGMENT_RE = re.compile(r"^(steps|seqs)_(\d{5,})_(\d{8,})\.h5$")
 _CHUNK_BYTES = 128 << 10
 
@@ -209,6 +217,24 @@ def _finalize(tmp: str, path: str, fsync: bool) -> Tuple[int, int]:
     return size, crc
 
 
+def _saved_shard_index(meta: Dict[str, Any], path: str) -> Optional[int]:
+    """The shard index an index meta records (None for format version 1).
+
+    Raises:
+      SnapshotError: on an unknown format or a bad index.
+    """
+    fmt = meta.get("format")
+    if fmt == FORMAT_V1:
+        return None
+    if fmt != FORMAT:
+        raise SnapshotError(f"{path}: unknown format {fmt!r}, expected {FORMAT!r} "
+                            f"(or {FORMAT_V1!r})")
+    index = meta.get("shard_index")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise SnapshotError(f"{path}: shard_index: expected an int >= 0, got {index!r}")
+    return index
+
+
 def _read_index_meta(directory: str) -> Optional[Dict[str, Any]]:
     """The meta of the directory's current index, or None if absent/unreadable."""
     path = os.path.join(directory, INDEX_FILE)
@@ -299,7 +325,8 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
             nbytes += entry["nbytes"]
     new_counters = dict(counters, snapshot_id=new_id, snapshot_uid=new_uid)
     meta = {"format": FORMAT, "snapshot_id": new_id, "snapshot_uid": new_uid,
-            "spec": spec.to_dict(), "counters": new_counters, "rng_state": state.rng_state,
+            "shard_index": state.shard_index, "spec": spec.to_dict(),
+            "counters": new_counters, "rng_state": state.rng_state,
             "steps": steps_table, "seqs": seqs_table,
             "step_segment_versions": state.step_segment_versions.tolist(),
             "sequence_segment_versions": state.sequence_segment_versions.tolist()}
@@ -335,6 +362,9 @@ class SnapshotSource:
 
     Implements ``r2d2_hpc.replay.reshard.ShardSource``.
 
+    Attributes:
+      shard_index: the index of the shard saved (None for a version 1 snapshot).
+
     Raises (constructor):
       SnapshotError: if the index is missing, unreadable or inconsistent.
     """
@@ -346,9 +376,7 @@ class SnapshotSource:
         self._index_path = path
         with _open(path) as f:
             meta = _read_meta(f, path)
-            if meta.get("format") != FORMAT:
-                raise SnapshotError(f"{path}: unknown format {meta.get('format')!r}, "
-                                    f"expected {FORMAT!r}")
+            self.shard_index = _saved_shard_index(meta, path)
             try:
                 self.spec = ShardSpec.from_dict(meta["spec"])
             except (KeyError, TypeError, ValueError) as e:
@@ -377,6 +405,18 @@ class SnapshotSource:
             for seg, e in table.items():
                 if not 0 <= seg < count or not _SEGMENT_RE.match(str(e.get("file", ""))):
                     raise SnapshotError(f"{path}: bad {kind} segment entry {e!r}")
+
+    def _identity(self, expected: Optional[int]) -> int:
+        """The index to restore the shard as: the saved one, checked against ``expected``."""
+        if self.shard_index is None:
+            if expected is None:
+                raise SnapshotError(f"{self._index_path}: format {FORMAT_V1!r} does not record "
+                                    f"which shard was saved; pass shard_index to restore it")
+            return int(expected)
+        if expected is not None and int(expected) != self.shard_index:
+            raise SnapshotError(f"{self._index_path}: holds shard {self.shard_index}, "
+                                f"expected shard {expected}")
+        return self.shard_index
 
     def slot_table(self) -> Dict[str, np.ndarray]:
         return self._slots
@@ -441,13 +481,22 @@ class SnapshotSource:
         lo, _ = self.spec.step_segment_rows(s)
         return {n: data[n][rows - lo] for n in STEP_FIELDS}
 
-    def restore(self, seed: int = 0) -> ReplayShard:
+    def restore(self, seed: int = 0, shard_index: Optional[int] = None) -> ReplayShard:
         """The saved shard, exactly (RNG state included).
 
         A helper thread checks each segment file's size and crc32 one file
         ahead of the HDF5 read (which then finds the file in the page cache).
+
+        Args:
+          seed: unused by the result (the saved generator state is restored).
+          shard_index: which shard the caller expects; required for a version 1
+            snapshot, which does not record it.
+
+        Raises:
+          SnapshotError: on a bad file, if ``shard_index`` differs from the saved
+            one, or if neither names the shard.
         """
-        shard = ReplayShard.from_spec(self.spec, seed)
+        shard = ReplayShard.from_spec(self.spec, seed, shard_index=self._identity(shard_index))
         steps, seqs = shard.storage_views()
         plan = [("steps", seg, steps, STEP_FIELDS, self.spec.step_segment_rows(seg))
                 for seg in range(self.spec.num_step_segments)]
@@ -480,31 +529,35 @@ class SnapshotSource:
         return shard
 
 
-def load_snapshot(directory: str, *, verify: bool = True) -> ReplayShard:
+def load_snapshot(directory: str, *, verify: bool = True,
+                  shard_index: Optional[int] = None) -> ReplayShard:
     """Restores the shard saved in ``directory``.
 
     Args:
       directory: a directory written by ``save_snapshot``.
       verify: check every segment file's size and crc32 before reading it.
+      shard_index: the shard the caller expects (checked against the saved
+        index); required for a version 1 snapshot, which does not record it.
 
     Returns:
       The shard, identical to the one saved (sampling continues bit-identically).
 
     Raises:
-      SnapshotError: naming the file that is missing, truncated or corrupted.
+      SnapshotError: naming the file that is missing, truncated or corrupted,
+        or holds another shard than ``shard_index``.
     """
-    return SnapshotSource(directory, verify).restore()
+    return SnapshotSource(directory, verify).restore(shard_index=shard_index)
 
 
 def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int, *,
-                   capacity_observations: Optional[int] = None,
+                   num_envs: int, capacity_observations: Optional[int] = None,
                    capacity_sequences: Optional[int] = None, seed: int = 0,
-                   strict: bool = True, verify: bool = True,
-                   assign: Callable[[int, int], int] = shard_for_stream) -> ReplayShard:
+                   strict: bool = True, verify: bool = True) -> ReplayShard:
     """Builds shard ``shard_index`` of ``num_shards`` from the snapshots of other shards.
 
     Every sequence whose stream maps to ``shard_index``
-    (``assign(stream, num_shards)``) is kept with its priority; see
+    (``replay.routing.shard_for_stream(stream, num_envs, num_shards)``, the rule
+    the actors send by) is kept with its priority; see
     ``r2d2_hpc.replay.reshard.build_resharded`` for the details and the capacity
     defaults (the sources' total divided by ``num_shards``).
 
@@ -512,14 +565,12 @@ def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int
       directories: snapshot directories of the old shards (any number).
       shard_index: which new shard to build.
       num_shards: S', the number of new shards.
+      num_envs: environments per actor in the new job (``actor.num_envs``).
       capacity_observations: ring rows of the new shard.
       capacity_sequences: sequence slots of the new shard.
       seed: seed of the new shard's generator.
       strict: raise instead of dropping the oldest data if it does not fit.
       verify: check segment sizes and crc32s.
-      assign: ``(stream_id, num_shards) -> shard``; must match how actors route
-        their streams after the re-shard, so that a stream's steps and its
-        future sequences meet in one shard (default ``shard_for_stream``).
 
     Returns:
       The new shard.
@@ -529,7 +580,6 @@ def load_resharded(directories: Sequence[str], shard_index: int, num_shards: int
       ValueError: on incompatible shards or (strict) insufficient capacity.
     """
     sources = [SnapshotSource(d, verify) for d in directories]
-    return build_resharded(sources, shard_index, num_shards,
+    return build_resharded(sources, shard_index, num_shards, num_envs=num_envs,
                            capacity_observations=capacity_observations,
-                           capacity_sequences=capacity_sequences, seed=seed, strict=strict,
-                           assign=assign)
+                           capacity_sequences=capacity_sequences, seed=seed, strict=strict)

@@ -5,8 +5,10 @@ A shard writes steps in arrival order at ``abs % C`` (``abs`` counts every
 step it ever wrote), so one stream's steps sit in *runs*: ``(first step
 number, abs of that step, count)``. :meth:`Stream.lookup` turns step numbers
 into ``abs`` through those runs, which is how overlapping sequences share ring
-rows. :func:`encode_streams` is the table form a :class:`ShardState` and a
-snapshot hold (``STREAM_FIELDS`` and ``RUN_FIELDS`` as int64 vectors).
+rows; :func:`sequence_rows` does it for whole sequences (the ``pos`` of the
+layout's diagram). :func:`encode_streams` is the table form a
+:class:`ShardState` and a snapshot hold (``STREAM_FIELDS`` and ``RUN_FIELDS``
+as int64 vectors).
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from r2d2_hpc.replay.layout import RUN_FIELDS
+from r2d2_hpc.replay.layout import RUN_FIELDS, ShardSpec
 
-__all__ = ["Stream", "StreamIndex", "encode_streams"]
+__all__ = ["Stream", "StreamIndex", "encode_streams", "sequence_rows"]
 
 #: One run: steps ``step_lo + i`` live at ``abs_lo + i`` for ``i < n``.
 Run = Tuple[int, int, int]
@@ -65,6 +67,65 @@ class Stream:
         ok = (i >= 0) & (off < runs[ic, 2]) & (a >= oldest_abs)
         out[ok] = a[ok]
         return out
+
+
+def sequence_rows(spec: ShardSpec, stream: Stream, first_ring: np.ndarray, write: int,
+                  starts: np.ndarray, lens: np.ndarray
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ring rows of ``M`` sequences of ``stream`` (see the layout's ``pos`` diagram).
+
+    Args:
+      spec: the shard's layout (``frame_stack`` k, ``sequence_length`` T,
+        ``capacity_observations`` C, ``stack_fill``).
+      stream: the sequences' stream.
+      first_ring: ``<bool>[C + 1]`` the ring's ``first`` flags (row C: the sentinel).
+      write: ``abs`` of the next step the ring will write.
+      starts: ``<int64>[M]`` first step numbers (already checked against the stream).
+      lens: ``<int64>[M]`` valid lengths.
+
+    Returns:
+      ``(pos <int64>[M, span], oldest <int64>[M], kept <bool>[M])``: ``kept`` is
+      False where a step (or a frame the first stack needs) was overwritten.
+
+    Raises:
+      ValueError: if a sequence crosses an episode start.
+    """
+    m = starts.shape[0]
+    k1, C = spec.frame_stack - 1, spec.capacity_observations
+    offs = np.arange(-k1, spec.sequence_length, dtype=np.int64)
+    steps = starts[:, None] + offs[None, :]                       # [M, span]
+    in_seq = (offs[None, :] >= 0) & (offs[None, :] < lens[:, None])
+    absv = stream.lookup(np.where(in_seq | (offs[None, :] < 0), steps, -1), write - C)
+    kept = ~((absv < 0) & in_seq).any(axis=1)                   # all own steps stored
+    rows = np.where(absv >= 0, absv % C, C)
+    inner = in_seq & (offs[None, :] > 0) & kept[:, None]
+    crossing = inner & first_ring[rows]
+    if crossing.any():
+        i, j = np.argwhere(crossing)[0]
+        raise ValueError(f"add_sequences: length: sequence {i} (start_step {starts[i]}, "
+                         f"length {lens[i]}) crosses the episode start at step "
+                         f"{steps[i, j]}")
+    pos = np.where(in_seq, rows, C).astype(np.int64)
+    oldest = np.where(in_seq, absv, np.iinfo(np.int64).max).min(axis=1)
+    # Walk back from the start while the episode continues: the stack of
+    # step 0 needs step start-j iff none of steps start-j+1 .. start is first.
+    need = kept.copy()
+    at_first = first_ring[pos[:, k1]]
+    fill = pos[:, k1].copy() if spec.stack_fill == "first" else np.full(m, C, np.int64)
+    for j in range(1, k1 + 1):
+        col = k1 - j
+        need &= ~at_first
+        a = absv[:, col]
+        missing = need & (a < 0)
+        kept &= ~missing
+        need &= ~missing
+        r = np.where(need, a % C, C)
+        pos[:, col] = np.where(need, r, fill)
+        if spec.stack_fill == "first":
+            fill = np.where(need, r, fill)
+        oldest = np.where(need, np.minimum(oldest, a), oldest)
+        at_first = np.where(need, first_ring[r], at_first)
+    return pos, oldest, kept
 
 
 class StreamIndex:

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import h5py
 import numpy as np
 import torch
 
 from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointInfo
-from r2d2_hpc.comm.topology import stream_id
 from r2d2_hpc.config import Config
+from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.replay.shard import ReplayShard
+from r2d2_hpc.replay.snapshot import FORMAT_V1, INDEX_FILE
 from r2d2_hpc.types import SequenceBatch
 from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch
 
@@ -29,10 +32,11 @@ JOB_SPEC = {"obs_shape": list(OBS_SHAPE), "frame_shape": list(OBS_SHAPE), "obs_d
 
 
 def new_shard(seed: int = 0, C: int = 96, S: int = 24, frame: Tuple[int, ...] = FRAME,
-              seg_obs: int = 8, seg_seq: int = 4) -> ReplayShard:
+              seg_obs: int = 8, seg_seq: int = 4, shard_index: int = 0) -> ReplayShard:
     return ReplayShard(frame, capacity_observations=C, capacity_sequences=S,
                        sequence_length=5, state_size=3, frame_stack=2, seed=seed,
-                       segment_observations=seg_obs, segment_sequences=seg_seq)
+                       segment_observations=seg_obs, segment_sequences=seg_seq,
+                       shard_index=shard_index)
 
 
 def fill(shard: ReplayShard, streams: Sequence[int], seed: int, steps: int = 12,
@@ -136,3 +140,19 @@ def a_segment(ckpt: str) -> str:
 
 def with_changes(cfg: Config, section: str, **changes) -> Config:
     return cfg.replace(**{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+def rewrite_snapshot_meta(directory: str, edit: Callable[[Dict[str, Any]], None]) -> None:
+    """Rewrites a snapshot index's meta JSON through ``edit`` (to forge another writer's)."""
+    idx = os.path.join(directory, INDEX_FILE)
+    with h5py.File(idx, "r+") as f:
+        meta = json.loads(f["meta"][...].tobytes().decode())
+        edit(meta)
+        del f["meta"]
+        f.create_dataset("meta", data=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
+
+def as_snapshot_version_1(meta: Dict[str, Any]) -> None:
+    """What a version 1 writer left: no ``shard_index``."""
+    meta["format"] = FORMAT_V1
+    del meta["shard_index"]

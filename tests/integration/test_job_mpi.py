@@ -49,11 +49,17 @@ def test_mpi_two_shards_priorities_reach_their_owners(tmp_path):
     ranks = json.loads((run / "summary.json").read_text())
     assert [r["role"] for r in ranks] == ["learner", "replay", "replay", "actor", "actor"]
     check_nothing_lost(ranks)
-    shards = ranks[1:3]
+    learner, shards = ranks[0], ranks[1:3]
     # each actor feeds its own shard; both are sampled and both get priority updates
     for shard in shards:
         assert shard["inserted_sequences"] > 0 and shard["sampled_sequences"] > 0
-        assert shard["priority_updates"] > 0
+        assert shard["priority_updates"] > 0 and shard["priority_keys"] > 0
+        # every key a shard was sent names it: none was refused as another shard's
+        assert shard["misrouted_updates"] == 0
+    # the learner sent each shard as many keys as the shard received, and every key of
+    # the 60 batches of 16 reached a shard (the end-of-run checkpoint comes before STOP)
+    assert learner["priority_keys_sent"] == [s["priority_keys"] for s in shards]
+    assert sum(s["priority_keys"] for s in shards) == 60 * 16
     assert sum(s["sampled_sequences"] for s in shards) >= 60 * 16
 
 

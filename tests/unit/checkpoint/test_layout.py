@@ -16,7 +16,7 @@ from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointError, list_checkpoints
 from r2d2_hpc.checkpoint.restore import read_actors, read_learner, restore_shard
 from r2d2_hpc.checkpoint.validate import find_latest_valid, open_checkpoint
-from r2d2_hpc.comm.topology import stream_id
+from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.config import Config
 from tests.helpers.checkpoints import (JOB_SPEC, NUM_ENVS, a_segment, actor_streams,
                                        assert_batches_equal, fill, flip, make_learner, new_shard,
@@ -28,7 +28,7 @@ from tests.helpers.launcher import ROOT
 def test_learner_and_shards_round_trip_bit_for_bit(tmp_path) -> None:
     cfg = tiny_config(target_update_period=3, learning_rate=1e-2)
     learner = trained_learner(cfg)
-    shards = [new_shard(seed=1), new_shard(seed=2)]
+    shards = [new_shard(seed=1, shard_index=0), new_shard(seed=2, shard_index=1)]
     for i, sh in enumerate(shards):
         fill(sh, actor_streams([i]), seed=10 + i, rounds=2)
         sh.sample(3)  # advance the generator: its state must be saved
@@ -159,7 +159,8 @@ def test_kill_9_while_writing_keeps_the_previous_checkpoint(tmp_path) -> None:
     cfg = tiny_config()
     shards = []
     for i in range(2):  # frames of 32x32, 64-row (64 kB) segments: ~100 files per shard
-        sh = new_shard(seed=i, C=6000, S=64, frame=(32, 32), seg_obs=64, seg_seq=16)
+        sh = new_shard(seed=i, C=6000, S=64, frame=(32, 32), seg_obs=64, seg_seq=16,
+                       shard_index=i)
         fill(sh, [stream_id(i, 0, 2)], seed=i, steps=40)
         shards.append(sh)
     write_checkpoint(run, 1, cfg, shards)
@@ -209,6 +210,17 @@ def test_commit_refuses_when_a_part_is_missing(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="learner.h5 is at step 5, commit asked for step 6"):
         layout.commit(path, 6, 1)
     assert list_checkpoints(run) == []
+
+
+def test_a_shard_is_written_only_under_its_own_index(tmp_path) -> None:
+    """A restore reads ``shard-<i>`` back as shard i, whose keys name i."""
+    layout = CheckpointLayout(str(tmp_path / "run"), fsync=False)
+    path = layout.begin(5)
+    with pytest.raises(ValueError, match="shard 1 cannot be written as shard-0"):
+        layout.write_shard(path, 0, new_shard(shard_index=1))
+    assert not os.path.exists(os.path.join(path, "shard-0"))
+    layout.write_shard(path, 1, new_shard(shard_index=1))
+    assert os.path.exists(os.path.join(path, "shard-1", "index.h5"))
 
 
 def test_a_second_checkpoint_at_the_same_step_is_the_newest(tmp_path) -> None:

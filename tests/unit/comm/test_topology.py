@@ -1,14 +1,13 @@
-"""Rank -> role mapping, shard routing and stream ids (pure; no MPI needed)."""
+"""Rank -> role mapping and the shard each actor sends to (pure; no MPI needed)."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r2d2_hpc.comm.topology import (ACTOR, LEARNER, REPLAY, RoleInfo, TopologyError,
-                                    actor_of_stream, actors_of_shard, assign_role, shard_for_actor,
-                                    shard_for_stream_id, stream_id)
+from r2d2_hpc.comm.topology import ACTOR, LEARNER, REPLAY, RoleInfo, TopologyError, assign_role
 from r2d2_hpc.config import TopologyConfig
+from r2d2_hpc.replay.routing import shard_for_stream, stream_id
 
 
 # (learners, shards, size) -> the role of every rank, written out by hand.
@@ -68,64 +67,24 @@ def test_rank_out_of_range(rank):
         assign_role(rank, 3, TopologyConfig())
 
 
-# (actor_index, num_shards) -> shard, by hand: round-robin.
-SHARD_TABLE = [(0, 1, 0), (5, 1, 0), (0, 3, 0), (1, 3, 1), (2, 3, 2), (3, 3, 0), (7, 3, 1)]
-
-
-@pytest.mark.parametrize("actor,shards,expected", SHARD_TABLE)
-def test_shard_for_actor_table(actor, shards, expected):
-    assert shard_for_actor(actor, shards) == expected
-
-
-def test_actors_of_shard_by_hand():
-    assert actors_of_shard(0, 7, 3) == (0, 3, 6)
-    assert actors_of_shard(1, 7, 3) == (1, 4)
-    assert actors_of_shard(2, 7, 3) == (2, 5)
-    assert actors_of_shard(2, 2, 3) == ()
+def test_role_info_routes_actors_by_the_routing_rule():
     info = assign_role(0, 9, TopologyConfig(learners=1, replay_shards=2))
     assert info.actors_of_shard(0) == (3, 5, 7)
     assert info.actors_of_shard(1) == (4, 6, 8)
     assert [info.shard_rank(a) for a in range(6)] == [1, 2, 1, 2, 1, 2]
 
 
-@pytest.mark.parametrize("bad", [(0, 0), (-1, 2)])
-def test_shard_for_actor_rejects_bad_arguments(bad):
-    with pytest.raises(ValueError):
-        shard_for_actor(*bad)
-
-
-@given(st.integers(1, 40), st.integers(1, 8))
-@settings(max_examples=60, deadline=None)
-def test_every_actor_has_exactly_one_shard_and_shards_are_balanced(num_actors, num_shards):
-    owners = [[a for a in actors_of_shard(s, num_actors, num_shards)] for s in range(num_shards)]
-    flat = sorted(a for group in owners for a in group)
-    assert flat == list(range(num_actors))
-    for s, group in enumerate(owners):
-        assert all(shard_for_actor(a, num_shards) == s for a in group)
-    sizes = [len(g) for g in owners]
-    assert max(sizes) - min(sizes) <= 1
-
-
-# (actor, env, num_envs) -> id, by hand.
-STREAM_TABLE = [(0, 0, 1, 0), (3, 0, 1, 3), (0, 31, 32, 31), (1, 0, 32, 32), (2, 5, 8, 21)]
-
-
-@pytest.mark.parametrize("actor,env,num_envs,expected", STREAM_TABLE)
-def test_stream_id_table(actor, env, num_envs, expected):
-    assert stream_id(actor, env, num_envs) == expected
-
-
-@given(st.integers(1, 12), st.integers(1, 12))
+@given(st.integers(1, 6), st.integers(1, 4), st.integers(1, 3))
 @settings(max_examples=40, deadline=None)
-def test_stream_ids_are_unique_and_dense(num_actors, num_envs):
-    ids = [stream_id(a, e, num_envs) for a in range(num_actors) for e in range(num_envs)]
-    assert sorted(ids) == list(range(num_actors * num_envs))
-
-
-@pytest.mark.parametrize("args", [(0, 2, 2), (0, -1, 2), (-1, 0, 2), (0, 0, 0)])
-def test_stream_id_rejects_bad_arguments(args):
-    with pytest.raises(ValueError):
-        stream_id(*args)
+def test_every_stream_is_sent_to_the_shard_that_owns_it(num_actors, num_shards, num_envs):
+    """An actor sends all its streams to ``shard_rank``; that shard is the one
+    ``replay.routing.shard_for_stream`` (hence a re-sharding restore) gives each."""
+    topo = TopologyConfig(learners=1, replay_shards=num_shards)
+    info = assign_role(0, topo.min_ranks - 1 + num_actors, topo)
+    for a in range(num_actors):
+        for e in range(num_envs):
+            owner = shard_for_stream(stream_id(a, e, num_envs), num_envs, num_shards)
+            assert info.shard_rank(a) == info.replay_ranks[owner]
 
 
 @given(st.integers(1, 4), st.integers(1, 4), st.integers(0, 6))
@@ -139,18 +98,3 @@ def test_roles_partition_the_ranks(learners, shards, extra_actors):
         assert [i.index for i in mine] == list(range(count))
     ranks = infos[0].learner_ranks + infos[0].replay_ranks + infos[0].actor_ranks
     assert ranks == tuple(range(size))
-
-
-@given(st.integers(0, 20), st.integers(1, 9), st.integers(1, 5))
-@settings(max_examples=60, deadline=None)
-def test_every_stream_of_an_actor_goes_to_the_actors_shard(actor, num_envs, num_shards):
-    for env in range(num_envs):
-        sid = stream_id(actor, env, num_envs)
-        assert actor_of_stream(sid, num_envs) == actor
-        assert shard_for_stream_id(sid, num_envs, num_shards) == shard_for_actor(actor, num_shards)
-
-
-def test_shard_for_stream_id_by_hand():
-    # 3 actors x 4 envs, 2 shards: actors 0, 2 -> shard 0; actor 1 -> shard 1
-    got = [shard_for_stream_id(s, 4, 2) for s in range(12)]
-    assert got == [0] * 4 + [1] * 4 + [0] * 4

@@ -19,8 +19,13 @@ def test_serial_run_counts_everything(tmp_path):
     check_nothing_lost(ranks)
     shards = by_role(ranks, "replay")
     assert len(shards) == 2
-    # every learner step sends priorities to the shards its batch came from
+    # every learner step sends each key's priority to the shard the key names: both
+    # shards get keys, none names another shard, and every key of every batch arrives
+    # (the end-of-run checkpoint lets the shards take the last step's before the STOP)
     assert sum(s["priority_updates"] for s in shards) >= 25
+    assert all(s["priority_keys"] > 0 and s["misrouted_updates"] == 0 for s in shards)
+    assert learner["priority_keys_sent"] == [s["priority_keys"] for s in shards]
+    assert sum(s["priority_keys"] for s in shards) == 25 * cfg.learner.batch_size
     # the union of shards' samples is the learner's batches (plus requests in flight)
     sampled = sum(s["sampled_sequences"] for s in shards)
     assert 25 * 16 <= sampled <= (25 + cfg.learner.samples_in_flight) * 16

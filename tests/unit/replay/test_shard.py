@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from r2d2_hpc.replay.layout import make_keys, split_keys
-from r2d2_hpc.replay.reshard import reshard, shard_for_stream
+from r2d2_hpc.replay.layout import split_keys
+from r2d2_hpc.replay.reshard import reshard
+from r2d2_hpc.replay.routing import shard_for_stream
 from r2d2_hpc.replay.sampling import ShardStats, allocate_batch, global_probabilities
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.types import SequenceBatch
@@ -158,7 +159,7 @@ def test_each_step_stored_once():
     keys = [add_seq(shard, 0, s, 4) for s in (0, 2, 4)]
     assert shard.num_steps == 8 and shard.total_steps_written == 8
     pos = shard.get_state().sequences["pos"]
-    slots, _ = split_keys(np.array(keys))
+    slots = split_keys(np.array(keys)).slot
     np.testing.assert_array_equal(pos[slots], [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7]])
 
 
@@ -196,9 +197,10 @@ def test_fifo_sequence_slots():
     add_id_steps(shard, 0, 0, [0], 10)
     keys = [add_seq(shard, 0, s, 2) for s in range(5)]
     assert sorted(shard.live_keys().tolist()) == sorted(keys[2:])
-    slots, gens = split_keys(np.array(keys))
-    np.testing.assert_array_equal(slots, [0, 1, 2, 0, 1])
-    np.testing.assert_array_equal(gens, [1, 1, 1, 2, 2])
+    fields = split_keys(np.array(keys))
+    np.testing.assert_array_equal(fields.slot, [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(fields.generation, [1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(fields.shard, [0] * 5)
 
 
 def test_sequence_of_overwritten_steps_is_dropped():
@@ -265,7 +267,7 @@ def test_stale_priority_updates_are_dropped():
     add_id_steps(shard, 0, 0, [0], 10)
     ka, kb = add_seq(shard, 0, 0, 2), add_seq(shard, 0, 2, 2)
     kc = add_seq(shard, 0, 4, 2)          # reuses ka's slot 0 with generation 2
-    assert split_keys(np.array([ka, kc]))[0].tolist() == [0, 0]
+    assert split_keys(np.array([ka, kc])).slot.tolist() == [0, 0]
     n = shard.update_priorities(np.array([ka, kb, kc]), np.array([7.0, 2.0, 3.0]))
     assert n == 2
     info = shard.sequence_info(np.array([kb, kc]))
@@ -285,16 +287,6 @@ def test_duplicate_keys_last_wins():
     shard.update_priorities(np.array([k, k]), np.array([5.0, 2.0]))
     assert shard.sequence_info([k])["priority"][0] == 2.0
     assert shard.stats().total_priority == pytest.approx(2.0 ** 0.9)
-
-
-def test_keys_roundtrip():
-    slots, gens = np.array([0, 5, 2 ** 32 - 1]), np.array([1, 7, 3])
-    k = make_keys(slots, gens)
-    np.testing.assert_array_equal(k, [2 ** 32, 7 * 2 ** 32 + 5, 4 * 2 ** 32 - 1])
-    s2, g2 = split_keys(k)
-    np.testing.assert_array_equal(s2, slots)
-    np.testing.assert_array_equal(g2, gens)
-    assert shard_for_stream(7, 3) == 1 and shard_for_stream(0, 5) == 0
 
 
 def test_sample_uses_own_generator_or_given_one():
@@ -476,9 +468,10 @@ def test_interleaved_streams_never_corrupt_live_sequences(ops, k, T, extra, S, f
 
 
 def _fill(shards: List[ReplayShard], priorities: np.ndarray) -> None:
-    """Stream i holds one sequence of priority priorities[i], in shard i mod len(shards)."""
+    """Stream i (one env per actor) holds one sequence of priority priorities[i], in
+    shard i mod len(shards)."""
     for i, p in enumerate(priorities):
-        s = shards[shard_for_stream(i, len(shards))]
+        s = shards[shard_for_stream(i, 1, len(shards))]
         add_id_steps(s, i, 0, [0], 4)
         add_seq(s, i, 0, 4, priority=float(p))
 
@@ -529,14 +522,14 @@ def test_cross_shard_sampling_matches_single_shard():
 def test_in_memory_reshard_keeps_sequences():
     shards = [make_shard(seed=i) for i in range(2)]
     for stream in range(6):
-        s = shards[shard_for_stream(stream, 2)]
+        s = shards[shard_for_stream(stream, 1, 2)]
         add_id_steps(s, stream, 0, [0], 9)
         add_seq(s, stream, 2, 5, priority=1.0 + stream)
-    new = reshard(shards, 3)
+    new = reshard(shards, 3, num_envs=1)
     assert [len(s) for s in new] == [2, 2, 2]
     for i, s in enumerate(new):
         info = s.sequence_info(s.live_keys())
-        assert all(shard_for_stream(x, 3) == i for x in info["stream"].tolist())
+        assert all(shard_for_stream(x, 1, 3) == i for x in info["stream"].tolist())
         np.testing.assert_array_equal(info["priority"], 1.0 + info["stream"])
         b = s.read(s.live_keys())
         np.testing.assert_array_equal(b.obs[:, :, -1, 0, 0].T, [[3, 4, 5, 6, 7]] * 2)

@@ -10,20 +10,23 @@ import numpy as np
 import pytest
 
 from r2d2_hpc.replay import snapshot as snap
-from r2d2_hpc.replay.reshard import shard_for_stream
+from r2d2_hpc.replay.routing import shard_for_stream
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, load_resharded,
                                       load_snapshot, save_snapshot)
 from r2d2_hpc.types import SequenceBatch
+from tests.helpers.checkpoints import as_snapshot_version_1, rewrite_snapshot_meta
 from tests.helpers.replay_model import FRAME, Driver, SeqRef, check_batch_column
 
 SEG_OBS, SEG_SEQ = 8, 4
+#: Environments per actor in the re-sharding tests (streams 2a, 2a+1 belong to actor a).
+ENVS = 2
 
 
-def new_shard(seed: int = 0, C: int = 64, S: int = 16) -> ReplayShard:
+def new_shard(seed: int = 0, C: int = 64, S: int = 16, shard_index: int = 0) -> ReplayShard:
     return ReplayShard(FRAME, capacity_observations=C, capacity_sequences=S, sequence_length=5,
                        state_size=3, frame_stack=3, seed=seed, segment_observations=SEG_OBS,
-                       segment_sequences=SEG_SEQ)
+                       segment_sequences=SEG_SEQ, shard_index=shard_index)
 
 
 def populate(shard: ReplayShard, seed: int, rounds: int = 30, streams=(0, 1, 2)) -> Driver:
@@ -280,6 +283,43 @@ def test_missing_files_are_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# Shard identity and format versions
+# ----------------------------------------------------------------------------
+
+
+def test_snapshot_records_the_shard_index(tmp_path):
+    a = new_shard(seed=1, shard_index=3)
+    populate(a, 1)
+    save_snapshot(a, str(tmp_path))
+    b = load_snapshot(str(tmp_path))
+    assert b.shard_index == 3 and b.get_state().equals(a.get_state())
+    np.testing.assert_array_equal(b.live_keys(), a.live_keys())
+    assert load_snapshot(str(tmp_path), shard_index=3).shard_index == 3
+    with pytest.raises(SnapshotError, match="holds shard 3, expected shard 2"):
+        load_snapshot(str(tmp_path), shard_index=2)
+
+
+def test_version_1_snapshot_loads_as_the_shard_the_caller_names(tmp_path):
+    a = new_shard(seed=1, shard_index=1)
+    populate(a, 1)
+    save_snapshot(a, str(tmp_path))
+    rewrite_snapshot_meta(str(tmp_path), as_snapshot_version_1)
+    with pytest.raises(SnapshotError, match=r"'r2d2_hpc\.replay\.snapshot/1' does not record"):
+        load_snapshot(str(tmp_path))
+    b = load_snapshot(str(tmp_path), shard_index=1)
+    assert b.get_state().equals(a.get_state())
+    # re-sharding reads it too: a source's own index plays no part
+    assert load_resharded([str(tmp_path)], 0, 1, num_envs=ENVS).count == a.count
+
+
+def test_unknown_snapshot_format_is_refused_naming_it(tmp_path):
+    save_snapshot(new_shard(), str(tmp_path))
+    rewrite_snapshot_meta(str(tmp_path), lambda m: m.update(format="r2d2_hpc.replay.snapshot/9"))
+    with pytest.raises(SnapshotError, match="unknown format 'r2d2_hpc.replay.snapshot/9'"):
+        load_snapshot(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------
 # Re-sharding
 # ----------------------------------------------------------------------------
 
@@ -307,8 +347,8 @@ def _sequence_records(shards: List[ReplayShard]) -> List[tuple]:
 def _sharded_sources(tmp_path, num: int, streams: int = 9):
     shards, drivers, dirs = [], [], []
     for i in range(num):
-        s = new_shard(seed=i, C=48, S=12)
-        mine = [x for x in range(streams) if shard_for_stream(x, num) == i]
+        s = new_shard(seed=i, C=48, S=12, shard_index=i)
+        mine = [x for x in range(streams) if shard_for_stream(x, ENVS, num) == i]
         drivers.append(populate(s, 20 + i, rounds=25, streams=mine))
         shards.append(s)
         dirs.append(str(tmp_path / f"shard_{i}"))
@@ -321,19 +361,19 @@ def test_reshard_keeps_every_sequence_and_priority(tmp_path, old, new):
     shards, drivers, dirs = _sharded_sources(tmp_path, old)
     before = _sequence_records(shards)
     assert len(before) >= 8
-    targets = [load_resharded(dirs, i, new, capacity_observations=150, capacity_sequences=40)
-               for i in range(new)]
+    targets = [load_resharded(dirs, i, new, num_envs=ENVS, capacity_observations=150,
+                              capacity_sequences=40) for i in range(new)]
     assert _sequence_records(targets) == before
     for i, t in enumerate(targets):
         info = t.sequence_info(t.live_keys()) if t.count else {"stream": np.zeros(0, int)}
-        assert all(shard_for_stream(x, new) == i for x in info["stream"].tolist())
-        assert all(shard_for_stream(x, new) == i for x in t.streams())
+        assert all(shard_for_stream(x, ENVS, new) == i for x in info["stream"].tolist())
+        assert all(shard_for_stream(x, ENVS, new) == i for x in t.streams())
         st = t.stats()
         assert st.count == t.count and st.max_priority == max(s.max_priority for s in shards)
     # every stream continues on its new shard: numbering, steps and stacks carry over
     for drv in drivers:
         for sid, epoch in drv.epochs.items():
-            t = targets[shard_for_stream(sid, new)]
+            t = targets[shard_for_stream(sid, ENVS, new)]
             assert t.streams()[sid] == (epoch.base, epoch.next_step)
             nxt = epoch.next_step
             rng = np.random.default_rng(sid)
@@ -357,10 +397,11 @@ def test_reshard_keeps_every_sequence_and_priority(tmp_path, old, new):
 def test_reshard_capacity_overflow(tmp_path):
     shards, _, dirs = _sharded_sources(tmp_path, 2, streams=4)
     with pytest.raises(ValueError, match="capacity_observations"):
-        load_resharded(dirs, 0, 1, capacity_observations=20, capacity_sequences=40)
+        load_resharded(dirs, 0, 1, num_envs=ENVS, capacity_observations=20,
+                       capacity_sequences=40)
     total = sum(s.count for s in shards)
-    kept = load_resharded(dirs, 0, 1, capacity_observations=40, capacity_sequences=5,
-                          strict=False)
+    kept = load_resharded(dirs, 0, 1, num_envs=ENVS, capacity_observations=40,
+                          capacity_sequences=5, strict=False)
     assert kept.count == min(5, total)
     assert kept.num_dropped_sequences == total - kept.count
     newest = _sequence_records([kept])
