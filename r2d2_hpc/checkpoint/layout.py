@@ -81,20 +81,19 @@ import shutil
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import h5py
 import numpy as np
 
 from r2d2_hpc.checkpoint.records import (ACTORS_FILE, FORMAT, LEARNER_FILE, MANIFEST,
                                          PARTIAL_PREFIX, SNAPSHOT_FILE_RE, TRASH_PREFIX,
                                          CheckpointError, CheckpointInfo, FileEntry,
-                                         ShardWriteReport, checkpoints_dir, index_meta,
-                                         list_checkpoints, manifest_crc, open_h5, read_meta,
-                                         spec_dict, write_meta)
+                                         ShardWriteReport, checkpoints_dir, list_checkpoints,
+                                         manifest_crc, open_h5, read_meta, spec_dict)
 from r2d2_hpc.config import Config
 from r2d2_hpc.replay.shard import ReplayShard
-from r2d2_hpc.replay.snapshot import INDEX_FILE, save_snapshot
-from r2d2_hpc.storage.files import crc32_file, fsync_path, write_json_atomic
-from r2d2_hpc.storage.h5tree import Tree, write_tree
+from r2d2_hpc.replay.snapshot import (INDEX_FILE, live_sequences, read_index_meta,
+                                      save_snapshot)
+from r2d2_hpc.storage.files import commit_file, crc32_file, fsync_path, write_json_atomic
+from r2d2_hpc.storage.h5tree import Tree, write_file
 from r2d2_hpc.types import JobSpec
 
 __all__ = ["CheckpointLayout", "shard_fill"]
@@ -172,17 +171,10 @@ class CheckpointLayout:
         self._written[os.path.abspath(path)] = (st.st_size, st.st_mtime_ns, crc)
         return FileEntry(os.path.basename(path), st.st_size, crc)
 
-    def _write_h5(self, path: str, meta: Mapping[str, Any],
-                  trees: Mapping[str, Tree]) -> FileEntry:
+    def _write_h5(self, path: str, meta: Mapping[str, Any], tree: Tree) -> FileEntry:
         tmp = f"{path}.tmp"
-        with h5py.File(tmp, "w") as f:
-            write_meta(f, meta)
-            for name, tree in trees.items():
-                write_tree(f.create_group(name), tree)
-        if self.fsync:
-            fsync_path(tmp)
-        crc = crc32_file(tmp)  # still in the page cache
-        os.replace(tmp, path)
+        write_file(tmp, meta, tree)
+        _, crc = commit_file(tmp, path, self.fsync)
         return self._remember(path, crc)
 
     def write_learner(self, path: str, learner_state: Tree, cfg: Config,
@@ -244,7 +236,7 @@ class CheckpointLayout:
             return ""
         for ckpt in reversed(self.checkpoints()):
             d = os.path.join(ckpt, f"shard-{index}")
-            meta = index_meta(d)
+            meta = read_index_meta(d)
             if meta is not None and meta.get("snapshot_uid") == uid:
                 return d
         return ""
@@ -326,7 +318,7 @@ class CheckpointLayout:
                 problems.append(f"{rel} was not written")
         shard_meta: List[Optional[Dict[str, Any]]] = []
         for i in range(num_shards):
-            meta = index_meta(os.path.join(path, f"shard-{i}"))
+            meta = read_index_meta(os.path.join(path, f"shard-{i}"))
             if meta is None:
                 problems.append(f"shard-{i}/{INDEX_FILE} was not written or is unreadable")
             shard_meta.append(meta)
@@ -411,13 +403,7 @@ def shard_fill(index_meta: Mapping[str, Any], shard_dir: Optional[str] = None
     """
     spec = index_meta["spec"]
     counters = index_meta["counters"]
-    live = -1
-    if shard_dir is not None:
-        try:
-            with h5py.File(os.path.join(shard_dir, INDEX_FILE), "r") as f:
-                live = int(np.count_nonzero(f["slots/live"][...]))
-        except (OSError, ValueError, RuntimeError, KeyError):
-            live = -1
+    live = live_sequences(shard_dir) if shard_dir is not None else -1
     cap_obs = int(spec["capacity_observations"])
     return {"capacity_observations": cap_obs,
             "capacity_sequences": int(spec["capacity_sequences"]),

@@ -11,12 +11,12 @@ import os
 from typing import Any, Dict, List, Optional, Union
 
 from r2d2_hpc.checkpoint.records import (ACTORS_FILE, LEARNER_FILE, CheckpointError,
-                                         CheckpointInfo, LearnerCheckpoint, index_meta,
-                                         open_h5, read_meta)
+                                         CheckpointInfo, LearnerCheckpoint, open_h5, read_meta)
 from r2d2_hpc.comm.topology import shard_for_stream_id
 from r2d2_hpc.replay.layout import ShardSpec
 from r2d2_hpc.replay.shard import ReplayShard
-from r2d2_hpc.replay.snapshot import INDEX_FILE, SnapshotError, load_resharded, load_snapshot
+from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, load_resharded, load_snapshot,
+                                      read_index_meta)
 from r2d2_hpc.storage.h5tree import read_tree
 
 __all__ = ["read_actors", "read_learner", "restore_shard"]
@@ -100,7 +100,7 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
     check = (not info.deep_verified) if verify is None else bool(verify)
     saved = info.num_shards
-    meta = index_meta(info.shard_dir(min(shard_index, saved - 1)))
+    meta = read_index_meta(info.shard_dir(min(shard_index, saved - 1)))
     if meta is None:
         raise CheckpointError(f"{info.path}: shard-{min(shard_index, saved - 1)}/{INDEX_FILE} "
                               f"is missing or unreadable")
