@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import h5py
 
+from r2d2_hpc.agent.learner import LearnerState
 from r2d2_hpc.config import Config
 from r2d2_hpc.replay.snapshot import SnapshotReport
 from r2d2_hpc.storage import h5tree
@@ -198,10 +199,10 @@ class CheckpointInfo:
 
 @dataclass
 class LearnerCheckpoint:
-    """What ``learner.h5`` holds."""
+    """What a learner file (``learner.h5``, ``learner_final.h5``) holds."""
 
     step: int
-    state: Dict[str, Any]
+    state: LearnerState
     """``Learner.state()`` as saved: pass it to ``Learner.load_state``."""
     counters: Dict[str, Any]
     config: Dict[str, Any]

@@ -162,7 +162,7 @@ def flat_online_params(online: Dict[str, Any], cfg: Config, obs_shape: Tuple[int
     """A checkpoint's online parameters as a ``Learner.flat_params`` buffer.
 
     Args:
-      online: ``state['online']`` of ``read_learner``: parameter name -> array.
+      online: ``state.online`` of ``read_learner``: parameter name -> array.
       cfg: the run's config (``network`` section).
       obs_shape: one observation's shape.
       num_actions: the action set's size.
@@ -273,15 +273,12 @@ def evaluate_checkpoint(info: CheckpointInfo, *, episodes: Optional[int] = None,
                              f"{num_actions} actions, the checkpoint was trained with "
                              f"{tuple(spec['obs_shape'])} and {spec['num_actions']}; do not "
                              f"change env.frame_stack, env.screen_size or env.full_action_space")
-    state = saved.state
-    if "online" not in state:
-        raise EvalInputError(f"{info.learner_path}: no online parameters in the learner state")
-    flat = flat_online_params(state["online"], cfg, obs_shape, num_actions)
+    flat = flat_online_params(saved.state.online, cfg, obs_shape, num_actions)
 
     atari = cfg.env.name == "atari"
     # max_steps None: the protocol's cap (evaluation.default_step_cap)
     evaluator = Evaluator(cfg, obs_shape, num_actions, seed=seed, episodes=k, epsilon=eps)
-    result = evaluator.evaluate(flat, int(state.get("params_version", 0)))
+    result = evaluator.evaluate(flat, int(saved.state.params_version))
     returns = np.asarray(result.returns, np.float64)
     score = float(returns.mean())
     game = cfg.env.game if atari else None

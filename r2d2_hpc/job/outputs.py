@@ -25,7 +25,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import h5py
 import numpy as np
 
+from r2d2_hpc.agent.learner import LearnerState
 from r2d2_hpc.config import Config
+from r2d2_hpc.storage.h5tree import record_tree, tree_record
 
 #: File names inside the run directory.
 LEARNING_CURVE_PNG = "learning_curve.png"
@@ -146,7 +148,7 @@ def write_learner_state(path: str, state: Mapping[str, Any], cfg: Config,
         f.attrs["config"] = json.dumps(cfg.to_dict())
         for key, value in (extra or {}).items():
             f.attrs[key] = json.dumps(value, default=float)
-        _write_group(f, state)
+        _write_group(f, record_tree(state))
     os.replace(tmp, path)
     return path
 
@@ -165,7 +167,7 @@ def read_learner_state(path: str) -> Dict[str, Any]:
         if f.attrs.get("format") != LEARNER_STATE_FORMAT:
             raise ValueError(f"{path}: not a learner state file (format "
                              f"{f.attrs.get('format')!r}, expected {LEARNER_STATE_FORMAT!r})")
-        state = _read_group(f)
+        state = tree_record(LearnerState, _read_group(f))
         cfg = Config.from_dict(json.loads(f.attrs["config"]))
         attrs = {k: json.loads(v) for k, v in f.attrs.items() if k not in ("format", "config")}
     return {"state": state, "config": cfg, "attrs": attrs}

@@ -64,7 +64,7 @@ def build_role(cfg: Config, spec: JobSpec, ep: Endpoint, info: RoleInfo,
     if info.role == "replay":
         return ReplayRank(cfg, spec, ep, info, run_dir=run_dir, resume=resume)
     fail = hooks.fail_actor_at_step if info.index == 0 else 0
-    return ActorRank(cfg, spec, ep, info, fail_after_steps=fail)
+    return ActorRank(cfg, spec, ep, info, fail_after_steps=fail, resume=resume)
 
 
 class MetricsSink:

@@ -286,7 +286,7 @@ class ShardState:
     ``RUN_FIELDS`` as ``<int64>`` vectors. ``counters``: ``write``,
     ``seq_write``, ``max_priority``, ``num_dropped_sequences``, ``mutation``,
     ``snapshot_id``, ``snapshot_uid``. Arrays returned by
-    ``ReplayShard.get_state`` are views of the live storage; call ``copy()``
+    ``ReplayShard.state()`` are views of the live storage; call ``copy()``
     to keep them.
     """
 

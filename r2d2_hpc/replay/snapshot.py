@@ -221,7 +221,7 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
     """
     t0 = time.perf_counter()
     os.makedirs(directory, exist_ok=True)
-    state = shard.get_state()
+    state = shard.state()
     spec = state.spec
     counters = state.counters
     prev = read_index_meta(directory)

@@ -7,7 +7,7 @@ Every dataset is chunked (:data:`CHUNK_BYTES`, the one chunking policy) with a
 fletcher32 checksum per chunk, so h5py detects a damaged chunk when it reads
 it. :func:`write_tree` maps a nested dict one to one onto groups, datasets and
 a JSON attribute; :func:`read_tree` gives it back bit for bit. A state record
-(a dataclass such as ``LearnerState``) becomes a tree with
+(a NamedTuple or dataclass such as ``LearnerState``) becomes a tree with
 :func:`record_tree` (one entry per field, ``None`` fields left out) and comes
 back with :func:`tree_record`. A file (:func:`write_file`) is a ``meta``
 dataset (JSON bytes: format tag, kind, ...) beside one tree::
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 __all__ = ["CHUNK_BYTES", "JSON_ATTR", "META", "SCALAR_ATTR", "Tree", "as_array", "open_file",
-           "read_meta", "read_tree", "record_tree", "tree_record", "write_dataset",
+           "read_meta", "read_tree", "record_fields", "record_tree", "tree_record", "write_dataset",
            "write_file", "write_meta", "write_tree"]
 
 #: Bytes per chunk of every dataset (each chunk carries its own fletcher32).
@@ -41,7 +41,7 @@ JSON_ATTR = "r2d2_json"
 
 #: A nested dict of arrays, numbers, strings and dicts.
 Tree = Mapping[str, Any]
-#: A state record: a dataclass of arrays, numbers and dicts of them.
+#: A state record: a NamedTuple or dataclass of arrays, numbers and dicts of them.
 R = TypeVar("R")
 
 
@@ -150,16 +150,37 @@ def read_tree(group: h5py.Group) -> Dict[str, Any]:
     return out
 
 
-def record_tree(record: Any) -> Dict[str, Any]:
-    """A state record (a dataclass instance) as a tree: its fields, ``None`` ones left out.
+def record_fields(record: Any) -> Dict[str, Any]:
+    """A state record's fields by name, in order: a NamedTuple's or a dataclass's.
 
     Raises:
-      TypeError: if ``record`` is not a dataclass instance.
+      TypeError: if ``record`` is neither.
     """
-    if not dataclasses.is_dataclass(record) or isinstance(record, type):
-        raise TypeError(f"expected a state record (a dataclass), got {type(record).__name__}")
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
-            if getattr(record, f.name) is not None}
+    if isinstance(record, tuple) and hasattr(record, "_asdict"):
+        return dict(record._asdict())
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    raise TypeError(f"expected a state record (a NamedTuple or dataclass), got "
+                    f"{type(record).__name__}")
+
+
+def _required_fields(cls: type) -> Dict[str, bool]:
+    """Field name -> whether it has no default, for a NamedTuple or dataclass class."""
+    if hasattr(cls, "_fields"):
+        defaults = getattr(cls, "_field_defaults", {})
+        return {n: n not in defaults for n in cls._fields}
+    return {f.name: f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            for f in dataclasses.fields(cls)}
+
+
+def record_tree(record: Any) -> Dict[str, Any]:
+    """A state record (NamedTuple or dataclass) as a tree: its fields, ``None`` ones left out.
+
+    Raises:
+      TypeError: if ``record`` is not a record.
+    """
+    return {k: v for k, v in record_fields(record).items() if v is not None}
 
 
 def tree_record(cls: Type[R], tree: Tree) -> R:
@@ -172,10 +193,8 @@ def tree_record(cls: Type[R], tree: Tree) -> R:
       ValueError: naming every required field that is missing and every entry
         that is not a field of ``cls``.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    missing = [n for n, f in fields.items() if n not in tree
-               and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    fields = _required_fields(cls)
+    missing = [n for n, required in fields.items() if required and n not in tree]
     unknown = sorted(set(tree) - set(fields))
     if missing or unknown:
         parts = [f"missing {', '.join(missing)}"] if missing else []

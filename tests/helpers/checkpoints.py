@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.agent.learner import Learner, LearnerState
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointInfo
 from r2d2_hpc.comm.topology import stream_id
 from r2d2_hpc.config import Config
 from r2d2_hpc.replay.shard import ReplayShard
-from r2d2_hpc.types import SequenceBatch
+from r2d2_hpc.types import ActorState, SequenceBatch
 from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch
 
 FRAME = (3, 3)
@@ -72,18 +72,27 @@ def trained_learner(cfg: Config, steps: int = 2) -> Learner:
     return learner
 
 
+def fake_learner_state(step: int = 0, w: Optional[np.ndarray] = None) -> LearnerState:
+    """A ``LearnerState`` of a one-parameter "network" ``w`` (the layout checks no shapes)."""
+    w = np.ones(3) if w is None else np.asarray(w)
+    return LearnerState(online={"w": w}, target={"w": w.copy()},
+                        optimizer={"exp_avg": {}, "exp_avg_sq": {}, "step": {}},
+                        step_count=step, params_version=step,
+                        torch_rng_state=np.arange(16, dtype=np.uint8))
+
+
 def write_checkpoint(run_dir: str, step: int, cfg: Config, shards: Sequence[ReplayShard],
-                     learner_state: Optional[dict] = None, keep: int = 3,
-                     actors: Optional[List[Dict[str, int]]] = None,
+                     learner_state: Optional[LearnerState] = None, keep: int = 3,
+                     actors: Optional[List[ActorState]] = None,
                      layout: Optional[CheckpointLayout] = None) -> CheckpointInfo:
     """The protocol of the module docstring, all roles in this process."""
     layout = layout or CheckpointLayout(run_dir, keep=keep, fsync=False)
     path = layout.begin(step)
-    state = learner_state if learner_state is not None else {"step_count": step, "w": np.ones(3)}
+    state = learner_state if learner_state is not None else fake_learner_state(step)
     layout.write_learner(path, state, cfg, {"env_steps": 10 * step, "episodes": step},
                          step=step, job_spec=JOB_SPEC, extra={"note": "test"})
-    layout.write_actors(path, actors or [{"env_steps": 5 * step, "episodes": 1},
-                                         {"env_steps": 5 * step, "episodes": 2}])
+    layout.write_actors(path, actors or [ActorState(env_steps=5 * step, episodes=1),
+                                         ActorState(env_steps=5 * step, episodes=2)])
     for i, shard in enumerate(shards):
         layout.write_shard(layout.partial_path(step), i, shard)
     return layout.commit(path, step, len(shards))

@@ -11,8 +11,8 @@ from r2d2_hpc.checkpoint.records import MANIFEST
 from r2d2_hpc.checkpoint.restore import read_learner, restore_shard
 from r2d2_hpc.checkpoint.resume import resume_point
 from r2d2_hpc.checkpoint.validate import find_latest_valid
-from tests.helpers.checkpoints import (NUM_ENVS, a_segment, fill, flip, new_shard, report_sink,
-                                       truncate, write_checkpoint)
+from tests.helpers.checkpoints import (NUM_ENVS, a_segment, fake_learner_state, fill, flip,
+                                       new_shard, report_sink, truncate, write_checkpoint)
 from tests.helpers.fakes import tiny_config
 
 
@@ -25,10 +25,11 @@ def test_damaged_newest_checkpoint_is_named_once_and_the_previous_one_used(
     cfg = tiny_config()
     shard = new_shard(seed=1)
     fill(shard, [0, 1], seed=1)
-    write_checkpoint(run, 10, cfg, [shard], learner_state={"w": np.arange(5.0)})
-    good = shard.get_state().copy()
+    write_checkpoint(run, 10, cfg, [shard], learner_state=fake_learner_state(10, np.arange(5.0)))
+    good = shard.state().copy()
     fill(shard, [0, 1], seed=2)
-    newest = write_checkpoint(run, 20, cfg, [shard], learner_state={"w": np.arange(6.0)})
+    newest = write_checkpoint(run, 20, cfg, [shard],
+                              learner_state=fake_learner_state(20, np.arange(6.0)))
     rel = a_segment(newest.path) if which == "segment" else which
     # Damage the newest checkpoint's own copy (not an inode shared with ckpt 10).
     target = os.path.join(newest.path, rel)
@@ -43,8 +44,8 @@ def test_damaged_newest_checkpoint_is_named_once_and_the_previous_one_used(
     assert len(lines) == 1
     assert "ckpt-000000000020" in lines[0] and rel in lines[0] and word in lines[0]
     assert "using the previous one" in lines[0]
-    np.testing.assert_array_equal(read_learner(info).state["w"], np.arange(5.0))
-    assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).get_state().equals(good)
+    np.testing.assert_array_equal(read_learner(info).state.online["w"], np.arange(5.0))
+    assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).state().equals(good)
     # A size-only check catches truncation but not a flipped bit.
     shallow = find_latest_valid(run, report=None, deep=False)
     assert shallow.step == (10 if word == "truncated" else 20)
