@@ -84,13 +84,14 @@ def fake_learner_state(step: int = 0, w: Optional[np.ndarray] = None) -> Learner
 def write_checkpoint(run_dir: str, step: int, cfg: Config, shards: Sequence[ReplayShard],
                      learner_state: Optional[LearnerState] = None, keep: int = 3,
                      actors: Optional[List[ActorState]] = None,
-                     layout: Optional[CheckpointLayout] = None) -> CheckpointInfo:
+                     layout: Optional[CheckpointLayout] = None,
+                     job_spec: Optional[dict] = None) -> CheckpointInfo:
     """The protocol of the module docstring, all roles in this process."""
     layout = layout or CheckpointLayout(run_dir, keep=keep, fsync=False)
     path = layout.begin(step)
     state = learner_state if learner_state is not None else fake_learner_state(step)
     layout.write_learner(path, state, cfg, {"env_steps": 10 * step, "episodes": step},
-                         step=step, job_spec=JOB_SPEC, extra={"note": "test"})
+                         step=step, job_spec=job_spec or JOB_SPEC, extra={"note": "test"})
     layout.write_actors(path, actors or [ActorState(env_steps=5 * step, episodes=1),
                                          ActorState(env_steps=5 * step, episodes=2)])
     for i, shard in enumerate(shards):
@@ -145,3 +146,22 @@ def a_segment(ckpt: str) -> str:
 
 def with_changes(cfg: Config, section: str, **changes) -> Config:
     return cfg.replace(**{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+def half_written_run(tmp_path, cfg: Config, learner_states: Optional[dict] = None,
+                     job_spec: Optional[dict] = None) -> Tuple[str, dict]:
+    """ckpt 1 and 2 valid, ckpt 3 with a bit flipped in learner.h5, ckpt 5 without its
+    manifest (a copy cut short), and a ``.partial-`` ckpt 4 (the writer was killed)."""
+    run = str(tmp_path / "run")
+    states = learner_states or {k: fake_learner_state(k, np.full(4, float(k)))
+                                for k in (1, 2, 3, 5)}
+    infos = {k: write_checkpoint(run, k, cfg, [], learner_state=states[k], job_spec=job_spec)
+             for k in (1, 2, 3)}
+    flip(os.path.join(infos[3].path, "learner.h5"))
+    five = write_checkpoint(run, 5, cfg, [], learner_state=states[5], keep=5,
+                            job_spec=job_spec)
+    os.remove(os.path.join(five.path, "MANIFEST.json"))
+    partial = os.path.join(run, "checkpoints", ".partial-ckpt-000000000004")
+    os.makedirs(partial)
+    open(os.path.join(partial, "learner.h5"), "wb").write(b"\0" * 100)
+    return run, infos
