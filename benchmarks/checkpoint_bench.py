@@ -51,7 +51,7 @@ from r2d2_hpc.checkpoint.validate import find_latest_valid  # noqa: E402
 from r2d2_hpc.config import (Config, EnvConfig, LearnerConfig, NetworkConfig,  # noqa: E402
                              ReplayConfig)
 from r2d2_hpc.replay.shard import ReplayShard  # noqa: E402
-from r2d2_hpc.types import SequenceBatch  # noqa: E402
+from r2d2_hpc.types import ActorState, SequenceBatch  # noqa: E402
 
 FRAME = (84, 84)
 OBS = (4, 84, 84)
@@ -158,7 +158,7 @@ def checkpoint(layout: CheckpointLayout, step: int, learner: Learner,
     t1 = time.perf_counter()
     reps = [layout.write_shard(path, i, sh) for i, sh in enumerate(shards)]
     t["shards_write_s"] = time.perf_counter() - t1
-    aent = layout.write_actors(path, [{"env_steps": step}] * 8)
+    aent = layout.write_actors(path, [ActorState(env_steps=step)] * 8)
     t1 = time.perf_counter()
     info = layout.commit(path, step, len(shards))
     t["commit_s"] = time.perf_counter() - t1

@@ -290,7 +290,7 @@ def main(argv=None) -> Dict[str, Any]:
         restored = load_snapshot(sdir)
         t_restore = time.perf_counter() - t0
         on_disk = sum(os.path.getsize(os.path.join(sdir, f)) for f in os.listdir(sdir))
-        exact = restored.get_state().equals(shard.get_state())
+        exact = restored.state().equals(shard.state())
         same = np.array_equal(restored.sample(8).keys, shard.sample(8).keys)
         result["restore"] = {"seconds": t_restore, "bytes": on_disk,
                              "MB_per_s": on_disk / 1e6 / t_restore,

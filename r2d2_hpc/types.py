@@ -1,4 +1,5 @@
-"""Type aliases and the records shared across layers: the replayed batch, the job's shapes.
+"""Type aliases and the records shared across layers: the replayed batch, the job's shapes,
+an actor's saved counters.
 
 Shapes follow the SEED RL convention: time first, then batch.
 """
@@ -78,3 +79,16 @@ class JobSpec(NamedTuple):
     state_size: int
     num_params: int
     frame_stack: int
+
+
+class ActorState(NamedTuple):
+    """An actor rank's counters: what a checkpoint keeps of it (``ActorRank.state()``,
+    one row of ``actors.h5``). Episodes in flight are not kept: they restart.
+
+    Attributes:
+      env_steps: agent steps of the actor's envs in this run and the runs it resumed.
+      episodes: episodes the actor finished, likewise.
+    """
+
+    env_steps: int = 0
+    episodes: int = 0

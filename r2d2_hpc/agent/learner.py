@@ -191,6 +191,33 @@ class LearnerStepResult(NamedTuple):
     metrics: Dict[str, float]
 
 
+class LearnerState(NamedTuple):
+    """Everything a checkpoint keeps of a ``Learner``: what ``state()`` returns and
+    ``load_state`` takes back (Acme's ``Saveable``); numpy arrays and Python numbers.
+
+    Attributes:
+      online: ``{param name: <float32>[...]}``, the online network.
+      target: ``{param name: <float32>[...]}``, the target network.
+      optimizer: Adam's state, ``{"exp_avg": {name: array}, "exp_avg_sq": {name:
+        array}, "step": {name: <float32>[] array}}`` (inner dicts empty before step 1).
+      step_count: completed ``step`` calls.
+      params_version: version of the online parameters.
+      torch_rng_state: ``<uint8>[...]``, torch's CPU generator.
+      cuda_rng_state: ``<uint8>[...]``, the CUDA generator (None off CUDA).
+      grad_scaler: the GradScaler's ``state_dict()`` as Python numbers (None
+        without one: only ``fp16`` has a scaler).
+    """
+
+    online: Dict[str, np.ndarray]
+    target: Dict[str, np.ndarray]
+    optimizer: Dict[str, Dict[str, np.ndarray]]
+    step_count: int
+    params_version: int
+    torch_rng_state: np.ndarray
+    cuda_rng_state: Optional[np.ndarray] = None
+    grad_scaler: Optional[Dict[str, Union[int, float]]] = None
+
+
 class Learner:
     """Online and target R2D2 networks, Adam, and the gradient step.
 
@@ -451,24 +478,8 @@ class Learner:
     # ------------------------------------------------------------------ #
     # Checkpoint state.
 
-    def state(self) -> Dict[str, object]:
-        """Everything a checkpoint needs, as numpy arrays and Python scalars.
-
-        Returns:
-          A nested dict::
-
-            online:     {param name: <float32>[...]}
-            target:     {param name: <float32>[...]}
-            optimizer:  {exp_avg: {name: array}, exp_avg_sq: {name: array},
-                         step: {name: <float32>[] array}}   (empty before step 1)
-            step_count: int
-            params_version: int
-            torch_rng_state: <uint8>[...]
-            cuda_rng_state: <uint8>[...]  (only on CUDA)
-            grad_scaler: {scale: float, growth_factor: float,
-                          backoff_factor: float, growth_interval: int,
-                          _growth_tracker: int}    (only with a scaler: fp16)
-        """
+    def state(self) -> LearnerState:
+        """Everything a checkpoint needs, as numpy arrays and Python numbers (copies)."""
         def params_of(net: R2D2Network) -> Dict[str, np.ndarray]:
             return {name: p.detach().cpu().numpy().copy() for name, p in net.named_parameters()}
 
@@ -482,22 +493,18 @@ class Learner:
                 value = value.detach().cpu().numpy().copy() if isinstance(value, torch.Tensor) \
                     else np.asarray(value, dtype=np.float32)
                 opt[key][name] = value
-        state: Dict[str, object] = {
-            "online": params_of(self.online),
-            "target": params_of(self.target),
-            "optimizer": opt,
-            "step_count": int(self.step_count),
-            "params_version": int(self.params_version),
-            "torch_rng_state": torch.get_rng_state().numpy().copy(),
-        }
-        if self.device.type == "cuda":
-            state["cuda_rng_state"] = torch.cuda.get_rng_state(self.device).numpy().copy()
-        if self.scaler is not None:
-            state["grad_scaler"] = {k: (float(v) if isinstance(v, float) else int(v))
-                                    for k, v in self.scaler.state_dict().items()}
-        return state
+        cuda = self.device.type == "cuda"
+        return LearnerState(
+            online=params_of(self.online), target=params_of(self.target), optimizer=opt,
+            step_count=int(self.step_count), params_version=int(self.params_version),
+            torch_rng_state=torch.get_rng_state().numpy().copy(),
+            cuda_rng_state=torch.cuda.get_rng_state(self.device).numpy().copy() if cuda
+            else None,
+            grad_scaler=None if self.scaler is None else
+            {k: (float(v) if isinstance(v, float) else int(v))
+             for k, v in self.scaler.state_dict().items()})
 
-    def load_state(self, state: Dict[str, object]) -> None:
+    def load_state(self, state: LearnerState) -> None:
         """Restores what ``state`` returned (same config and shapes).
 
         ``grad_scaler`` is restored when this learner has a scaler (fp16);
@@ -505,30 +512,25 @@ class Learner:
         an fp16 learner given a state without it keeps its fresh scaler.
 
         Args:
-          state: a dict of the form ``state()`` returns.
+          state: a ``LearnerState``.
 
         Raises:
-          ValueError: naming every missing or mis-shaped entry.
+          TypeError: ``state`` is not a ``LearnerState``.
+          ValueError: naming every missing or mis-shaped parameter.
         """
+        if not isinstance(state, LearnerState):
+            raise TypeError(f"load_state takes a LearnerState, got {type(state).__name__}")
         errors: List[str] = []
-        for key in ("online", "target", "optimizer", "step_count", "params_version",
-                    "torch_rng_state"):
-            if key not in state:
-                errors.append(f"missing entry {key!r}")
-        if errors:
-            raise ValueError("invalid learner state: " + "; ".join(errors))
         shapes = {name: tuple(p.shape) for name, p in zip(self._names, self._params)}
         for group in ("online", "target"):
-            arrays = state[group]
-            assert isinstance(arrays, dict)
+            arrays = getattr(state, group)
             for name, shape in shapes.items():
                 if name not in arrays:
                     errors.append(f"{group}/{name}: missing")
                 elif tuple(np.shape(arrays[name])) != shape:
                     errors.append(f"{group}/{name}: shape {tuple(np.shape(arrays[name]))}, "
                                   f"expected {shape}")
-        opt = state["optimizer"]
-        assert isinstance(opt, dict)
+        opt = state.optimizer
         opt_names = set(opt.get("step", {}))
         if opt_names and opt_names != set(shapes):
             errors.append(f"optimizer state covers {len(opt_names)} of {len(shapes)} parameters")
@@ -536,9 +538,7 @@ class Learner:
             raise ValueError("invalid learner state: " + "; ".join(errors))
 
         with torch.no_grad():
-            for group, net in (("online", self.online), ("target", self.target)):
-                arrays = state[group]
-                assert isinstance(arrays, dict)
+            for arrays, net in ((state.online, self.online), (state.target, self.target)):
                 for name, p in net.named_parameters():
                     p.copy_(torch.from_numpy(np.asarray(arrays[name])))
         opt_sd = self.optimizer.state_dict()
@@ -552,15 +552,15 @@ class Learner:
                 }
         opt_sd["state"] = new_state
         self.optimizer.load_state_dict(opt_sd)
-        self.step_count = int(state["step_count"])  # type: ignore[arg-type]
-        self.params_version = int(state["params_version"])  # type: ignore[arg-type]
-        torch.set_rng_state(torch.from_numpy(np.array(state["torch_rng_state"], dtype=np.uint8)))
-        if self.device.type == "cuda" and "cuda_rng_state" in state:
+        self.step_count = int(state.step_count)
+        self.params_version = int(state.params_version)
+        torch.set_rng_state(torch.from_numpy(np.array(state.torch_rng_state, dtype=np.uint8)))
+        if self.device.type == "cuda" and state.cuda_rng_state is not None:
             torch.cuda.set_rng_state(
-                torch.from_numpy(np.array(state["cuda_rng_state"], dtype=np.uint8)), self.device)
-        saved_scaler = state.get("grad_scaler")
-        if self.scaler is not None and isinstance(saved_scaler, dict):
-            self.scaler.load_state_dict({k: _py_number(v) for k, v in saved_scaler.items()})
+                torch.from_numpy(np.array(state.cuda_rng_state, dtype=np.uint8)), self.device)
+        if self.scaler is not None and state.grad_scaler is not None:
+            self.scaler.load_state_dict({k: _py_number(v)
+                                         for k, v in state.grad_scaler.items()})
 
     # ------------------------------------------------------------------ #
     # Diagnostics.

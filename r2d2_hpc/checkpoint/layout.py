@@ -10,7 +10,7 @@ the run directory::
         learner.h5                   learner 0: online + target params, Adam state,
                                      step, params version, RNG states, counters
                                      (env steps/frames), effective config, job shapes
-        actors.h5                    actor counters, one row per actor
+        actors.h5                    each actor's ActorState (counters), one row per actor
         shard-0/index.h5             replay shard 0's snapshot (r2d2_hpc.replay.snapshot):
         shard-0/steps_00000_...h5      small index + immutable segment files
         shard-1/...
@@ -18,10 +18,11 @@ the run directory::
       .partial-ckpt-000000015000/    being written; readers ignore it
       .trash-ckpt-000000002500/      being deleted by pruning; readers ignore it
 
-What a rank saves is an explicit record: ``Learner.state()`` (a nested dict of
-arrays and scalars) maps one to one onto HDF5 groups, datasets and JSON
-attributes (:mod:`r2d2_hpc.storage.h5tree`), so a round trip is bit for
-bit; a replay shard is its ``ShardState`` as written by ``save_snapshot``.
+What a rank saves is an explicit record: ``Learner.state()`` (a
+``LearnerState``) and each actor's ``ActorState`` map one to one onto HDF5
+groups, datasets and JSON attributes (:mod:`r2d2_hpc.checkpoint.state_files`
+owns those files' layout), so a round trip is bit for bit; a replay shard is
+its ``ReplayShard.state()`` (a ``ShardState``) as written by ``save_snapshot``.
 
 Protocol (who calls what; the lead is learner 0, rank 0)::
 
@@ -79,23 +80,22 @@ import errno
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import h5py
-import numpy as np
-
+from r2d2_hpc.agent.learner import LearnerState
 from r2d2_hpc.checkpoint.records import (ACTORS_FILE, FORMAT, LEARNER_FILE, MANIFEST,
                                          PARTIAL_PREFIX, SNAPSHOT_FILE_RE, TRASH_PREFIX,
                                          CheckpointError, CheckpointInfo, FileEntry,
-                                         ShardWriteReport, checkpoints_dir, index_meta,
-                                         list_checkpoints, manifest_crc, open_h5, read_meta,
-                                         spec_dict, write_meta)
+                                         ShardWriteReport, checkpoints_dir, list_checkpoints,
+                                         manifest_crc, open_h5, read_meta)
+from r2d2_hpc.checkpoint.state_files import write_actors_file, write_learner_file
 from r2d2_hpc.config import Config
 from r2d2_hpc.replay.shard import ReplayShard
-from r2d2_hpc.replay.snapshot import INDEX_FILE, save_snapshot
+from r2d2_hpc.replay.snapshot import (INDEX_FILE, live_sequences, read_index_meta,
+                                      save_snapshot)
 from r2d2_hpc.storage.files import crc32_file, fsync_path, write_json_atomic
-from r2d2_hpc.storage.h5tree import Tree, write_tree
-from r2d2_hpc.types import JobSpec
+from r2d2_hpc.storage.h5tree import Tree
+from r2d2_hpc.types import ActorState, JobSpec
 
 __all__ = ["CheckpointLayout", "shard_fill"]
 
@@ -172,20 +172,7 @@ class CheckpointLayout:
         self._written[os.path.abspath(path)] = (st.st_size, st.st_mtime_ns, crc)
         return FileEntry(os.path.basename(path), st.st_size, crc)
 
-    def _write_h5(self, path: str, meta: Mapping[str, Any],
-                  trees: Mapping[str, Tree]) -> FileEntry:
-        tmp = f"{path}.tmp"
-        with h5py.File(tmp, "w") as f:
-            write_meta(f, meta)
-            for name, tree in trees.items():
-                write_tree(f.create_group(name), tree)
-        if self.fsync:
-            fsync_path(tmp)
-        crc = crc32_file(tmp)  # still in the page cache
-        os.replace(tmp, path)
-        return self._remember(path, crc)
-
-    def write_learner(self, path: str, learner_state: Tree, cfg: Config,
+    def write_learner(self, path: str, state: LearnerState, cfg: Config,
                       counters: Mapping[str, Any], *, step: Optional[int] = None,
                       job_spec: Optional[JobSpec] = None,
                       extra: Optional[Tree] = None) -> FileEntry:
@@ -193,12 +180,12 @@ class CheckpointLayout:
 
         Args:
           path: from ``begin`` (lead) or ``partial_path``.
-          learner_state: ``Learner.state()``: online/target params, Adam state,
+          state: ``Learner.state()``: online/target params, Adam state,
             ``step_count``, ``params_version``, torch (and CUDA) RNG states.
           cfg: the run's effective config (saved; compared on resume).
           counters: the job's counters, JSON numbers: at least ``env_steps``;
             e.g. ``env_frames``, ``episodes``, ``learner_step``, ``wall_seconds``.
-          step: the learner step (default ``learner_state['step_count']``).
+          step: the learner step (default ``state.step_count``).
           job_spec: the job's shapes (``r2d2_hpc.types.JobSpec``), checked
             on resume.
           extra: any other state of the learner rank (e.g. ``{"rng": {"alloc":
@@ -207,36 +194,24 @@ class CheckpointLayout:
         Returns:
           The file's manifest entry.
         """
-        if step is None:
-            step = int(learner_state["step_count"])
-        meta = {"format": FORMAT, "kind": "learner", "step": int(step),
-                "counters": dict(counters), "config": cfg.to_dict(),
-                "job_spec": spec_dict(job_spec)}
-        return self._write_h5(os.path.join(path, LEARNER_FILE), meta,
-                              {"state": learner_state, "extra": extra or {}})
+        file = os.path.join(path, LEARNER_FILE)
+        _, crc = write_learner_file(file, state, cfg, counters, step=step, job_spec=job_spec,
+                                    extra=extra, fsync=self.fsync)
+        return self._remember(file, crc)
 
-    def write_actors(self, path: str, counters: Sequence[Mapping[str, Union[int, float]]]
-                     ) -> FileEntry:
-        """Lead: writes ``actors.h5``: one row of counters per actor.
+    def write_actors(self, path: str, actors: Sequence[ActorState]) -> FileEntry:
+        """Lead: writes ``actors.h5``: each actor's ``ActorState``, in actor order.
 
         Args:
           path: the partial directory.
-          counters: ``counters[a]`` is actor ``a``'s dict (e.g. ``env_steps``,
-            ``episodes``); a name missing for some actor is 0 there.
+          actors: ``actors[a]`` is actor ``a``'s record (its counters).
 
         Returns:
           The file's manifest entry.
         """
-        names = sorted({k for c in counters for k in c})
-        table: Dict[str, np.ndarray] = {}
-        for n in names:
-            vals = [c.get(n, 0) for c in counters]
-            is_int = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                         for v in vals)
-            table[n] = np.asarray(vals, np.int64 if is_int else np.float64)
-        meta = {"format": FORMAT, "kind": "actors", "num_actors": len(counters),
-                "names": names}
-        return self._write_h5(os.path.join(path, ACTORS_FILE), meta, {"counters": table})
+        file = os.path.join(path, ACTORS_FILE)
+        _, crc = write_actors_file(file, actors, fsync=self.fsync)
+        return self._remember(file, crc)
 
     def _link_source(self, index: int, uid: str) -> str:
         """The newest committed ``shard-<index>`` whose snapshot is the shard's current one."""
@@ -244,7 +219,7 @@ class CheckpointLayout:
             return ""
         for ckpt in reversed(self.checkpoints()):
             d = os.path.join(ckpt, f"shard-{index}")
-            meta = index_meta(d)
+            meta = read_index_meta(d)
             if meta is not None and meta.get("snapshot_uid") == uid:
                 return d
         return ""
@@ -279,7 +254,7 @@ class CheckpointLayout:
             shutil.rmtree(target)
         os.makedirs(target)
         full = full or not self.link
-        uid = str(shard.get_state().counters.get("snapshot_uid", ""))
+        uid = str(shard.state().counters.get("snapshot_uid", ""))
         source = "" if full else self._link_source(index, uid)
         linked, copied = 0, 0
         if source:
@@ -333,7 +308,7 @@ class CheckpointLayout:
                 problems.append(f"{rel} was not written")
         shard_meta: List[Optional[Dict[str, Any]]] = []
         for i in range(num_shards):
-            meta = index_meta(os.path.join(path, f"shard-{i}"))
+            meta = read_index_meta(os.path.join(path, f"shard-{i}"))
             if meta is None:
                 problems.append(f"shard-{i}/{INDEX_FILE} was not written or is unreadable")
             shard_meta.append(meta)
@@ -418,13 +393,7 @@ def shard_fill(index_meta: Mapping[str, Any], shard_dir: Optional[str] = None
     """
     spec = index_meta["spec"]
     counters = index_meta["counters"]
-    live = -1
-    if shard_dir is not None:
-        try:
-            with h5py.File(os.path.join(shard_dir, INDEX_FILE), "r") as f:
-                live = int(np.count_nonzero(f["slots/live"][...]))
-        except (OSError, ValueError, RuntimeError, KeyError):
-            live = -1
+    live = live_sequences(shard_dir) if shard_dir is not None else -1
     cap_obs = int(spec["capacity_observations"])
     return {"capacity_observations": cap_obs,
             "capacity_sequences": int(spec["capacity_sequences"]),

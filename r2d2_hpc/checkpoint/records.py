@@ -16,18 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import h5py
-import numpy as np
 
+from r2d2_hpc.agent.learner import LearnerState
 from r2d2_hpc.config import Config
-from r2d2_hpc.replay.snapshot import INDEX_FILE, SnapshotReport
-from r2d2_hpc.storage.h5tree import write_dataset
+from r2d2_hpc.replay.snapshot import SnapshotReport
+from r2d2_hpc.storage import h5tree
 
 __all__ = [
     "ACTORS_FILE", "CHECKPOINTS_DIR", "CORRUPT_PREFIX", "FORMAT", "LEARNER_FILE", "MANIFEST",
     "CheckpointError", "CheckpointIncompatible", "CheckpointInfo", "FileEntry",
     "LearnerCheckpoint", "Report", "ShardWriteReport", "checkpoint_key", "checkpoints_dir",
-    "index_meta", "list_checkpoints", "manifest_crc", "open_h5", "read_meta", "spec_dict",
-    "write_meta",
+    "list_checkpoints", "manifest_crc", "open_h5", "read_meta", "spec_dict",
 ]
 
 #: Format tag of MANIFEST.json and the HDF5 files' meta.
@@ -94,20 +93,14 @@ def manifest_crc(body: Mapping[str, Any]) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True).encode())
 
 
-def write_meta(f: h5py.File, meta: Mapping[str, Any]) -> None:
-    """Stores ``meta`` as the JSON bytes of the file's ``meta`` dataset."""
-    write_dataset(f, "meta", np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8))
-
-
 def read_meta(f: h5py.File, path: str) -> Dict[str, Any]:
     """The ``meta`` of a checkpoint file; CheckpointError naming ``path`` if absent or foreign."""
     try:
-        raw = f["meta"][...]
-        meta = json.loads(raw.tobytes().decode())
+        meta = h5tree.read_meta(f)
     except KeyError:
         raise CheckpointError(f"{path}: no 'meta' dataset (not a checkpoint file)") from None
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: meta is corrupted ({exc})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}, expected "
                               f"{FORMAT!r}")
@@ -116,25 +109,7 @@ def read_meta(f: h5py.File, path: str) -> Dict[str, Any]:
 
 def open_h5(path: str) -> h5py.File:
     """Opens a checkpoint file for reading; CheckpointError naming it if missing or damaged."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: file is missing")
-    try:
-        return h5py.File(path, "r")
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable HDF5 file, truncated or corrupted "
-                              f"({exc})") from None
-
-
-def index_meta(shard_dir: str) -> Optional[Dict[str, Any]]:
-    """The JSON meta of a snapshot's index.h5, or None if absent or unreadable."""
-    path = os.path.join(shard_dir, INDEX_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with h5py.File(path, "r") as f:
-            return json.loads(f["meta"][...].tobytes().decode())
-    except (OSError, ValueError, RuntimeError, KeyError):
-        return None
+    return h5tree.open_file(path, CheckpointError)
 
 
 # --------------------------------------------------------------------------- #
@@ -224,10 +199,10 @@ class CheckpointInfo:
 
 @dataclass
 class LearnerCheckpoint:
-    """What ``learner.h5`` holds."""
+    """What a learner file (``learner.h5``, ``learner_final.h5``) holds."""
 
     step: int
-    state: Dict[str, Any]
+    state: LearnerState
     """``Learner.state()`` as saved: pass it to ``Learner.load_state``."""
     counters: Dict[str, Any]
     config: Dict[str, Any]

@@ -1,4 +1,4 @@
-"""Reading a checkpoint back: the learner's state, the actors' counters, a replay shard.
+"""Reading a checkpoint back: the learner's state, the actors' states, a replay shard.
 
 A replay shard is restored exactly (contents, priorities, RNG: sampling
 continues bit-identically) when the job has as many shards as the checkpoint,
@@ -8,15 +8,16 @@ and otherwise re-sharded by the rule the actors route by
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 from r2d2_hpc.checkpoint.records import (ACTORS_FILE, LEARNER_FILE, CheckpointError,
-                                         CheckpointInfo, LearnerCheckpoint, index_meta,
-                                         open_h5, read_meta)
+                                         CheckpointInfo, LearnerCheckpoint)
+from r2d2_hpc.checkpoint.state_files import read_actors_file, read_learner_file
 from r2d2_hpc.replay.layout import ShardSpec
 from r2d2_hpc.replay.shard import ReplayShard
-from r2d2_hpc.replay.snapshot import INDEX_FILE, SnapshotError, load_resharded, load_snapshot
-from r2d2_hpc.storage.h5tree import read_tree
+from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, load_resharded, load_snapshot,
+                                      read_index_meta)
+from r2d2_hpc.types import ActorState
 
 __all__ = ["read_actors", "read_learner", "restore_shard"]
 
@@ -25,41 +26,29 @@ _RESHARD_FROZEN = ("frame_shape", "obs_dtype", "frame_stack", "stack_fill", "seq
                    "state_size", "priority_exponent")
 
 
-def read_learner(info: Union[CheckpointInfo, str]) -> LearnerCheckpoint:
-    """Reads ``learner.h5`` of a checkpoint (an info or a checkpoint directory).
+def read_learner(source: Union[CheckpointInfo, str]) -> LearnerCheckpoint:
+    """The learner file of a checkpoint (an info or a checkpoint directory) or a learner
+    file itself (e.g. a run's ``learner_final.h5``); see :mod:`.state_files`.
 
     Raises:
       CheckpointError: naming the file when it is unreadable or corrupted.
     """
-    path = info.learner_path if isinstance(info, CheckpointInfo) else \
-        os.path.join(info, LEARNER_FILE)
-    with open_h5(path) as f:
-        meta = read_meta(f, path)
-        try:
-            state = read_tree(f["state"])
-            extra = read_tree(f["extra"]) if "extra" in f else {}
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: corrupted ({exc})") from None
-    return LearnerCheckpoint(int(meta["step"]), state, dict(meta["counters"]),
-                             dict(meta["config"]), meta.get("job_spec"), extra)
+    if isinstance(source, CheckpointInfo):
+        return read_learner_file(source.learner_path)
+    if os.path.isdir(source):
+        return read_learner_file(os.path.join(source, LEARNER_FILE))
+    return read_learner_file(source)
 
 
-def read_actors(info: Union[CheckpointInfo, str]) -> List[Dict[str, Any]]:
-    """Per-actor counters from ``actors.h5`` (``[a][name]``, Python numbers).
+def read_actors(info: Union[CheckpointInfo, str]) -> List[ActorState]:
+    """Every actor's ``ActorState`` from ``actors.h5`` (an info or a checkpoint directory).
 
     Raises:
       CheckpointError: naming the file when it is unreadable or corrupted.
     """
     path = info.actors_path if isinstance(info, CheckpointInfo) else \
         os.path.join(info, ACTORS_FILE)
-    with open_h5(path) as f:
-        meta = read_meta(f, path)
-        try:
-            table = read_tree(f["counters"])
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: corrupted ({exc})") from None
-    n = int(meta["num_actors"])
-    return [{k: v[a].item() for k, v in table.items()} for a in range(n)]
+    return read_actors_file(path)
 
 
 def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
@@ -101,7 +90,7 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
     check = (not info.deep_verified) if verify is None else bool(verify)
     saved = info.num_shards
-    meta = index_meta(info.shard_dir(min(shard_index, saved - 1)))
+    meta = read_index_meta(info.shard_dir(min(shard_index, saved - 1)))
     if meta is None:
         raise CheckpointError(f"{info.path}: shard-{min(shard_index, saved - 1)}/{INDEX_FILE} "
                               f"is missing or unreadable")

@@ -9,8 +9,9 @@ shard ``i`` of ``S'`` ``restore_shard(info, i, S', num_envs=cfg.actor.num_envs,
 spec=<the ShardSpec it would start with>)``, which is an exact
 ``load_snapshot`` when ``S' == S`` and the layout is unchanged, and otherwise a
 re-sharding restore that keeps every sequence (streams are placed by
-``replay.routing.shard_for_stream``, the rule actors route by); actors restart
-their episodes and continue their counters from :func:`read_actors`.
+``replay.routing.shard_for_stream``, the rule actors route by); actor ``a``
+restarts its episodes and continues its counters from row ``a`` of
+``read_actors(info)`` (``ActorRank.load_state``).
 """
 from __future__ import annotations
 

@@ -5,26 +5,43 @@ has the file's size and crc32 (the learner and actor files are checksummed
 when written, replay segments take the crc32 their snapshot index recorded
 right after the write, so commit costs nothing per unchanged byte).
 :func:`validate` checks sizes (cheap: catches truncation) and, with
-``deep=True``, every file's crc32 (catches bit flips), in a few threads.
-:func:`find_latest_valid` walks complete checkpoints from the newest, reports
-each invalid one once by name with what is wrong, and returns the newest valid
-one (``None`` for a fresh start).
+``deep=True``, every file's crc32 (catches bit flips), in a few threads;
+``deep`` may also name the files whose crc32 matters (``r2d2-eval`` reads only
+``learner.h5``).
+
+Locating. :func:`find_latest_valid` is the one lookup of a run's newest valid
+checkpoint: it walks committed checkpoints from the newest, skips
+half-written ones (``.partial-`` directories, reported as ignored) and every
+one that fails validation (reported once by name with what is wrong), and
+returns the newest valid one (``None`` for a fresh start). ``r2d2-train``'s
+resume (:func:`r2d2_hpc.checkpoint.resume.resume_point`), ``r2d2-ckpt`` and
+``r2d2-eval`` (:func:`locate_checkpoint`) all use it.
 """
 from __future__ import annotations
 
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple, Union
 
-from r2d2_hpc.checkpoint.records import (ACTORS_FILE, CORRUPT_PREFIX, FORMAT, LEARNER_FILE,
-                                         MANIFEST, PARTIAL_PREFIX, CheckpointError,
-                                         CheckpointInfo, Report, checkpoints_dir,
-                                         list_checkpoints, manifest_crc)
+from r2d2_hpc.checkpoint.records import (ACTORS_FILE, CHECKPOINTS_DIR, CORRUPT_PREFIX, FORMAT,
+                                         LEARNER_FILE, MANIFEST, PARTIAL_PREFIX,
+                                         CheckpointError, CheckpointInfo, Report,
+                                         checkpoint_key, checkpoints_dir, list_checkpoints,
+                                         manifest_crc)
 from r2d2_hpc.replay.snapshot import INDEX_FILE
 from r2d2_hpc.storage.files import crc32_file
 
-__all__ = ["check_file", "find_latest_valid", "open_checkpoint", "validate", "validate_files"]
+__all__ = ["Deep", "check_file", "checkpoint_target", "find_latest_valid", "locate_checkpoint",
+           "open_checkpoint", "validate", "validate_files"]
+
+#: What to crc32: every file (True), none (False: sizes only), or the files named
+#: (relative paths; the others by size).
+Deep = Union[bool, Collection[str]]
+
+
+def _deep_for(deep: Deep, rel: str) -> bool:
+    return deep if isinstance(deep, bool) else rel in deep
 
 
 def _read_manifest(path: str) -> Dict[str, Any]:
@@ -69,13 +86,14 @@ def check_file(path: str, rel: str, entry: Mapping[str, Any], deep: bool) -> Opt
     return None
 
 
-def validate(path: str, deep: bool = True, threads: int = 4
+def validate(path: str, deep: Deep = True, threads: int = 4
              ) -> Tuple[Optional[Dict[str, Any]], List[str]]:
     """Checks a checkpoint directory against its manifest.
 
     Args:
       path: a checkpoint directory.
-      deep: also compare every file's crc32 (reads every byte), not just sizes.
+      deep: also compare crc32s (reads every byte) of every file (True), of
+        none (False), or of the files named; the others by size.
       threads: files checked at once (crc32 releases the GIL).
 
     Returns:
@@ -86,7 +104,7 @@ def validate(path: str, deep: bool = True, threads: int = 4
     return manifest, problems
 
 
-def validate_files(path: str, deep: bool = True, threads: int = 4
+def validate_files(path: str, deep: Deep = True, threads: int = 4
                    ) -> Tuple[Optional[Dict[str, Any]], List[str],
                               List[Tuple[str, Dict[str, Any], Optional[str]]]]:
     """``validate`` plus every manifest file's own result, in one pass over the bytes.
@@ -109,12 +127,13 @@ def validate_files(path: str, deep: bool = True, threads: int = 4
             problems.append(f"{rel}: not listed in the manifest")
     items = sorted(files.items())
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(lambda kv: check_file(path, kv[0], kv[1], deep), items))
+        results = list(pool.map(
+            lambda kv: check_file(path, kv[0], kv[1], _deep_for(deep, kv[0])), items))
     problems += [r for r in results if r is not None]
     return manifest, problems, [(rel, entry, r) for (rel, entry), r in zip(items, results)]
 
 
-def open_checkpoint(path: str, deep: bool = True) -> CheckpointInfo:
+def open_checkpoint(path: str, deep: Deep = True) -> CheckpointInfo:
     """The checkpoint at ``path`` if it validates.
 
     Raises:
@@ -123,13 +142,13 @@ def open_checkpoint(path: str, deep: bool = True) -> CheckpointInfo:
     manifest, problems = validate(path, deep)
     if problems or manifest is None:
         raise CheckpointError(f"checkpoint {path} is invalid: " + "; ".join(problems))
-    return CheckpointInfo(path, manifest, deep_verified=deep)
+    return CheckpointInfo(path, manifest, deep_verified=deep is True)
 
 
 def find_latest_valid(run_dir: str, report: Optional[Report] = print,
-                      deep: bool = True, quarantine: bool = False
+                      deep: Deep = True, quarantine: bool = False
                       ) -> Optional[CheckpointInfo]:
-    """The newest complete checkpoint of a run that validates.
+    """The newest complete checkpoint of a run that validates: the one lookup of it.
 
     Every invalid checkpoint newer than it is reported once, by name, with
     what is wrong; interrupted (``.partial-``) ones are reported as ignored.
@@ -137,7 +156,7 @@ def find_latest_valid(run_dir: str, report: Optional[Report] = print,
     Args:
       run_dir: the run directory.
       report: called with one line per problem (default ``print``; None = silent).
-      deep: check crc32s, not only sizes (see :func:`validate`).
+      deep: which crc32s to check, not only sizes (see :func:`validate`).
       quarantine: rename each invalid checkpoint to ``corrupt-<name>`` (kept
         for inspection, never restored, not counted by ``keep``), so that a
         resumed run's new checkpoints are not shadowed by it.
@@ -156,7 +175,7 @@ def find_latest_valid(run_dir: str, report: Optional[Report] = print,
     for path in reversed(ckpts):
         manifest, problems = validate(path, deep)
         if not problems and manifest is not None:
-            return CheckpointInfo(path, manifest, deep_verified=deep)
+            return CheckpointInfo(path, manifest, deep_verified=deep is True)
         older = "using the previous one" if path != ckpts[0] else "no older checkpoint left"
         shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5
                                 else [])
@@ -172,3 +191,52 @@ def find_latest_valid(run_dir: str, report: Optional[Report] = print,
         say(f"r2d2 checkpoint: {os.path.basename(path)} is corrupt or incomplete: "
             f"{'; '.join(shown)}; {older}{moved}")
     return None
+
+
+def checkpoint_target(path: str) -> Tuple[Optional[str], Optional[str]]:
+    """What a command-line PATH names: ``(checkpoint dir, None)`` for a checkpoint
+    directory (it has a manifest or a ``ckpt-<step>`` name), ``(None, run dir)`` for a
+    run directory or its ``checkpoints/``.
+
+    Raises:
+      CheckpointError: ``path`` is missing, not a directory, or neither.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or directory")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a directory (expected a checkpoint or run "
+                              f"directory)")
+    norm = os.path.normpath(path)
+    if os.path.exists(os.path.join(norm, MANIFEST)) or \
+            checkpoint_key(os.path.basename(norm)) is not None:
+        return norm, None
+    run_dir = os.path.dirname(norm) if os.path.basename(norm) == CHECKPOINTS_DIR else norm
+    if not os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIR)):
+        raise CheckpointError(f"{path}: neither a checkpoint directory (no {MANIFEST}) "
+                              f"nor a run directory (no {CHECKPOINTS_DIR}/)")
+    return None, run_dir
+
+
+def locate_checkpoint(path: str, report: Optional[Report] = print,
+                      deep: Deep = True) -> CheckpointInfo:
+    """The checkpoint a command-line PATH names, validated (``r2d2-ckpt``, ``r2d2-eval``).
+
+    Args:
+      path: a checkpoint directory (then it must validate), or a run directory
+        or its ``checkpoints/`` (then its newest valid checkpoint,
+        :func:`find_latest_valid`).
+      report: where lines about skipped checkpoints go.
+      deep: which crc32s to check (see :func:`validate`).
+
+    Raises:
+      CheckpointError: ``path`` is missing or neither, the named checkpoint is
+        invalid, or the run holds no valid checkpoint.
+    """
+    ckpt, run_dir = checkpoint_target(path)
+    if ckpt is not None:
+        return open_checkpoint(ckpt, deep)
+    assert run_dir is not None
+    info = find_latest_valid(run_dir, report=report, deep=deep)
+    if info is None:
+        raise CheckpointError(f"{run_dir}: no valid checkpoint")
+    return info

@@ -23,10 +23,10 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from r2d2_hpc.checkpoint.records import (CHECKPOINTS_DIR, CheckpointError, CheckpointInfo,
-                                         MANIFEST, checkpoint_key, list_checkpoints)
+from r2d2_hpc.checkpoint.records import CheckpointError, CheckpointInfo, list_checkpoints
 from r2d2_hpc.checkpoint.resume import FROZEN_FIELDS
-from r2d2_hpc.checkpoint.validate import find_latest_valid, validate, validate_files
+from r2d2_hpc.checkpoint.validate import (checkpoint_target, locate_checkpoint, validate,
+                                          validate_files)
 from r2d2_hpc.config import Config, ConfigError, config_diff, load_config
 
 #: Exit code for a missing/corrupt path or bad input.
@@ -62,28 +62,14 @@ def _pct(a: int, b: int) -> str:
 
 def _resolve(path: str, deep: bool) -> Tuple[str, Optional[CheckpointInfo]]:
     """The checkpoint directory PATH designates, and its ``CheckpointInfo`` when
-    PATH was a run directory (the newest checkpoint that validated, at ``deep``);
-    errors as CheckpointError."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such file or directory")
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: not a directory (expected a checkpoint or run "
-                                 f"directory)")
-    if os.path.exists(os.path.join(path, MANIFEST)) or \
-            checkpoint_key(os.path.basename(os.path.normpath(path))) is not None:
-        return path, None
-    run_dir = path
-    if os.path.basename(os.path.normpath(path)) == CHECKPOINTS_DIR:
-        run_dir = os.path.dirname(os.path.normpath(path))
-    if not os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIR)):
-        raise CheckpointError(f"{path}: neither a checkpoint directory (no {MANIFEST}) "
-                                 f"nor a run directory (no {CHECKPOINTS_DIR}/)")
-    lines: List[str] = []
-    info = find_latest_valid(run_dir, report=lines.append, deep=deep)
-    for line in lines:
-        print(line, file=sys.stderr)
-    if info is None:
-        raise CheckpointError(f"{run_dir}: no valid checkpoint")
+    PATH was a run directory (its newest valid checkpoint at ``deep``:
+    :func:`locate_checkpoint`, lines about skipped ones on stderr); errors as
+    CheckpointError."""
+    ckpt, _ = checkpoint_target(path)
+    if ckpt is not None:
+        return ckpt, None
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    info = locate_checkpoint(path, report=say, deep=deep)
     return info.path, info
 
 
@@ -114,7 +100,7 @@ def inspect_main(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"r2d2-ckpt: {exc}", file=sys.stderr)
         return EXIT_BAD
-    if found is not None:  # find_latest_valid just checked every file at `deep`
+    if found is not None:  # locate_checkpoint just checked every file at `deep`
         manifest, problems = found.manifest, []
         checked = [(rel, entry, None) for rel, entry in sorted(manifest["files"].items())]
     else:

@@ -3,9 +3,11 @@
 ``r2d2-eval CHECKPOINT [--episodes K] [--epsilon E] [--seed S] [--max-episode-frames F]
 [--set env.FIELD=VALUE ...] [--threads T] [--no-write] [--json]``
     CHECKPOINT is a checkpoint directory written by :mod:`r2d2_hpc.checkpoint`
-    (``RUN_DIR/checkpoints/ckpt-...``) or a run directory (its newest valid
-    checkpoint; "valid" here: the manifest reads and ``learner.h5`` matches its
-    recorded size and crc32, the only file an evaluation reads). Plays ``K``
+    (``RUN_DIR/checkpoints/ckpt-...``), a run directory (its newest valid
+    checkpoint; "valid" here: the manifest reads, every file has its recorded
+    size and ``learner.h5``, the only file an evaluation reads, its recorded
+    crc32) or a learner file (``RUN_DIR/learner_final.h5``, the run's final
+    learner state, in the checkpoint's ``learner.h5`` format). Plays ``K``
     episodes (one per env, in parallel; default
     ``logging.eval_episodes`` of the run) with the learner's *online*
     parameters, epsilon-greedy with ``E`` (default ``logging.eval_epsilon``,
@@ -27,7 +29,8 @@
 ``eval.json`` (format ``r2d2_hpc.eval/1``), one object::
 
     format, created (UTC ISO time), game (env.game, or null off Atari), env_name,
-    checkpoint (path), checkpoint_step, params_version, counters (the checkpoint's:
+    checkpoint (path: directory or learner file), checkpoint_step (its learner
+    step), params_version, counters (the checkpoint's:
     env_steps, env_frames, ...), episodes, epsilon, seed, noop_max,
     max_episode_frames, returns [K], lengths [K] (agent steps), score (mean return),
     score_std, random_score, human_score, human_normalized (null off Atari-57),
@@ -53,17 +56,15 @@ import torch
 from r2d2_hpc.agent.evaluation import Evaluator
 from r2d2_hpc.agent.network import R2D2Network
 from r2d2_hpc.agent.params import to_flat_array
-from r2d2_hpc.checkpoint.records import (CHECKPOINTS_DIR, CheckpointError, CheckpointInfo,
-                                         LEARNER_FILE, MANIFEST, checkpoint_key, list_checkpoints)
+from r2d2_hpc.checkpoint.records import CHECKPOINTS_DIR, LEARNER_FILE, CheckpointError
 from r2d2_hpc.checkpoint.restore import read_learner
-from r2d2_hpc.checkpoint.validate import check_file, validate
+from r2d2_hpc.checkpoint.validate import locate_checkpoint
 from r2d2_hpc.config import Config, ConfigError, parse_override
 from r2d2_hpc.envs.factory import make_vector_env
 from r2d2_hpc.envs.scores import REFERENCE_SCORES, aggregate, human_normalized
 from r2d2_hpc.storage.files import write_json_atomic
 
-__all__ = ["EVAL_FILE", "EVAL_FORMAT", "EXIT_BAD", "EvalInputError", "learner_problems",
-           "resolve_checkpoint",
+__all__ = ["EVAL_FILE", "EVAL_FORMAT", "EXIT_BAD", "EvalInputError", "resolve_checkpoint",
            "run_dir_of", "flat_online_params", "evaluate_checkpoint", "read_eval",
            "aggregate_runs", "main"]
 
@@ -84,75 +85,38 @@ class EvalInputError(ValueError):
 # --------------------------------------------------------------------------- #
 # Finding and reading the checkpoint.
 
-def learner_problems(path: str) -> Tuple[Optional[Dict[str, Any]], List[str]]:
-    """Whether a checkpoint can be evaluated: its manifest and its learner file.
-
-    An evaluation reads only ``learner.h5``, so only that file's size and
-    crc32 are checked against ``MANIFEST.json`` (the replay files, possibly
-    tens of GB, are not read).
-
-    Returns:
-      ``(manifest or None, problems)``; no problems means usable.
-    """
-    try:
-        manifest, problems = validate(path, deep=False)
-    except OSError as exc:
-        return None, [str(exc)]
-    if manifest is None:
-        return None, problems
-    entry = manifest.get("files", {}).get(LEARNER_FILE)
-    if entry is None:
-        return manifest, [f"{LEARNER_FILE}: not listed in the manifest"]
-    problem = check_file(path, LEARNER_FILE, entry, deep=True)
-    return manifest, [problem] if problem else []
-
-
-def resolve_checkpoint(path: str) -> CheckpointInfo:
-    """The checkpoint that ``path`` designates, its learner file verified.
+def resolve_checkpoint(path: str) -> str:
+    """What ``r2d2-eval PATH`` evaluates: a learner file, or a checkpoint directory.
 
     Args:
-      path: a checkpoint directory, a run directory (its newest checkpoint
-        whose learner file is intact; older ones are tried in turn) or a
-        run's ``checkpoints/`` directory.
+      path: a learner file (a run's ``learner_final.h5``; its chunks'
+        fletcher32s are checked as it is read), a checkpoint directory, a run
+        directory (its newest checkpoint that validates,
+        :func:`r2d2_hpc.checkpoint.validate.locate_checkpoint`; lines about
+        skipped ones go to stderr) or a run's ``checkpoints/`` directory. A
+        checkpoint is valid here when its manifest reads, every file has its
+        recorded size and ``learner.h5`` its recorded crc32: an evaluation
+        reads only ``learner.h5``, not the replay's possibly tens of GB.
 
     Returns:
-      The checkpoint (``learner.h5``'s crc32 verified; see :func:`learner_problems`).
+      The learner file or the checkpoint directory.
 
     Raises:
       EvalInputError: missing path, not a checkpoint or run directory, no
         usable checkpoint, or a damaged one (naming what is wrong).
     """
-    if not os.path.exists(path):
-        raise EvalInputError(f"{path}: no such file or directory")
-    if not os.path.isdir(path):
-        raise EvalInputError(f"{path}: not a directory (expected a checkpoint directory or a "
-                             f"run directory)")
-    norm = os.path.normpath(path)
-    if os.path.exists(os.path.join(norm, MANIFEST)) or \
-            checkpoint_key(os.path.basename(norm)) is not None:
-        manifest, problems = learner_problems(norm)
-        if problems or manifest is None:
-            raise EvalInputError(f"checkpoint {norm} is invalid: {'; '.join(problems)}")
-        return CheckpointInfo(norm, manifest)
-    run_dir = os.path.dirname(norm) if os.path.basename(norm) == CHECKPOINTS_DIR else norm
-    if not os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIR)):
-        raise EvalInputError(f"{path}: neither a checkpoint directory (no {MANIFEST}) nor "
-                             f"a run directory (no {CHECKPOINTS_DIR}/)")
-    skipped: List[str] = []
-    for ckpt in reversed(list_checkpoints(run_dir)):
-        manifest, problems = learner_problems(ckpt)
-        if manifest is not None and not problems:
-            for line in skipped:
-                print(f"r2d2-eval: {line}; using an older checkpoint", file=sys.stderr)
-            return CheckpointInfo(ckpt, manifest)
-        skipped.append(f"skipping {os.path.basename(ckpt)}: {'; '.join(problems)}")
-    detail = f" ({'; '.join(skipped)})" if skipped else ""
-    raise EvalInputError(f"{run_dir}: no valid checkpoint{detail}")
+    if os.path.isfile(path):
+        return path
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    try:
+        return locate_checkpoint(path, report=say, deep=(LEARNER_FILE,)).path
+    except CheckpointError as exc:
+        raise EvalInputError(str(exc)) from None
 
 
-def run_dir_of(info: CheckpointInfo) -> str:
-    """The run directory a checkpoint belongs to (``RUN_DIR/checkpoints/ckpt-*``)."""
-    parent = os.path.dirname(os.path.normpath(info.path))
+def run_dir_of(source: str) -> str:
+    """The run directory of a checkpoint (``RUN_DIR/checkpoints/ckpt-*``) or learner file."""
+    parent = os.path.dirname(os.path.abspath(source))
     if os.path.basename(parent) == CHECKPOINTS_DIR:
         return os.path.dirname(parent)
     return parent
@@ -163,7 +127,7 @@ def flat_online_params(online: Dict[str, Any], cfg: Config, obs_shape: Tuple[int
     """A checkpoint's online parameters as a ``Learner.flat_params`` buffer.
 
     Args:
-      online: ``state['online']`` of ``read_learner``: parameter name -> array.
+      online: ``state.online`` of ``read_learner``: parameter name -> array.
       cfg: the run's config (``network`` section).
       obs_shape: one observation's shape.
       num_actions: the action set's size.
@@ -220,14 +184,14 @@ def _eval_config(cfg: Config, overrides: Sequence[str],
                              + "; ".join(exc.errors)) from None
 
 
-def evaluate_checkpoint(info: CheckpointInfo, *, episodes: Optional[int] = None,
+def evaluate_checkpoint(source: str, *, episodes: Optional[int] = None,
                         epsilon: Optional[float] = None, seed: int = 0,
                         overrides: Sequence[str] = (),
                         max_episode_frames: Optional[int] = None) -> Dict[str, Any]:
     """Plays ``episodes`` evaluation episodes with a checkpoint's online parameters.
 
     Args:
-      info: the checkpoint (``resolve_checkpoint``).
+      source: a checkpoint directory or learner file (``resolve_checkpoint``).
       episodes: ``K``; default the run's ``logging.eval_episodes``.
       epsilon: exploration rate; default the run's ``logging.eval_epsilon`` (0.001).
       seed: seeds the envs' no-op starts and the exploration draws.
@@ -242,14 +206,14 @@ def evaluate_checkpoint(info: CheckpointInfo, *, episodes: Optional[int] = None,
         unknown game or env, or parameters that do not fit.
     """
     try:
-        saved = read_learner(info)
+        saved = read_learner(source)
     except CheckpointError as exc:
         raise EvalInputError(str(exc)) from None
     try:
         run_cfg = Config.from_dict(saved.config)
     except ConfigError as exc:
-        raise EvalInputError(f"{info.learner_path}: this version of r2d2_hpc rejects the "
-                             f"run's config: " + "; ".join(exc.errors)) from None
+        raise EvalInputError(f"{source}: this version of r2d2_hpc rejects the run's config: "
+                             + "; ".join(exc.errors)) from None
     cfg = _eval_config(run_cfg, overrides, max_episode_frames)
     k = int(episodes if episodes is not None else cfg.logging.eval_episodes)
     eps = float(epsilon if epsilon is not None else cfg.logging.eval_epsilon)
@@ -274,15 +238,12 @@ def evaluate_checkpoint(info: CheckpointInfo, *, episodes: Optional[int] = None,
                              f"{num_actions} actions, the checkpoint was trained with "
                              f"{tuple(spec['obs_shape'])} and {spec['num_actions']}; do not "
                              f"change env.frame_stack, env.screen_size or env.full_action_space")
-    state = saved.state
-    if "online" not in state:
-        raise EvalInputError(f"{info.learner_path}: no online parameters in the learner state")
-    flat = flat_online_params(state["online"], cfg, obs_shape, num_actions)
+    flat = flat_online_params(saved.state.online, cfg, obs_shape, num_actions)
 
     atari = cfg.env.name == "atari"
     # max_steps None: the protocol's cap (evaluation.default_step_cap)
     evaluator = Evaluator(cfg, obs_shape, num_actions, seed=seed, episodes=k, epsilon=eps)
-    result = evaluator.evaluate(flat, int(state.get("params_version", 0)))
+    result = evaluator.evaluate(flat, int(saved.state.params_version))
     returns = np.asarray(result.returns, np.float64)
     score = float(returns.mean())
     game = cfg.env.game if atari else None
@@ -292,8 +253,8 @@ def evaluate_checkpoint(info: CheckpointInfo, *, episodes: Optional[int] = None,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "game": game,
         "env_name": cfg.env.name,
-        "checkpoint": os.path.abspath(info.path),
-        "checkpoint_step": int(info.step),
+        "checkpoint": os.path.abspath(source),
+        "checkpoint_step": int(saved.step),
         "params_version": int(result.params_version),
         "counters": dict(saved.counters),
         "episodes": k,
@@ -537,13 +498,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.threads < 1:
                 return _bad(f"--threads: must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
-        info = resolve_checkpoint(args.checkpoint)
-        record = evaluate_checkpoint(info, episodes=args.episodes, epsilon=args.epsilon,
+        source = resolve_checkpoint(args.checkpoint)
+        record = evaluate_checkpoint(source, episodes=args.episodes, epsilon=args.epsilon,
                                      seed=args.seed, overrides=args.overrides,
                                      max_episode_frames=args.max_episode_frames)
         eval_path = None
         if not args.no_write:
-            eval_path = os.path.join(run_dir_of(info), EVAL_FILE)
+            eval_path = os.path.join(run_dir_of(source), EVAL_FILE)
             try:
                 write_eval(record, eval_path)
             except OSError as exc:

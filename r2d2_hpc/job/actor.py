@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Sequence
+from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from r2d2_hpc.agent.adder import SequenceAdder, StreamChunk
 from r2d2_hpc.agent.exploration import env_epsilons
 from r2d2_hpc.agent.policy import ActorPolicy
+from r2d2_hpc.checkpoint.records import CheckpointInfo
+from r2d2_hpc.checkpoint.restore import read_actors
 from r2d2_hpc.comm.endpoint import Endpoint
 from r2d2_hpc.comm.topology import RoleInfo
 from r2d2_hpc.config import Config
@@ -35,7 +37,7 @@ from r2d2_hpc.envs.factory import make_vector_env
 from r2d2_hpc.job.role import Role, poll_control, stop_requested
 from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.seeding import derive_seed
-from r2d2_hpc.types import JobSpec
+from r2d2_hpc.types import ActorState, JobSpec
 
 #: Seconds between ACTOR_REPORT messages.
 REPORT_INTERVAL_S = 1.0
@@ -57,12 +59,15 @@ class ActorRank(Role):
       ep: this rank's endpoint.
       info: this rank's role info (``info.index`` is the actor index).
       fail_after_steps: test hook: raise RuntimeError at this env step.
+      resume: the checkpoint the job resumes from: actor ``a`` continues the
+        counters of its row ``a`` (``load_state``), if the checkpoint has one;
+        episodes in flight at the checkpoint are not kept, the envs restart.
     """
 
     name = "actor"
 
     def __init__(self, cfg: Config, spec: JobSpec, ep: Endpoint, info: RoleInfo,
-                 fail_after_steps: int = 0) -> None:
+                 fail_after_steps: int = 0, resume: Optional[CheckpointInfo] = None) -> None:
         self.cfg, self.spec, self.ep, self.info = cfg, spec, ep, info
         n = cfg.actor.num_envs
         self.index = info.index
@@ -82,6 +87,7 @@ class ActorRank(Role):
         self.obs = self.env.reset(seed=seed)
         self.first = np.ones(n, bool)
         self.env_steps = 0          # agent steps of this rank (all envs)
+        self.episodes_finished = 0  # episodes of this rank's envs that ended
         self.ticks = 0
         self.chunks_sent = 0
         self.sequences_sent = 0
@@ -96,6 +102,21 @@ class ActorRank(Role):
         self.outbox: Deque[StreamChunk] = deque()
         self.backpressure_waits = 0
         self.have_params = False
+        if resume is not None:
+            rows = read_actors(resume)
+            if self.index < len(rows):
+                self.load_state(rows[self.index])
+
+    def state(self) -> ActorState:
+        """This actor's counters, the part of it a checkpoint keeps."""
+        return ActorState(env_steps=int(self.env_steps), episodes=int(self.episodes_finished))
+
+    def load_state(self, state: ActorState) -> None:
+        """Continues the counters of ``state`` (what ``state()`` returned)."""
+        if not isinstance(state, ActorState):
+            raise TypeError(f"load_state takes an ActorState, got {type(state).__name__}")
+        self.env_steps = int(state.env_steps)
+        self.episodes_finished = int(state.episodes)
 
     def listen_names(self) -> Sequence[str]:
         return ("CONTROL",)
@@ -131,6 +152,7 @@ class ActorRank(Role):
                                 out.prev_reward, last=terminated | truncated)
         self._send_chunks(chunks)
         finished = self.episodes.update(res.reward, terminated, truncated)
+        self.episodes_finished += len(finished.env_index)
         if len(finished.env_index):
             self._pending_returns += finished.episode_return.tolist()
             self._pending_lengths += finished.episode_length.tolist()
@@ -189,7 +211,8 @@ class ActorRank(Role):
         self._report()
 
     def summary(self) -> Dict[str, Any]:
-        return {"env_steps": self.env_steps, "chunks_sent": self.chunks_sent,
+        return {"env_steps": self.env_steps, "episodes": self.episodes_finished,
+                "chunks_sent": self.chunks_sent,
                 "sequences_sent": self.sequences_sent, "steps_sent": self.steps_sent,
                 "param_updates": self.param_updates,
                 "backpressure_waits": self.backpressure_waits,

@@ -52,7 +52,7 @@ from r2d2_hpc.agent.losses import importance_weights
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE, CheckpointSchedule, signal_name
 from r2d2_hpc.checkpoint.records import CheckpointInfo
-from r2d2_hpc.checkpoint.restore import read_learner
+from r2d2_hpc.checkpoint.restore import read_actors, read_learner
 from r2d2_hpc.comm.allreduce import GradientAverager, encode_stop, make_averager
 from r2d2_hpc.comm.endpoint import Endpoint
 from r2d2_hpc.comm.messages import Command, sequence_batch_of, shard_stats_of
@@ -65,7 +65,7 @@ from r2d2_hpc.replay.sampling import (ShardStats, allocate_batch, global_count,
                                       global_probabilities)
 from r2d2_hpc.seeding import EVALUATOR_FINAL, EVALUATOR_PERIODIC, derive_seed
 from r2d2_hpc.storage.digest import replica_digest, state_digest
-from r2d2_hpc.types import JobSpec, SequenceBatch
+from r2d2_hpc.types import ActorState, JobSpec, SequenceBatch
 
 class LearnerRank(Role):
     """Learning loop of one learner rank (see the module docstring).
@@ -103,6 +103,9 @@ class LearnerRank(Role):
         self.seconds_base = 0.0
         self.resumed_from: Optional[int] = None
         self.resume_digest = ""
+        #: Each actor rank's counters as its ACTOR_REPORTs (and a resume) give them.
+        self.actor_steps: Dict[int, int] = {}
+        self.actor_episodes: Dict[int, int] = {}
         if resume is not None:
             self._restore(resume)
         if several:
@@ -120,7 +123,6 @@ class LearnerRank(Role):
         #: The batch's one host copy: replies go straight into reused (pinned) buffers.
         self.assembler = BatchAssembler(cfg.learner.batch_size, self.learner.host_array)
         self._next_request = 0
-        self.actor_steps: Dict[int, int] = {}
         self.actor_versions: Dict[int, int] = {}
         self.episode_returns: List[float] = []
         self.episode_lengths: List[int] = []
@@ -233,6 +235,8 @@ class LearnerRank(Role):
             for msg in self.ep.poll("ACTOR_REPORT"):
                 f = msg.fields
                 self.actor_steps[msg.source] = int(f["env_steps"])
+                self.actor_episodes[msg.source] = (self.actor_episodes.get(msg.source, 0)
+                                                   + len(f["episode_return"]))
                 self.actor_versions[msg.source] = int(f["params_version"])
                 self.episode_returns += f["episode_return"].tolist()
                 self.episode_lengths += f["episode_length"].tolist()
@@ -424,8 +428,7 @@ class LearnerRank(Role):
         self.layout.write_learner(path, state, self.cfg, self.counters(), step=step,
                                   job_spec=self.spec)
         self.checkpoint_digests[str(step)] = state_digest(state)
-        self.layout.write_actors(path, [{"env_steps": int(self.actor_steps.get(r, 0))}
-                                        for r in self.info.actor_ranks])
+        self.layout.write_actors(path, self.actor_states())
         self._ckpt = {"step": step, "path": path, "pending": set(self.shard_ranks),
                       "failed": False, "t0": t0}
 
@@ -445,10 +448,22 @@ class LearnerRank(Role):
         if self._finish_after_checkpoint:
             self._complete_finish()
 
+    def actor_states(self) -> List[ActorState]:
+        """Each actor's ``ActorState`` (``ActorRank.state()``) as last reported, in actor order."""
+        return [ActorState(env_steps=int(self.actor_steps.get(r, 0)),
+                           episodes=int(self.actor_episodes.get(r, 0)))
+                for r in self.info.actor_ranks]
+
     def _restore(self, resume: CheckpointInfo) -> None:
         ck = read_learner(resume)
         self.learner.load_state(ck.state)
-        self.env_steps_base = int(ck.counters.get("env_steps", 0))
+        # Actor a continues from row a (ActorRank.load_state); the steps of rows
+        # without an actor in this job stay in the base.
+        rows = read_actors(resume)[:len(self.info.actor_ranks)]
+        for rank, row in zip(self.info.actor_ranks, rows):
+            self.actor_steps[rank], self.actor_episodes[rank] = row.env_steps, row.episodes
+        self.env_steps_base = int(ck.counters.get("env_steps", 0)) - \
+            sum(r.env_steps for r in rows)
         self.episodes_base = int(ck.counters.get("episodes", 0))
         self.seconds_base = float(ck.counters.get("train_seconds", 0.0))
         self.resumed_from = int(ck.step)

@@ -89,7 +89,7 @@ class ReplayRank(Role):
         self.checkpoint_digests: Dict[str, str] = {}
         if shard is None and resume is not None:
             shard = restore_replay(cfg, spec, info, resume)
-            self.resume_digest = state_digest(shard.get_state())
+            self.resume_digest = state_digest(shard.state())
         self.shard = shard or make_shard(cfg, spec, info.index, info.num_shards)
         if self.shard.shard_index != info.index:
             raise ValueError(f"replay rank {info.index} was given shard "
@@ -198,7 +198,7 @@ class ReplayRank(Role):
         try:
             layout.write_shard(layout.partial_path(step), self.info.index, self.shard)
             # after the write: it records the snapshot's id in the shard's counters
-            self.checkpoint_digests[str(step)] = state_digest(self.shard.get_state())
+            self.checkpoint_digests[str(step)] = state_digest(self.shard.state())
             self.checkpoints_written += 1
         except OSError as exc:  # e.g. disk full: the lead keeps the previous checkpoint
             sys.stderr.write(f"r2d2-train: replay shard {self.info.index}: checkpoint {step} "

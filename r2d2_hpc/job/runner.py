@@ -64,7 +64,7 @@ def build_role(cfg: Config, spec: JobSpec, ep: Endpoint, info: RoleInfo,
     if info.role == "replay":
         return ReplayRank(cfg, spec, ep, info, run_dir=run_dir, resume=resume)
     fail = hooks.fail_actor_at_step if info.index == 0 else 0
-    return ActorRank(cfg, spec, ep, info, fail_after_steps=fail)
+    return ActorRank(cfg, spec, ep, info, fail_after_steps=fail, resume=resume)
 
 
 class MetricsSink:
@@ -97,18 +97,19 @@ class MetricsSink:
 
 
 def write_lead_outputs(cfg: Config, run_dir: str, sink: MetricsSink, role: Role) -> None:
-    """Learner 0's end-of-run files: learning curve PNG and final learner state (HDF5).
+    """Learner 0's end-of-run files: learning curve PNG and ``learner_final.h5``.
 
     See :mod:`r2d2_hpc.job.outputs`. Called after every rank left the
     shutdown barrier, so it delays nobody.
     """
-    learner = getattr(role, "learner", None)
+    lead = role if isinstance(role, LearnerRank) else None
     summary = role.summary()
     extra = {k: summary[k] for k in ("final_eval_return", "final_eval_episodes",
-                                     "final_eval_epsilon", "learner_step", "env_steps")
-             if k in summary}
+                                     "final_eval_epsilon") if k in summary}
     write_run_outputs(run_dir, cfg, sink.all_rows,
-                      learner.state() if learner is not None else None, extra=extra)
+                      lead.learner.state() if lead is not None else None,
+                      counters=lead.counters() if lead is not None else None,
+                      job_spec=lead.spec if lead is not None else None, extra=extra)
 
 
 def run_serial(cfg: Config, run_dir: Optional[str] = None, num_actors: int = 1,

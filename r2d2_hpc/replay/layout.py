@@ -449,7 +449,7 @@ class ShardState:
     ``seq_write``, ``max_priority``, ``num_dropped_sequences``, ``mutation``,
     ``snapshot_id``, ``snapshot_uid``. ``shard_index`` is the shard's
     identity (the owner its keys name). Arrays returned by
-    ``ReplayShard.get_state`` are views of the live storage; call ``copy()``
+    ``ReplayShard.state()`` are views of the live storage; call ``copy()``
     to keep them.
     """
 

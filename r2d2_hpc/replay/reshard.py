@@ -50,7 +50,7 @@ class MemorySource:
     """``ShardSource`` over a shard in memory."""
 
     def __init__(self, shard: ReplayShard) -> None:
-        self._state = shard.get_state()
+        self._state = shard.state()
         self.spec = shard.spec
 
     def slot_table(self) -> Dict[str, np.ndarray]:

@@ -549,7 +549,7 @@ class ReplayShard:
                 "priority": self._slot["priority"][slots].copy()}
 
     # ------------------------------------------------------------------ state
-    def get_state(self) -> ShardState:
+    def state(self) -> ShardState:
         """The explicit state record; arrays are views of live storage (no copy)."""
         C = self._C
         slots = dict(self._slot)
@@ -618,16 +618,16 @@ class ReplayShard:
         self._step_versions[...] = step_segment_versions
         self._seq_versions[...] = sequence_segment_versions
 
-    def set_state(self, state: ShardState) -> None:
+    def load_state(self, state: ShardState) -> None:
         """Replaces the whole content with a copy of ``state`` (same spec and shard index).
 
         Raises:
           ValueError: on a different spec or shard index, or an inconsistent record.
         """
         if state.spec != self.spec:
-            raise ValueError("set_state: spec differs from this shard's")
+            raise ValueError("load_state: spec differs from this shard's")
         if state.shard_index != self._shard_index:
-            raise ValueError(f"set_state: shard_index: the state is shard "
+            raise ValueError(f"load_state: shard_index: the state is shard "
                              f"{state.shard_index}'s, this is shard {self._shard_index}")
         steps, seqs = self.storage_views()
         lay = self.spec.field_layout()
@@ -635,7 +635,7 @@ class ReplayShard:
             for n, d in dst.items():
                 a = group[n]
                 if a.shape != d.shape or a.dtype != lay[n][1]:
-                    raise ValueError(f"set_state: {n}: expected {d.dtype}{d.shape}, got "
+                    raise ValueError(f"load_state: {n}: expected {d.dtype}{d.shape}, got "
                                      f"{a.dtype}{a.shape}")
         for group, dst in ((state.steps, steps), (state.sequences, seqs)):
             for n, d in dst.items():

@@ -26,8 +26,8 @@ Saving (``save_snapshot``):
    saved as or restored from (same ``snapshot_uid``), every segment whose
    version is unchanged reuses the file that index lists. Otherwise (another
    shard's files, a corrupt index, ``full=True``) everything is written.
-2. Each changed segment is written to ``<name>.tmp`` (datasets chunked in
-   about 128 KiB pieces, each with a fletcher32 checksum), fsync'ed, its crc32
+2. Each changed segment is written to ``<name>.tmp`` (datasets chunked by
+   ``storage.h5tree``, each chunk with a fletcher32 checksum), fsync'ed, its crc32
    and size recorded, and ``os.replace``'d to a name that carries the new
    snapshot id, so no file the current index references is ever touched. The
    fsync/crc32/rename of one file runs on a helper thread while the next file
@@ -64,7 +64,6 @@ it needs, one at a time; streams are placed by the rule the actors send by
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -80,11 +79,12 @@ from r2d2_hpc.replay.layout import (RUN_FIELDS, SEQUENCE_FIELDS, SLOT_FIELDS, ST
                                     STREAM_FIELDS, ShardSpec)
 from r2d2_hpc.replay.reshard import build_resharded
 from r2d2_hpc.replay.shard import ReplayShard
-from r2d2_hpc.storage.files import crc32_file, fsync_path
-from r2d2_hpc.storage.h5tree import write_dataset
+from r2d2_hpc.storage.files import commit_file, crc32_file, fsync_path
+from r2d2_hpc.storage.h5tree import Tree, open_file, read_meta, write_file
 
 __all__ = ["SnapshotError", "SnapshotReport", "SnapshotSource", "save_snapshot",
-           "load_snapshot", "load_resharded", "INDEX_FILE", "FORMAT", "FORMAT_V1"]
+           "load_snapshot", "load_resharded", "live_sequences", "read_index_meta",
+           "INDEX_FILE", "FORMAT", "FORMAT_V1"]
 
 #: File name of the index in a snapshot directory.
 INDEX_FILE = "index.h5"
@@ -94,7 +94,6 @@ FORMAT = "r2d2_hpc.replay.snapshot/2"
 #: Older formats ``SnapshotSource`` still reads.
 FORMAT_V1 = "r2d2_hpc.replay.snapshot/1"
 _SEGMENT_RE = re.compile(r"^(steps|seqs)_(\d{5,})_(\d{8,})\.h5$")
-_CHUNK_BYTES = 128 << 10
 
 
 class SnapshotError(ValueError):
@@ -124,18 +123,9 @@ class SnapshotReport:
 # ----------------------------------------------------------------------------
 
 
-def _write_array(group: h5py.Group, name: str, arr: np.ndarray) -> None:
-    """A dataset of ``arr`` in chunks of about 128 KiB, each with a fletcher32 checksum."""
-    write_dataset(group, name, arr, chunk_bytes=_CHUNK_BYTES)
-
-
 def new_snapshot_uid() -> str:
     """A fresh random snapshot id (does not touch any shard's generator)."""
     return uuid.uuid4().hex
-
-
-def _json_bytes(obj: Any) -> np.ndarray:
-    return np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
 
 
 def _read_array(f: h5py.File, path: str, name: str, shape: Optional[Tuple[int, ...]],
@@ -164,21 +154,16 @@ def _read_array(f: h5py.File, path: str, name: str, shape: Optional[Tuple[int, .
 
 
 def _open(path: str) -> h5py.File:
-    if not os.path.exists(path):
-        raise SnapshotError(f"{path}: file is missing")
-    try:
-        return h5py.File(path, "r")
-    except (OSError, ValueError, RuntimeError) as e:
-        raise SnapshotError(f"{path}: not a readable HDF5 file, truncated or corrupted "
-                            f"({e})") from None
+    return open_file(path, SnapshotError)
 
 
 def _read_meta(f: h5py.File, path: str) -> Dict[str, Any]:
-    raw = _read_array(f, path, "meta", None, np.uint8)
     try:
-        return json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SnapshotError(f"{path}: meta is not valid JSON ({e})") from None
+        return read_meta(f)
+    except KeyError:
+        raise SnapshotError(f"{path}: missing dataset 'meta'") from None
+    except ValueError as e:
+        raise SnapshotError(f"{path}: {e}") from None
 
 
 def _verify_file(path: str, entry: Dict[str, Any]) -> None:
@@ -194,27 +179,11 @@ def _verify_file(path: str, entry: Dict[str, Any]) -> None:
                             f"recorded in {INDEX_FILE} (corrupted)")
 
 
-def _write_h5(path: str, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> str:
-    """Writes ``arrays`` + ``meta`` to ``path + '.tmp'`` and returns that name."""
+def _write_h5(path: str, tree: Tree, meta: Dict[str, Any]) -> str:
+    """Writes ``tree`` + ``meta`` to ``path + '.tmp'`` and returns that name."""
     tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        _write_array(f, "meta", _json_bytes(meta))
-        for name, arr in arrays.items():
-            _write_array(f, name, arr)
+    write_file(tmp, meta, tree)
     return tmp
-
-
-def _finalize(tmp: str, path: str, fsync: bool) -> Tuple[int, int]:
-    """fsyncs ``tmp``, checksums it and renames it to ``path``.
-
-    Returns:
-      ``(size in bytes, crc32 of the file)``.
-    """
-    if fsync:
-        fsync_path(tmp)
-    size, crc = os.path.getsize(tmp), crc32_file(tmp)
-    os.replace(tmp, path)
-    return size, crc
 
 
 def _saved_shard_index(meta: Dict[str, Any], path: str) -> Optional[int]:
@@ -235,8 +204,8 @@ def _saved_shard_index(meta: Dict[str, Any], path: str) -> Optional[int]:
     return index
 
 
-def _read_index_meta(directory: str) -> Optional[Dict[str, Any]]:
-    """The meta of the directory's current index, or None if absent/unreadable."""
+def read_index_meta(directory: str) -> Optional[Dict[str, Any]]:
+    """The meta of a snapshot directory's current index, or None if absent/unreadable."""
     path = os.path.join(directory, INDEX_FILE)
     if not os.path.exists(path):
         return None
@@ -245,6 +214,16 @@ def _read_index_meta(directory: str) -> Optional[Dict[str, Any]]:
             return _read_meta(f, path)
     except SnapshotError:
         return None
+
+
+def live_sequences(directory: str) -> int:
+    """Live sequences of the snapshot in ``directory`` (-1 if its index cannot be read)."""
+    path = os.path.join(directory, INDEX_FILE)
+    try:
+        with _open(path) as f:
+            return int(np.count_nonzero(_read_array(f, path, "slots/live", None, None)))
+    except SnapshotError:
+        return -1
 
 
 # ----------------------------------------------------------------------------
@@ -268,10 +247,10 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
     """
     t0 = time.perf_counter()
     os.makedirs(directory, exist_ok=True)
-    state = shard.get_state()
+    state = shard.state()
     spec = state.spec
     counters = state.counters
-    prev = _read_index_meta(directory)
+    prev = read_index_meta(directory)
     reuse = (not full and prev is not None and prev.get("format") == FORMAT and
              counters["snapshot_uid"] != "" and
              prev.get("snapshot_uid") == counters["snapshot_uid"] and
@@ -309,7 +288,7 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
                             {"kind": kind, "segment": seg, "lo": lo, "hi": hi,
                              "version": version})
             entry = {"segment": seg, "file": name, "version": version}
-            pending.append((entry, pool.submit(_finalize, tmp, path, fsync)))
+            pending.append((entry, pool.submit(commit_file, tmp, path, fsync)))
             written.append(name)
             table.append(entry)
         return table
@@ -330,10 +309,10 @@ def save_snapshot(shard: ReplayShard, directory: str, *, full: bool = False,
             "steps": steps_table, "seqs": seqs_table,
             "step_segment_versions": state.step_segment_versions.tolist(),
             "sequence_segment_versions": state.sequence_segment_versions.tolist()}
-    arrays = {f"slots/{n}": state.slots[n] for n in SLOT_FIELDS}
-    arrays.update({f"streams/{n}": state.streams[n] for n in STREAM_FIELDS + RUN_FIELDS})
+    tree = {"slots": {n: state.slots[n] for n in SLOT_FIELDS},
+            "streams": {n: state.streams[n] for n in STREAM_FIELDS + RUN_FIELDS}}
     index_path = os.path.join(directory, INDEX_FILE)
-    size, _ = _finalize(_write_h5(index_path, arrays, meta), index_path, fsync)
+    size, _ = commit_file(_write_h5(index_path, tree, meta), index_path, fsync)
     written.append(INDEX_FILE)
     nbytes += size
     if fsync:

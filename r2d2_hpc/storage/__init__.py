@@ -1,5 +1,6 @@
-"""Persistence primitives: checksummed, crash-safe files and the HDF5 encoding of nested state.
+"""Persistence primitives: checksummed, crash-safe files, the one HDF5 encoding (arrays,
+nested state, state records; every HDF5 file is opened there) and state digests.
 
-Imports nothing of the project: the replay snapshots and the checkpoints are
-both written with these helpers.
+Imports nothing of the project: the replay snapshots, the checkpoints and the run's
+``learner_final.h5`` are all written with these helpers.
 """

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import numpy as np
+
+from r2d2_hpc.storage.h5tree import record_fields
 
 __all__ = ["replica_digest", "state_digest"]
 
@@ -13,7 +15,8 @@ __all__ = ["replica_digest", "state_digest"]
 def state_digest(tree: Any) -> str:
     """CRC32 over every array and scalar of a nested state, in key order (bit-exact check).
 
-    Dataclass records (e.g. ``ShardState``) are walked field by field. Arrays
+    Records (NamedTuples such as ``LearnerState``, dataclasses such as
+    ``ShardState``) are walked field by field, by name. Arrays
     are checksummed in place (a byte view, no copy: a shard's state is GBs).
 
     Returns:
@@ -23,8 +26,9 @@ def state_digest(tree: Any) -> str:
 
     def walk(x: Any) -> None:
         nonlocal crc
-        if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            walk({f.name: getattr(x, f.name) for f in dataclasses.fields(x)})
+        if (dataclasses.is_dataclass(x) and not isinstance(x, type)) or \
+                (isinstance(x, tuple) and hasattr(x, "_asdict")):
+            walk(record_fields(x))
         elif isinstance(x, dict):
             for k in sorted(x):
                 crc = zlib.crc32(str(k).encode(), crc)
@@ -43,11 +47,12 @@ def state_digest(tree: Any) -> str:
     return f"{crc:08x}"
 
 
-def replica_digest(state: Mapping[str, Any]) -> str:
-    """:func:`state_digest` of a ``Learner.state()`` without its RNG states.
+def replica_digest(state: Union[Any, Mapping[str, Any]]) -> str:
+    """:func:`state_digest` of a ``Learner.state()`` record without its RNG states.
 
     What must be identical on every learner: online and target parameters,
     optimizer state, step count and parameter version. (Each process's torch
     RNG is its own; the learner step draws nothing from it.)
     """
-    return state_digest({k: v for k, v in state.items() if not k.endswith("rng_state")})
+    tree = dict(state) if isinstance(state, Mapping) else record_fields(state)
+    return state_digest({k: v for k, v in tree.items() if not k.endswith("rng_state")})

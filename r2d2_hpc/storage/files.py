@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from typing import Any
+from typing import Any, Tuple
 
-__all__ = ["CRC_BLOCK_BYTES", "crc32_file", "fsync_path", "write_json_atomic"]
+__all__ = ["CRC_BLOCK_BYTES", "commit_file", "crc32_file", "fsync_path", "write_json_atomic"]
 
 #: Bytes read per block by :func:`crc32_file`.
 CRC_BLOCK_BYTES = 8 << 20
@@ -43,6 +43,27 @@ def fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def commit_file(tmp: str, path: str, fsync: bool = True) -> Tuple[int, int]:
+    """Puts a finished temp file in place: fsync, crc32, then ``os.replace``.
+
+    The crc32 is taken before the rename, while the bytes are still in the
+    page cache; it is what a manifest or snapshot index records.
+
+    Args:
+      tmp: the finished file, beside ``path``.
+      path: where it goes.
+      fsync: fsync ``tmp`` first (off only where crash safety is not tested).
+
+    Returns:
+      ``(size in bytes, crc32)`` of the file.
+    """
+    if fsync:
+        fsync_path(tmp)
+    size, crc = os.path.getsize(tmp), crc32_file(tmp)
+    os.replace(tmp, path)
+    return size, crc
 
 
 def write_json_atomic(path: str, data: Any, fsync: bool = False, **dump_kw: Any) -> None:

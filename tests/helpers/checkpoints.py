@@ -10,14 +10,14 @@ import h5py
 import numpy as np
 import torch
 
-from r2d2_hpc.agent.learner import Learner
+from r2d2_hpc.agent.learner import Learner, LearnerState
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointInfo
 from r2d2_hpc.config import Config
 from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import FORMAT_V1, INDEX_FILE
-from r2d2_hpc.types import SequenceBatch
+from r2d2_hpc.types import ActorState, SequenceBatch
 from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch
 
 FRAME = (3, 3)
@@ -76,18 +76,28 @@ def trained_learner(cfg: Config, steps: int = 2) -> Learner:
     return learner
 
 
+def fake_learner_state(step: int = 0, w: Optional[np.ndarray] = None) -> LearnerState:
+    """A ``LearnerState`` of a one-parameter "network" ``w`` (the layout checks no shapes)."""
+    w = np.ones(3) if w is None else np.asarray(w)
+    return LearnerState(online={"w": w}, target={"w": w.copy()},
+                        optimizer={"exp_avg": {}, "exp_avg_sq": {}, "step": {}},
+                        step_count=step, params_version=step,
+                        torch_rng_state=np.arange(16, dtype=np.uint8))
+
+
 def write_checkpoint(run_dir: str, step: int, cfg: Config, shards: Sequence[ReplayShard],
-                     learner_state: Optional[dict] = None, keep: int = 3,
-                     actors: Optional[List[Dict[str, int]]] = None,
-                     layout: Optional[CheckpointLayout] = None) -> CheckpointInfo:
+                     learner_state: Optional[LearnerState] = None, keep: int = 3,
+                     actors: Optional[List[ActorState]] = None,
+                     layout: Optional[CheckpointLayout] = None,
+                     job_spec: Optional[dict] = None) -> CheckpointInfo:
     """The protocol of the module docstring, all roles in this process."""
     layout = layout or CheckpointLayout(run_dir, keep=keep, fsync=False)
     path = layout.begin(step)
-    state = learner_state if learner_state is not None else {"step_count": step, "w": np.ones(3)}
+    state = learner_state if learner_state is not None else fake_learner_state(step)
     layout.write_learner(path, state, cfg, {"env_steps": 10 * step, "episodes": step},
-                         step=step, job_spec=JOB_SPEC, extra={"note": "test"})
-    layout.write_actors(path, actors or [{"env_steps": 5 * step, "episodes": 1},
-                                         {"env_steps": 5 * step, "episodes": 2}])
+                         step=step, job_spec=job_spec or JOB_SPEC, extra={"note": "test"})
+    layout.write_actors(path, actors or [ActorState(env_steps=5 * step, episodes=1),
+                                         ActorState(env_steps=5 * step, episodes=2)])
     for i, shard in enumerate(shards):
         layout.write_shard(layout.partial_path(step), i, shard)
     return layout.commit(path, step, len(shards))
@@ -156,3 +166,22 @@ def as_snapshot_version_1(meta: Dict[str, Any]) -> None:
     """What a version 1 writer left: no ``shard_index``."""
     meta["format"] = FORMAT_V1
     del meta["shard_index"]
+
+
+def half_written_run(tmp_path, cfg: Config, learner_states: Optional[dict] = None,
+                     job_spec: Optional[dict] = None) -> Tuple[str, dict]:
+    """ckpt 1 and 2 valid, ckpt 3 with a bit flipped in learner.h5, ckpt 5 without its
+    manifest (a copy cut short), and a ``.partial-`` ckpt 4 (the writer was killed)."""
+    run = str(tmp_path / "run")
+    states = learner_states or {k: fake_learner_state(k, np.full(4, float(k)))
+                                for k in (1, 2, 3, 5)}
+    infos = {k: write_checkpoint(run, k, cfg, [], learner_state=states[k], job_spec=job_spec)
+             for k in (1, 2, 3)}
+    flip(os.path.join(infos[3].path, "learner.h5"))
+    five = write_checkpoint(run, 5, cfg, [], learner_state=states[5], keep=5,
+                            job_spec=job_spec)
+    os.remove(os.path.join(five.path, "MANIFEST.json"))
+    partial = os.path.join(run, "checkpoints", ".partial-ckpt-000000000004")
+    os.makedirs(partial)
+    open(os.path.join(partial, "learner.h5"), "wb").write(b"\0" * 100)
+    return run, infos

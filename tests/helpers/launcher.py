@@ -3,7 +3,6 @@ what every job test checks about the counters in ``summary.json``."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -8,6 +8,7 @@ from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.config import Config, load_config
 from r2d2_hpc.job.role import job_spec
+from r2d2_hpc.types import ActorState
 
 #: A Pong run with a tiny core and a 40-frame cap (10 agent steps per episode).
 PONG = ["env.name=atari", "env.game=Pong", "env.max_episode_frames=40",
@@ -26,7 +27,7 @@ def write_checkpoint(run_dir: str, cfg: Config, learner: Learner, step: int) -> 
     layout.write_learner(path, learner.state(), cfg, {"env_steps": 100 * step,
                                                       "env_frames": 400 * step},
                          step=step, job_spec=job_spec(cfg))
-    layout.write_actors(path, [{"env_steps": 100 * step}])
+    layout.write_actors(path, [ActorState(env_steps=100 * step)])
     return layout.commit(path, step, 0).path
 
 

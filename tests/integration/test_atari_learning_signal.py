@@ -18,7 +18,6 @@ the universe torso keeps a 3x3 grid and fits the same batch over 100x.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from r2d2_hpc.config import load_config

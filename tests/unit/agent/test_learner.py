@@ -14,6 +14,7 @@ from r2d2_hpc.agent.device import device_errors, resolve_device
 from r2d2_hpc.agent.learner import (
     METRIC_KEYS,
     Learner,
+    LearnerState,
     mixed_precision_forward,
     q_value_discrepancy,
 )
@@ -306,7 +307,10 @@ def test_flat_params_round_trip() -> None:
 
 
 def _walk(node: object, path: str = "") -> List[str]:
-    """Paths of entries that are neither numpy arrays nor Python scalars."""
+    """Paths of entries that are neither numpy arrays nor Python scalars (None fields of a
+    LearnerState are absent)."""
+    if isinstance(node, LearnerState):
+        node = {k: v for k, v in node._asdict().items() if v is not None}
     if isinstance(node, dict):
         return [p for k, v in node.items() for p in _walk(v, f"{path}/{k}")]
     return [] if isinstance(node, (np.ndarray, int, float)) else [path]
@@ -321,7 +325,7 @@ def test_state_round_trip_gives_bit_identical_steps() -> None:
     original.step(batch_a, ones())
     state = original.state()
     assert _walk(state) == []
-    assert set(state["optimizer"]["exp_avg"]) == set(state["online"])
+    assert set(state.optimizer["exp_avg"]) == set(state.online)
 
     restored = make_learner(cfg, seed=99)
     restored.load_state(state)
@@ -340,7 +344,7 @@ def test_state_round_trip_before_any_step_and_rng_restore() -> None:
     cfg = tiny_config()
     fresh = make_learner(cfg, seed=3)
     state = fresh.state()
-    assert state["optimizer"]["step"] == {}
+    assert state.optimizer["step"] == {}
     expected_draw = torch.rand(3)  # the draw that follows the saved RNG state
     other = make_learner(cfg, seed=4)
     other.load_state(state)
@@ -355,15 +359,15 @@ def test_state_round_trip_before_any_step_and_rng_restore() -> None:
 def test_load_state_names_every_problem() -> None:
     learner = make_learner()
     state = learner.state()
-    name = next(iter(state["online"]))
-    del state["target"][name]
-    state["online"][name] = np.zeros((1, 1), dtype=np.float32)
+    name = next(iter(state.online))
+    del state.target[name]
+    state.online[name] = np.zeros((1, 1), dtype=np.float32)
     with pytest.raises(ValueError) as info:
         learner.load_state(state)
     assert f"target/{name}: missing" in str(info.value)
     assert f"online/{name}: shape (1, 1)" in str(info.value)
-    with pytest.raises(ValueError, match="step_count"):
-        learner.load_state({k: v for k, v in learner.state().items() if k != "step_count"})
+    with pytest.raises(TypeError, match="LearnerState"):  # the record, not a dict
+        learner.load_state(learner.state()._asdict())
 
 
 # --------------------------------------------------------------------------- #
@@ -526,7 +530,7 @@ def test_bf16_state_round_trip_gives_bit_identical_steps() -> None:
     original = make_learner(cfg, seed=0)
     original.step(batch, ones())
     state = original.state()
-    assert "grad_scaler" not in state  # only fp16 has a scaler
+    assert state.grad_scaler is None  # only fp16 has a scaler
     restored = make_learner(cfg, seed=5)
     restored.load_state(state)
     for _ in range(2):
@@ -590,7 +594,7 @@ def test_an_inf_gradient_skips_the_step_and_halves_the_scale() -> None:
 def test_scaler_state_round_trip_through_a_checkpoint_file(tmp_path) -> None:
     import h5py
 
-    from r2d2_hpc.storage.h5tree import read_tree, write_tree
+    from r2d2_hpc.storage.h5tree import read_tree, record_tree, tree_record, write_tree
 
     cfg = tiny_config(learning_rate=1e-2)
     batch = random_sequence_batch(cfg, seed=26)
@@ -598,14 +602,14 @@ def test_scaler_state_round_trip_through_a_checkpoint_file(tmp_path) -> None:
     original.step(batch, ones())  # growth tracker 1, scale 256
     saved = original.state()
     assert _walk(saved) == []
-    assert saved["grad_scaler"] == {"scale": 256.0, "growth_factor": 2.0,
-                                    "backoff_factor": 0.5, "growth_interval": 2,
-                                    "_growth_tracker": 1}
+    assert saved.grad_scaler == {"scale": 256.0, "growth_factor": 2.0,
+                                 "backoff_factor": 0.5, "growth_interval": 2,
+                                 "_growth_tracker": 1}
     with h5py.File(tmp_path / "learner.h5", "w") as f:
-        write_tree(f, saved)
+        write_tree(f, record_tree(saved))
     with h5py.File(tmp_path / "learner.h5", "r") as f:
-        state = read_tree(f)
-    assert state["grad_scaler"] == saved["grad_scaler"]
+        state = tree_record(LearnerState, read_tree(f))
+    assert state.grad_scaler == saved.grad_scaler
     restored = with_cpu_scaler(make_learner(cfg, seed=7), scale=2.0 ** 20)
     restored.load_state(state)
     assert restored.scaler.get_scale() == 256.0

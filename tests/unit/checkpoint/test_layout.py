@@ -18,9 +18,11 @@ from r2d2_hpc.checkpoint.restore import read_actors, read_learner, restore_shard
 from r2d2_hpc.checkpoint.validate import find_latest_valid, open_checkpoint
 from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.config import Config
+from r2d2_hpc.types import ActorState
 from tests.helpers.checkpoints import (JOB_SPEC, NUM_ENVS, a_segment, actor_streams,
-                                       assert_batches_equal, fill, flip, make_learner, new_shard,
-                                       report_sink, trained_learner, write_checkpoint)
+                                       assert_batches_equal, fake_learner_state, fill, flip,
+                                       make_learner, new_shard, report_sink, trained_learner,
+                                       write_checkpoint)
 from tests.helpers.fakes import random_sequence_batch, tiny_config
 from tests.helpers.launcher import ROOT
 
@@ -35,7 +37,7 @@ def test_learner_and_shards_round_trip_bit_for_bit(tmp_path) -> None:
         sh.update_priorities(sh.live_keys(), np.linspace(0.2, 3.0, sh.count))
     alloc = np.random.default_rng(5)
     alloc.random(3)
-    actors = [{"env_steps": 11, "episodes": 2}, {"env_steps": 13, "episodes": 1, "extra": 4}]
+    actors = [ActorState(env_steps=11, episodes=2), ActorState(env_steps=13)]
     run = str(tmp_path / "run")
     layout = CheckpointLayout(run, keep=3)
     path = layout.begin(2)
@@ -47,7 +49,7 @@ def test_learner_and_shards_round_trip_bit_for_bit(tmp_path) -> None:
         layout.write_shard(layout.partial_path(2), i, sh)
     committed = layout.commit(path, 2, 2)
     assert committed.name == "ckpt-000000000002" and not os.path.exists(path)
-    expected = [sh.get_state().copy() for sh in shards]
+    expected = [sh.state().copy() for sh in shards]
 
     info = find_latest_valid(run, report=None)
     assert info is not None and info.path == committed.path and info.deep_verified
@@ -74,14 +76,13 @@ def test_learner_and_shards_round_trip_bit_for_bit(tmp_path) -> None:
     for p, q in zip(learner.target.parameters(), other.target.parameters()):
         assert torch.equal(p, q)
 
-    # Actors: per-actor counters, a missing name is 0.
-    assert read_actors(info) == [{"env_steps": 11, "episodes": 2, "extra": 0},
-                                 {"env_steps": 13, "episodes": 1, "extra": 4}]
+    # Actors: each actor's record.
+    assert read_actors(info) == actors
 
     # Shards: identical state (contents, priorities, tree, RNG); sampling identical.
     for i, sh in enumerate(shards):
         back = restore_shard(info, i, 2, num_envs=NUM_ENVS, spec=sh.spec)
-        assert back.get_state().equals(expected[i])
+        assert back.state().equals(expected[i])
         for _ in range(3):
             a, b = sh.sample(4), back.sample(4)
             assert_batches_equal(a, b)
@@ -97,10 +98,10 @@ def test_incremental_checkpoint_links_unchanged_segments_and_leaves_the_previous
     fill(shard, [0, 1, 2], seed=1, rounds=4)
     layout = CheckpointLayout(run, keep=3, fsync=False)
     first = write_checkpoint(run, 1, cfg, [shard], layout=layout)
-    state1 = shard.get_state().copy()
+    state1 = shard.state().copy()
     fill(shard, [0], seed=2, steps=6)  # a small change: a few segments
     path = layout.begin(2)
-    layout.write_learner(path, {"w": np.zeros(2)}, cfg, {"env_steps": 0}, step=2)
+    layout.write_learner(path, fake_learner_state(2), cfg, {"env_steps": 0})
     layout.write_actors(path, [])
     rep = layout.write_shard(layout.partial_path(2), 0, shard)
     second = layout.commit(path, 2, 1)
@@ -120,8 +121,8 @@ def test_incremental_checkpoint_links_unchanged_segments_and_leaves_the_previous
             os.stat(os.path.join(second.shard_dir(0), n)).st_ino
     # Both checkpoints validate and restore exactly to their own state.
     for info, state in ((open_checkpoint(first.path), state1),
-                        (open_checkpoint(second.path), shard.get_state())):
-        assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).get_state().equals(state)
+                        (open_checkpoint(second.path), shard.state())):
+        assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).state().equals(state)
 
 
 _KILL_SCRIPT = textwrap.dedent("""
@@ -130,6 +131,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     from r2d2_hpc.checkpoint.layout import CheckpointLayout
     from r2d2_hpc.checkpoint.restore import restore_shard
     from r2d2_hpc.checkpoint.validate import find_latest_valid
+    from tests.helpers.checkpoints import fake_learner_state
     from tests.helpers.fakes import tiny_config
     run = sys.argv[1]
     info = find_latest_valid(run, report=None)
@@ -144,8 +146,8 @@ _KILL_SCRIPT = textwrap.dedent("""
     layout = CheckpointLayout(run, keep=3, fsync=True)
     path = layout.begin(2)
     print("begun", flush=True)
-    layout.write_learner(path, {"big": np.ones(4 << 20, np.float32)}, tiny_config(),
-                         {"env_steps": 1}, step=2)
+    layout.write_learner(path, fake_learner_state(2, np.ones(4 << 20, np.float32)),
+                         tiny_config(), {"env_steps": 1})
     for i, sh in enumerate(shards):
         layout.write_shard(path, i, sh)
     layout.write_actors(path, [])
@@ -164,7 +166,7 @@ def test_kill_9_while_writing_keeps_the_previous_checkpoint(tmp_path) -> None:
         fill(sh, [stream_id(i, 0, 2)], seed=i, steps=40)
         shards.append(sh)
     write_checkpoint(run, 1, cfg, shards)
-    before = [sh.get_state().copy() for sh in shards]
+    before = [sh.state().copy() for sh in shards]
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, run, ROOT],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = os.path.join(run, "checkpoints", ".partial-ckpt-000000000002")
@@ -189,7 +191,7 @@ def test_kill_9_while_writing_keeps_the_previous_checkpoint(tmp_path) -> None:
     assert info is not None and info.step == 1
     assert len(lines) == 1 and "ckpt-000000000002" in lines[0] and "interrupted" in lines[0]
     for i in range(2):  # the hard-linked files of checkpoint 1 were not touched
-        assert restore_shard(info, i, 2, num_envs=2).get_state().equals(before[i])
+        assert restore_shard(info, i, 2, num_envs=2).state().equals(before[i])
     # The next checkpoint clears the leftover.
     write_checkpoint(run, 3, cfg, shards)
     assert not os.path.exists(partial)
@@ -200,7 +202,7 @@ def test_commit_refuses_when_a_part_is_missing(tmp_path) -> None:
     run = str(tmp_path / "run")
     layout = CheckpointLayout(run, fsync=False)
     path = layout.begin(5)
-    layout.write_learner(path, {"w": np.zeros(1)}, tiny_config(), {}, step=5)
+    layout.write_learner(path, fake_learner_state(5), tiny_config(), {})
     layout.write_shard(path, 0, new_shard())
     with pytest.raises(CheckpointError) as exc:
         layout.commit(path, 5, 2)
@@ -228,12 +230,13 @@ def test_a_second_checkpoint_at_the_same_step_is_the_newest(tmp_path) -> None:
     cfg = tiny_config()
     shard = new_shard()
     fill(shard, [0], seed=0)
-    write_checkpoint(run, 4, cfg, [shard], learner_state={"w": np.zeros(1)})
+    write_checkpoint(run, 4, cfg, [shard], learner_state=fake_learner_state(4, np.zeros(1)))
     fill(shard, [0], seed=1)
-    again = write_checkpoint(run, 4, cfg, [shard], learner_state={"w": np.ones(1)})
+    again = write_checkpoint(run, 4, cfg, [shard],
+                             learner_state=fake_learner_state(4, np.ones(1)))
     assert again.name == "ckpt-000000000004.1"
     info = find_latest_valid(run, report=None)
-    assert info.path == again.path and read_learner(info).state["w"][0] == 1.0
+    assert info.path == again.path and read_learner(info).state.online["w"][0] == 1.0
 
 
 @pytest.mark.parametrize("keep,count", [(1, 3), (2, 4), (3, 2)])
@@ -245,14 +248,14 @@ def test_keep_k_newest_and_the_survivors_restore(tmp_path, keep, count) -> None:
     for k in range(1, count + 1):
         fill(shard, [0, 1], seed=k)
         write_checkpoint(run, 10 * k, cfg, [shard], keep=keep)
-        states[10 * k] = shard.get_state().copy()
+        states[10 * k] = shard.state().copy()
     names = [os.path.basename(p) for p in list_checkpoints(run)]
     kept = list(range(max(1, count - keep + 1), count + 1))
     assert names == [f"ckpt-{10 * k:012d}" for k in kept]
     assert not [n for n in os.listdir(os.path.join(run, "checkpoints")) if n.startswith(".")]
     for p in list_checkpoints(run):  # deleting older ones broke no hard link
         info = open_checkpoint(p)
-        assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).get_state().equals(
+        assert restore_shard(info, 0, 1, num_envs=NUM_ENVS).state().equals(
             states[info.step])
 
 

@@ -23,6 +23,8 @@ _SIGNAL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from r2d2_hpc.checkpoint.layout import CheckpointLayout
     from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE, PreemptionFlag
+    from r2d2_hpc.types import ActorState
+    from tests.helpers.checkpoints import fake_learner_state
     from tests.helpers.fakes import tiny_config
     flag = PreemptionFlag().install()
     print("ready", flush=True)
@@ -33,9 +35,9 @@ _SIGNAL_SCRIPT = textwrap.dedent("""
     print("writing", flush=True)
     time.sleep(0.3)   # the test sends more signals now
     for k in range(8):
-        layout.write_learner(path, {"w": np.full(1 << 20, k, np.float32)}, tiny_config(),
-                             {"env_steps": 7}, step=7)
-    layout.write_actors(path, [{"env_steps": 7}])
+        layout.write_learner(path, fake_learner_state(7, np.full(1 << 20, k, np.float32)),
+                             tiny_config(), {"env_steps": 7})
+    layout.write_actors(path, [ActorState(env_steps=7)])
     from r2d2_hpc.replay.shard import ReplayShard
     sh = ReplayShard((4,), capacity_observations=64, capacity_sequences=8, sequence_length=5,
                      state_size=2)
@@ -64,7 +66,7 @@ def test_a_second_signal_during_the_checkpoint_changes_nothing(tmp_path) -> None
     assert "signals 3 first SIGUSR1" in out
     info = find_latest_valid(run, report=None)
     assert info is not None and info.step == 7
-    assert np.all(read_learner(info).state["w"] == 7)
+    assert np.all(read_learner(info).state.online["w"] == 7)
 
 
 def test_preemption_flag_counts_signals_and_restores_handlers() -> None:

@@ -65,6 +65,6 @@ def test_checkpoint_of_version_1_snapshots_still_restores(tmp_path) -> None:
         rewrite_snapshot_meta(info.shard_dir(i), as_snapshot_version_1)
     exact = [restore_shard(info, i, 2, num_envs=NUM_ENVS, verify=False) for i in range(2)]
     assert [sh.shard_index for sh in exact] == [0, 1]
-    assert all(sh.get_state().equals(old.get_state()) for sh, old in zip(exact, shards))
+    assert all(sh.state().equals(old.state()) for sh, old in zip(exact, shards))
     one = restore_shard(info, 0, 1, num_envs=NUM_ENVS, spec=shards[0].spec, verify=False)
     assert live_records([one]) == expected

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
+from r2d2_hpc.checkpoint.state_files import write_learner_file
 from r2d2_hpc.cli import eval as eval_cli
 from r2d2_hpc.config import Config
+from r2d2_hpc.job.role import job_spec
 from tests.helpers.pong import copy_run, pong_config
 
 
@@ -66,10 +68,10 @@ def test_eval_checkpoint_dir_options_and_determinism(pong, tmp_path, capsys):
 
 def test_flat_online_params_is_the_learners_layout(pong):
     cfg, learner = pong["cfg"], pong["learner"]
-    flat = eval_cli.flat_online_params(learner.state()["online"], cfg, learner.obs_shape,
+    flat = eval_cli.flat_online_params(learner.state().online, cfg, learner.obs_shape,
                                        learner.num_actions)
     np.testing.assert_array_equal(flat, learner.flat_params())
-    online = dict(learner.state()["online"])
+    online = dict(learner.state().online)
     name = next(iter(online))
     online[name] = online[name][..., :1]
     with pytest.raises(eval_cli.EvalInputError, match=name):
@@ -94,7 +96,26 @@ def test_damaged_newest_learner_file_falls_back_to_the_previous(pong, tmp_path, 
     assert code == 0, err
     assert json.loads(out)["checkpoint_step"] == 1
     expected = "truncated" if damage == "truncate" else "corrupted"
-    assert "skipping ckpt-000000000002: learner.h5" in err and expected in err
+    assert "ckpt-000000000002 is corrupt or incomplete: learner.h5" in err and expected in err
+
+
+def test_eval_learner_final_file(pong, tmp_path, capsys):
+    """RUN_DIR/learner_final.h5 (the checkpoint's learner-file format) is evaluated too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    path = str(run / "learner_final.h5")
+    write_learner_file(path, pong["learner"].state(), pong["cfg"], {"env_steps": 300},
+                       step=3, job_spec=job_spec(pong["cfg"]), fsync=False)
+    code, out, err = main([path, "--episodes", "1", "--seed", "3", "--json"], capsys)
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["checkpoint"] == path and rec["checkpoint_step"] == 3
+    assert rec["params_version"] == 7 and rec["counters"] == {"env_steps": 300}
+    assert rec["eval_json"] == str(run / "eval.json") and (run / "eval.json").is_file()
+    # the same parameters as the checkpoint of the same learner state
+    code, out2, _ = main([pong["ckpts"][1], "--episodes", "1", "--seed", "3", "--json",
+                          "--no-write"], capsys)
+    assert code == 0 and json.loads(out2)["returns"] == rec["returns"]
 
 
 def test_damaged_replay_files_do_not_stop_an_evaluation(pong, tmp_path, capsys):

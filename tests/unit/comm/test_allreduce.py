@@ -225,7 +225,7 @@ def test_one_learner_group_leaves_the_gradient_and_state_alone(make) -> None:
         learner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 9, growth_interval=3)
         learner.step(batch, np.ones(5, np.float32))      # growth tracker 1
         before = replica_digest(learner.state())
-        assert learner.state()["grad_scaler"]["_growth_tracker"] == 1
+        assert learner.state().grad_scaler["_growth_tracker"] == 1
         averager.broadcast_learner(learner)
         assert replica_digest(learner.state()) == before
         assert learner.scaler.state_dict() == {"scale": 512.0, "growth_factor": 2.0,

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from r2d2_hpc.agent.learner import Learner
-from r2d2_hpc.job.outputs import (LEARNER_STATE_FORMAT, plot_learning_curve, read_learner_state,
-                                  write_learner_state, write_run_outputs)
+from r2d2_hpc.checkpoint.records import CheckpointError
+from r2d2_hpc.checkpoint.restore import read_learner
+from r2d2_hpc.config import Config
+from r2d2_hpc.job.outputs import plot_learning_curve, write_run_outputs
+from r2d2_hpc.storage.digest import state_digest
 
 from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, tiny_config
 
@@ -49,19 +52,22 @@ def test_plot_writes_a_png_with_nans_and_missing_columns(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-def test_learner_state_round_trip_restores_everything(tmp_path):
+def test_learner_final_is_a_learner_file_that_round_trips(tmp_path):
+    """learner_final.h5 is written by the checkpoint's learner-file writer and read back
+    by read_learner (what r2d2-eval reads), bit for bit."""
     learner = trained_learner()
-    path = str(tmp_path / "state.h5")
-    write_learner_state(path, learner.state(), learner.cfg, extra={"final_eval_return": 42.5})
-    back = read_learner_state(path)
-    assert back["config"] == learner.cfg
-    assert back["attrs"] == {"final_eval_return": 42.5}
+    out = write_run_outputs(str(tmp_path), learner.cfg, rows(), learner.state(),
+                            counters={"env_steps": 5, "learner_step": 2},
+                            extra={"final_eval_return": 42.5})
+    assert out["learner_state"] == str(tmp_path / "learner_final.h5")
+    back = read_learner(out["learner_state"])
+    assert back.step == 2 and back.counters == {"env_steps": 5, "learner_step": 2}
+    assert Config.from_dict(back.config) == learner.cfg
+    assert back.extra == {"final_eval_return": 42.5}
     fresh = Learner(learner.cfg, OBS_SHAPE, NUM_ACTIONS)
     assert not np.array_equal(fresh.flat_params(), learner.flat_params())
-    fresh.load_state(back["state"])
-    np.testing.assert_array_equal(fresh.flat_params(), learner.flat_params())
-    assert fresh.step_count == learner.step_count == 2
-    assert fresh.params_version == learner.params_version
+    fresh.load_state(back.state)
+    assert state_digest(fresh.state()) == state_digest(learner.state())
     # the restored learner continues exactly like the original
     batch = random_sequence_batch(learner.cfg, seed=9)
     w = np.ones(learner.cfg.learner.batch_size, np.float32)
@@ -70,43 +76,34 @@ def test_learner_state_round_trip_restores_everything(tmp_path):
     np.testing.assert_array_equal(fresh.flat_params(), learner.flat_params())
 
 
-def test_arrays_are_checksummed_and_corruption_is_detected(tmp_path):
+def test_learner_final_is_checksummed_and_corruption_is_named(tmp_path):
     learner = trained_learner(1)
-    path = str(tmp_path / "state.h5")
-    write_learner_state(path, learner.state(), learner.cfg)
+    path = write_run_outputs(str(tmp_path), learner.cfg, rows(), learner.state())["learner_state"]
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == LEARNER_STATE_FORMAT
         names = []
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset)
-                     and o.ndim > 0 else None)
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
         assert names and all(f[n].fletcher32 for n in names)
-        ds = f["online/lstm.weight_ih_l0"]
+        ds = f["state/online/lstm.weight_ih_l0"]
         offset = ds.id.get_chunk_info(0).byte_offset
     with open(path, "r+b") as fh:  # flip one byte of that parameter's data
         fh.seek(offset + 5)
         byte = fh.read(1)
         fh.seek(offset + 5)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(OSError):
-        read_learner_state(path)
+    with pytest.raises(CheckpointError, match="learner_final.h5: corrupted"):
+        read_learner(path)
 
 
 def test_read_rejects_other_files(tmp_path):
     path = str(tmp_path / "other.h5")
     with h5py.File(path, "w") as f:
         f["x"] = 1
-    with pytest.raises(ValueError, match="not a learner state"):
-        read_learner_state(path)
+    with pytest.raises(CheckpointError, match="other.h5: no 'meta' dataset"):
+        read_learner(path)
 
 
-def test_write_run_outputs_writes_both_files(tmp_path):
+def test_write_run_outputs_without_a_learner_state_writes_the_curve_alone(tmp_path):
     learner = trained_learner(1)
-    out = write_run_outputs(str(tmp_path), learner.cfg, rows(), learner.state(),
-                            extra={"env_steps": 5})
-    assert out["learning_curve"] == str(tmp_path / "learning_curve.png")
-    assert out["learner_state"] == str(tmp_path / "learner_final.h5")
-    assert read_learner_state(out["learner_state"])["attrs"] == {"env_steps": 5}
-    # no learner state: the curve alone
-    out2 = write_run_outputs(str(tmp_path / "x"), learner.cfg, rows(), None) \
-        if (tmp_path / "x").mkdir() is None else None
-    assert out2["learner_state"] is None and (tmp_path / "x" / "learning_curve.png").is_file()
+    out = write_run_outputs(str(tmp_path), learner.cfg, rows(), None)
+    assert out["learner_state"] is None and (tmp_path / "learning_curve.png").is_file()
+    assert not (tmp_path / "learner_final.h5").exists()

@@ -103,7 +103,7 @@ def test_a_shard_issues_keys_naming_itself():
     assert split_keys(keys).shard.tolist() == [5, 5, 5]
     assert split_keys(sh.live_keys()).shard.tolist() == [5, 5, 5]
     assert split_keys(sh.sample(4).keys).shard.tolist() == [5] * 4
-    assert sh.shard_index == 5 and sh.get_state().shard_index == 5
+    assert sh.shard_index == 5 and sh.state().shard_index == 5
 
 
 def test_misrouted_priority_update_is_refused_and_counted():
@@ -112,16 +112,16 @@ def test_misrouted_priority_update_is_refused_and_counted():
     a, b = shard(0), shard(1)
     (ka,), (kb,) = add(a, stream=0), add(b, stream=1)
     assert split_keys([ka, kb]).slot.tolist() == [0, 0] and ka != kb
-    before_a = a.get_state().copy()
+    before_a = a.state().copy()
     assert b.update_priorities(np.array([ka, kb]), np.array([5.0, 2.0])) == 1
     assert b.misrouted_updates == 1
     assert b.sequence_info([kb])["priority"].tolist() == [2.0]
     assert b.stats().max_priority == 2.0
-    before_b = b.get_state().copy()
+    before_b = b.state().copy()
     assert b.update_priorities(np.array([ka, ka]), np.array([7.0, 8.0])) == 0
     assert b.misrouted_updates == 3                      # every misrouted key counts
-    assert b.get_state().equals(before_b)                # and none changed anything
-    assert a.get_state().equals(before_a) and a.misrouted_updates == 0
+    assert b.state().equals(before_b)                # and none changed anything
+    assert a.state().equals(before_a) and a.misrouted_updates == 0
     assert a.update_priorities(np.array([ka]), np.array([5.0])) == 1   # its owner takes it
     assert a.misrouted_updates == 0
 
@@ -151,9 +151,9 @@ def test_keys_after_the_generation_wraps():
     current, and the key of the sequence before is stale (dropped, not an error)."""
     sh = shard(2)
     add(sh, stream=0)
-    state = sh.get_state().copy()
+    state = sh.state().copy()
     state.slots["generation"][0] = 2 ** 25
-    sh.set_state(state)
+    sh.load_state(state)
     (key,) = sh.live_keys()
     assert split_keys([key]).generation.tolist() == [0]
     assert sh.update_priorities(np.array([key]), np.array([4.0])) == 1
@@ -162,10 +162,10 @@ def test_keys_after_the_generation_wraps():
     assert sh.sequence_info([key])["priority"].tolist() == [4.0]
 
 
-def test_set_state_refuses_another_shards_state():
+def test_load_state_refuses_another_shards_state():
     a, b = shard(0), shard(1)
     with pytest.raises(ValueError, match="shard_index"):
-        b.set_state(a.get_state())
+        b.load_state(a.state())
 
 
 def test_resharded_keys_name_their_new_owner():

@@ -133,12 +133,12 @@ def test_sample_into_a_reused_buffer():
     assert x.obs is buf
     np.testing.assert_array_equal(buf, y.obs)
     np.testing.assert_array_equal(x.keys, y.keys)
-    before = a.get_state().copy()
+    before = a.state().copy()
     for bad in (np.zeros((5, 6, 3) + FRAME, np.float32), np.zeros((5, 5, 3) + FRAME, np.uint8),
                 np.zeros((5, 6, 3, 6, 12), np.uint8)[..., ::2]):
         with pytest.raises(ValueError, match="obs_out"):
             a.sample(6, obs_out=bad)
-    assert a.get_state().equals(before)          # nothing drawn on bad input
+    assert a.state().equals(before)          # nothing drawn on bad input
 
 
 def test_vector_observations_without_stacking():
@@ -158,7 +158,7 @@ def test_each_step_stored_once():
     add_id_steps(shard, 0, 0, [0], 8)
     keys = [add_seq(shard, 0, s, 4) for s in (0, 2, 4)]
     assert shard.num_steps == 8 and shard.total_steps_written == 8
-    pos = shard.get_state().sequences["pos"]
+    pos = shard.state().sequences["pos"]
     slots = split_keys(np.array(keys)).slot
     np.testing.assert_array_equal(pos[slots], [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7]])
 
@@ -242,7 +242,7 @@ def test_priority_exponent_applied():
     assert st.total_priority == pytest.approx(leaves.sum(), rel=1e-12)
     assert st.count == 3 and st.max_priority == 4.0
     np.testing.assert_allclose(shard.read(keys).probs, leaves / leaves.sum(), rtol=1e-12)
-    np.testing.assert_allclose(shard.get_state().slots["tree_leaves"][:3], leaves, rtol=1e-15)
+    np.testing.assert_allclose(shard.state().slots["tree_leaves"][:3], leaves, rtol=1e-15)
     alpha0 = make_shard(frame_stack=1, sequence_length=2, priority_exponent=0.0)
     add_id_steps(alpha0, 0, 0, [0], 6)
     for s, p in ((0, 1.0), (2, 2.0), (4, 8.0)):
@@ -275,9 +275,9 @@ def test_stale_priority_updates_are_dropped():
     # evicted (not reused): overwrite the ring so every sequence dies
     add_id_steps(shard, 1, 0, [0], 64)
     assert shard.count == 0
-    before = shard.get_state().copy()
+    before = shard.state().copy()
     assert shard.update_priorities(np.array([kb, kc]), np.array([1.0, 1.0])) == 0
-    assert shard.get_state().equals(before)
+    assert shard.state().equals(before)
 
 
 def test_duplicate_keys_last_wins():
@@ -299,7 +299,7 @@ def test_sample_uses_own_generator_or_given_one():
     x = a.sample(8, np.random.default_rng(1))
     y = b.sample(8, np.random.default_rng(1))
     np.testing.assert_array_equal(x.keys, y.keys)
-    assert a.get_state().rng_state == b.get_state().rng_state
+    assert a.state().rng_state == b.state().rng_state
     with pytest.raises(ValueError, match="no sequence"):
         make_shard().sample(1)
 
@@ -380,19 +380,19 @@ BAD_SEQS = [
 @pytest.mark.parametrize("field_name,over", BAD_STEPS)
 def test_bad_add_steps_leaves_shard_unchanged(field_name, over):
     shard = _populated()
-    before = shard.get_state().copy()
+    before = shard.state().copy()
     with pytest.raises(ValueError, match=field_name):
         shard.add_steps(**_steps_args(**over))
-    assert shard.get_state().equals(before)
+    assert shard.state().equals(before)
 
 
 @pytest.mark.parametrize("field_name,over", BAD_SEQS)
 def test_bad_add_sequences_leaves_shard_unchanged(field_name, over):
     shard = _populated()
-    before = shard.get_state().copy()
+    before = shard.state().copy()
     with pytest.raises(ValueError, match=field_name):
         shard.add_sequences(**_seq_args(**over))
-    assert shard.get_state().equals(before)
+    assert shard.state().equals(before)
 
 
 def test_valid_arguments_of_the_bad_input_tables_are_accepted():
@@ -417,10 +417,10 @@ def test_valid_arguments_of_the_bad_input_tables_are_accepted():
 def test_bad_priority_and_sample_calls(call, field_name):
     shard = _populated()
     key = int(shard.live_keys()[0])
-    before = shard.get_state().copy()
+    before = shard.state().copy()
     with pytest.raises(ValueError, match=field_name):
         call(shard, key)
-    assert shard.get_state().equals(before)
+    assert shard.state().equals(before)
 
 
 def test_bad_constructor_lists_every_error():

@@ -80,23 +80,23 @@ def test_round_trip_is_exact_and_sampling_continues_bit_identically(tmp_path):
     rep = save_snapshot(a, str(tmp_path))
     assert not rep.incremental and rep.snapshot_id == 1
     b = load_snapshot(str(tmp_path))
-    assert b.get_state().equals(a.get_state())
+    assert b.state().equals(a.state())
     np.testing.assert_array_equal(b._tree.nodes, a._tree.nodes)
     assert_batches_equal(continue_run(a, 9), continue_run(b, 9))
-    assert b.get_state().equals(a.get_state())
+    assert b.state().equals(a.state())
 
 
 def test_round_trip_of_an_empty_and_a_wrapped_shard(tmp_path):
     empty = new_shard()
     save_snapshot(empty, str(tmp_path / "e"))
-    assert load_snapshot(str(tmp_path / "e")).get_state().equals(empty.get_state())
+    assert load_snapshot(str(tmp_path / "e")).state().equals(empty.state())
     assert sorted(os.listdir(tmp_path / "e")) == [INDEX_FILE]    # no segment ever written
     wrapped = new_shard(C=20, S=5)
     populate(wrapped, 3, rounds=60)
     assert wrapped.total_steps_written > 3 * 20
     save_snapshot(wrapped, str(tmp_path / "w"))
     restored = load_snapshot(str(tmp_path / "w"))
-    assert restored.get_state().equals(wrapped.get_state())
+    assert restored.state().equals(wrapped.state())
     assert_batches_equal(continue_run(wrapped, 2), continue_run(restored, 2))
 
 
@@ -127,7 +127,7 @@ def test_incremental_snapshot_writes_only_changed_segments(tmp_path):
     w = shard.total_steps_written
     n = min(2, SEG_OBS - (w % 64) % SEG_OBS)
     drv.steps(0, n, 0.0, False)
-    slot = shard.get_state().counters["seq_write"] % 16
+    slot = shard.state().counters["seq_write"] % 16
     drv.sequences(0, 1)
     before = set(_files(d))
     small = save_snapshot(shard, d)
@@ -137,13 +137,13 @@ def test_incremental_snapshot_writes_only_changed_segments(tmp_path):
     assert len(small.files_removed) == 2 and set(small.files_removed) <= before
     assert small.bytes_written < full.bytes_written / 3
     assert len(_files(d)) == len(full.files_written)
-    assert load_snapshot(d).get_state().equals(shard.get_state())
+    assert load_snapshot(d).state().equals(shard.state())
 
     # a priority update changes only the index
     shard.update_priorities(shard.live_keys()[:2], np.array([0.25, 4.0]))
     prio = save_snapshot(shard, d)
     assert prio.files_written == (INDEX_FILE,)
-    assert load_snapshot(d).get_state().equals(shard.get_state())
+    assert load_snapshot(d).state().equals(shard.state())
 
     # full=True rewrites everything
     forced = save_snapshot(shard, d, full=True)
@@ -160,7 +160,7 @@ def test_restored_shard_continues_the_incremental_chain(tmp_path):
     continue_run(restored, 1, n=1)           # touches few segments
     rep = save_snapshot(restored, d)
     assert rep.incremental and len(rep.files_written) <= 4
-    assert load_snapshot(d).get_state().equals(restored.get_state())
+    assert load_snapshot(d).state().equals(restored.state())
 
 
 def test_saving_another_shard_into_a_directory_writes_everything(tmp_path):
@@ -171,7 +171,7 @@ def test_saving_another_shard_into_a_directory_writes_everything(tmp_path):
     save_snapshot(a, d)
     rep = save_snapshot(b, d)
     assert not rep.incremental and rep.segments_reused == 0
-    assert load_snapshot(d).get_state().equals(b.get_state())
+    assert load_snapshot(d).state().equals(b.state())
     assert len(_files(d)) == len(rep.files_written)
 
 
@@ -181,7 +181,7 @@ def test_interrupted_snapshot_leaves_the_previous_one(tmp_path, monkeypatch):
     drv = populate(shard, 7)
     save_snapshot(shard, d)
     first_files = _files(d)
-    saved = shard.get_state().copy()
+    saved = shard.state().copy()
     drv.steps(1, 4, 0.0, False)
     drv.sequences(1, 2)
     real = snap._write_h5
@@ -198,14 +198,14 @@ def test_interrupted_snapshot_leaves_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.setattr(snap, "_write_h5", real)
     files_after_crash = _files(d)
     assert len(files_after_crash) > len(first_files)      # orphan segments and a .tmp
-    assert load_snapshot(d).get_state().equals(saved)
+    assert load_snapshot(d).state().equals(saved)
     save_snapshot(shard, d)
-    state = shard.get_state()
+    state = shard.state()
     referenced = int((state.step_segment_versions > 0).sum() +
                      (state.sequence_segment_versions > 0).sum()) + 1
     assert len(_files(d)) == referenced                      # orphans removed
     assert not any(f.endswith(".tmp") for f in _files(d))
-    assert load_snapshot(d).get_state().equals(shard.get_state())
+    assert load_snapshot(d).state().equals(shard.state())
 
 
 # ----------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_snapshot_records_the_shard_index(tmp_path):
     populate(a, 1)
     save_snapshot(a, str(tmp_path))
     b = load_snapshot(str(tmp_path))
-    assert b.shard_index == 3 and b.get_state().equals(a.get_state())
+    assert b.shard_index == 3 and b.state().equals(a.state())
     np.testing.assert_array_equal(b.live_keys(), a.live_keys())
     assert load_snapshot(str(tmp_path), shard_index=3).shard_index == 3
     with pytest.raises(SnapshotError, match="holds shard 3, expected shard 2"):
@@ -307,7 +307,7 @@ def test_version_1_snapshot_loads_as_the_shard_the_caller_names(tmp_path):
     with pytest.raises(SnapshotError, match=r"'r2d2_hpc\.replay\.snapshot/1' does not record"):
         load_snapshot(str(tmp_path))
     b = load_snapshot(str(tmp_path), shard_index=1)
-    assert b.get_state().equals(a.get_state())
+    assert b.state().equals(a.state())
     # re-sharding reads it too: a source's own index plays no part
     assert load_resharded([str(tmp_path)], 0, 1, num_envs=ENVS).count == a.count
 

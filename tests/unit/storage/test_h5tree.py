@@ -1,13 +1,17 @@
 """The HDF5 encoding of nested state: exact round trips, refusals that name the key."""
 from __future__ import annotations
 
-from typing import List
+import dataclasses
+import os
+from typing import Dict, List, Optional
 
 import h5py
 import numpy as np
 import pytest
 
-from r2d2_hpc.storage.h5tree import read_tree, write_tree
+from r2d2_hpc.storage.files import commit_file, crc32_file
+from r2d2_hpc.storage.h5tree import (CHUNK_BYTES, open_file, read_meta, read_tree, record_tree,
+                                     tree_record, write_file, write_tree)
 
 
 TREE_CASES = [
@@ -59,3 +63,51 @@ def test_tree_rejects_what_it_cannot_store_naming_it(tmp_path, tree, needle) -> 
     with h5py.File(str(tmp_path / "t.h5"), "w") as f:
         with pytest.raises(TypeError, match=needle):
             write_tree(f.create_group("g"), tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    w: np.ndarray
+    n: int
+    groups: Dict[str, np.ndarray]
+    optional: Optional[np.ndarray] = None
+
+
+def test_record_round_trip_through_a_file_leaves_none_fields_out(tmp_path) -> None:
+    rec = _Record(np.arange(5, dtype=np.float32), 3, {"a": np.ones((2, 2))})
+    tree = record_tree(rec)
+    assert set(tree) == {"w", "n", "groups"}  # None is left out, comes back as the default
+    tmp, path = str(tmp_path / "r.h5.tmp"), str(tmp_path / "r.h5")
+    write_file(tmp, {"format": "test/1", "kind": "record"}, {"rec": tree})
+    size, crc = commit_file(tmp, path, fsync=False)
+    assert not os.path.exists(tmp) and size == os.path.getsize(path) and crc == crc32_file(path)
+    with open_file(path) as f:
+        assert read_meta(f) == {"format": "test/1", "kind": "record"}
+        back = tree_record(_Record, read_tree(f["rec"]))
+    assert back.optional is None and back.n == 3
+    np.testing.assert_array_equal(back.w, rec.w)
+    assert back.w.dtype == np.float32
+    np.testing.assert_array_equal(back.groups["a"], rec.groups["a"])
+
+
+def test_tree_record_names_missing_and_unknown_entries() -> None:
+    with pytest.raises(ValueError, match="_Record.*missing w, groups.*unknown extra"):
+        tree_record(_Record, {"n": 1, "extra": 2})
+    with pytest.raises(TypeError, match="dict"):
+        record_tree({"w": 1})
+
+
+def test_open_file_names_a_missing_or_foreign_file(tmp_path) -> None:
+    with pytest.raises(KeyError, match="nope.h5: file is missing"):
+        open_file(str(tmp_path / "nope.h5"), KeyError)
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    with pytest.raises(OSError, match="x.h5: not a readable HDF5 file"):
+        open_file(str(tmp_path / "x.h5"))
+
+
+def test_one_chunking_policy(tmp_path) -> None:
+    path = str(tmp_path / "c.h5")
+    write_file(path, {}, {"big": np.zeros((4096, 64), np.float32), "row": np.zeros(10)})
+    with h5py.File(path, "r") as f:
+        assert f["big"].chunks == (CHUNK_BYTES // (64 * 4), 64)
+        assert f["row"].chunks == (10,) and f["meta"].fletcher32
