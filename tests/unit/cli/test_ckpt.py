@@ -23,7 +23,7 @@ def _inspect(capsys, *args: str) -> Tuple[int, str, str]:
 def test_inspect_shows_step_frames_fill_files_and_config_differences(tmp_path, capsys) -> None:
     run = str(tmp_path / "run")
     cfg = tiny_config()
-    shards = [new_shard(seed=0), new_shard(seed=1)]
+    shards = [new_shard(seed=0), new_shard(seed=1, shard_index=1)]
     fill(shards[0], [0, 1], seed=0)
     fill(shards[1], [2], seed=1)
     info = write_checkpoint(run, 42, cfg, shards)

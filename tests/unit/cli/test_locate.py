@@ -50,7 +50,7 @@ def test_ckpt_eval_and_train_take_the_same_checkpoint_and_say_the_same(run, caps
     assert rec["checkpoint_step"] == 2 and rec["params_version"] == 20
 
     args = train.build_train_parser().parse_args(["--serial", "--run-dir", run] + sets(*TINY))
-    cfg_dict, error, _, resume = train._root_setup(args, 1)  # the resume decision, no job
+    cfg_dict, error, _, resume, _ = train._root_setup(args, 1)  # the resume decision, no job
     _, err_train = capsys.readouterr()
     assert error is None and resume is not None and resume.step == 2
 
