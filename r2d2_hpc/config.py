@@ -235,6 +235,17 @@ class LoggingConfig:
     """Epsilon of the evaluation policy (R2D2/Ape-X evaluation protocol: 0.001)."""
     final_eval_episodes: int = 0
     """Episodes of a greedy evaluation at the end of the run; 0 = none (ours; Atari: minutes)."""
+    wandb: bool = False
+    """Also log metrics and the config to Weights & Biases from rank 0 (needs the ``wandb``
+    extra; ``WANDB_MODE=offline`` writes under the run directory without a network)."""
+    wandb_project: str = "r2d2_hpc"
+    """W&B project."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); empty = your default."""
+    wandb_run_name: str = ""
+    """W&B run name; empty = the run directory's name."""
+    wandb_tags: Tuple[str, ...] = ()
+    """W&B tags."""
 
 
 @dataclass(frozen=True)

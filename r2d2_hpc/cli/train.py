@@ -23,6 +23,7 @@ from r2d2_hpc.checkpoint.records import CheckpointIncompatible, CheckpointInfo, 
 from r2d2_hpc.checkpoint.resume import resume_point
 from r2d2_hpc.comm.allreduce import check_allreduce
 from r2d2_hpc.config import Config, ConfigError, load_config, save_config
+from r2d2_hpc.job.metrics import wandb_errors
 from r2d2_hpc.job.memory import NodeMemory, check_serial_memory, gather_nodes, memory_problem
 from r2d2_hpc.job.plan import plan_lines, print_plan
 from r2d2_hpc.job.role import job_spec
@@ -181,6 +182,7 @@ def _root_setup(args: argparse.Namespace, world_size: int,
         if not args.serial:  # --serial runs one learner: nothing is averaged
             errors += check_allreduce(cfg)
         errors += device_errors(cfg.learner.device, cfg.learner.mixed_precision)  # rank 0 = learner 0
+        errors += wandb_errors(cfg)
         spec = None
         try:
             spec = _check_environment(cfg)

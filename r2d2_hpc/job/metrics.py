@@ -1,4 +1,4 @@
-"""Metrics of a run: CSV rows, optional TensorBoard events, plain log lines.
+"""Metrics of a run: CSV rows, optional TensorBoard events and W&B, plain log lines.
 
 Only learner 0 writes metrics. A row is a flat ``{name: float}`` dict; the CSV
 header is fixed by the first row's keys plus any later ones (the file is then
@@ -7,11 +7,15 @@ rewritten once with the wider header, so columns never shift).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional, TextIO, Tuple
+import uuid
+from typing import Any, Dict, List, Optional, TextIO, Tuple
+
+from r2d2_hpc.config import Config
 
 Row = Dict[str, float]
 
@@ -76,6 +80,65 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+#: The row field that counts training progress (TensorBoard's and W&B's x-axis).
+STEP_KEY = "learner_step"
+#: File in the run directory holding the W&B run id (a resumed job continues that run).
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def wandb_errors(cfg: Config) -> List[str]:
+    """The config's W&B request cannot be met: the package is missing."""
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        return ["logging.wandb: true needs the wandb package, which is not installed: "
+                "pip install 'r2d2_hpc[wandb]' (or pip install wandb), or set "
+                "logging.wandb=false"]
+    return []
+
+
+class WandbLogger:
+    """Metric rows and the config to Weights & Biases (learner 0 only).
+
+    The run id is kept in ``run_dir/wandb_run_id`` so that a resumed job (a
+    requeue) continues the same W&B run; W&B's files go under ``run_dir/wandb``
+    (``WANDB_MODE=offline`` keeps them there for ``wandb sync``).
+
+    Args:
+      cfg: the run config (``logging.wandb_*``: project, entity, name, tags).
+      run_dir: the run directory.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str) -> None:
+        import wandb  # optional dependency (the wandb extra), checked at start-up
+
+        g = cfg.logging
+        id_path = os.path.join(run_dir, WANDB_ID_FILE)
+        if os.path.exists(id_path):
+            with open(id_path, encoding="utf-8") as fh:
+                run_id = fh.read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:12]
+            with open(id_path, "w", encoding="utf-8") as fh:
+                fh.write(run_id + "\n")
+        self.run: Any = wandb.init(
+            project=g.wandb_project, entity=g.wandb_entity or None,
+            name=g.wandb_run_name or os.path.basename(os.path.abspath(run_dir)),
+            tags=list(g.wandb_tags), dir=run_dir, config=cfg.to_dict(), id=run_id,
+            resume="allow")
+        # Every row is one W&B history row, plotted against the learner step.
+        self.run.define_metric(STEP_KEY)
+        self.run.define_metric("*", step_metric=STEP_KEY)
+
+    def log(self, row: Row) -> None:
+        """One row: its finite numbers (the learner step among them)."""
+        self.run.log({k: v for k, v in row.items()
+                      if isinstance(v, (int, float)) and math.isfinite(v)})
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
 
 
 def read_metrics(path: str) -> Tuple[List[str], List[Row]]:

@@ -33,7 +33,7 @@ from r2d2_hpc.comm.topology import RoleInfo, assign_role, node_size, split_commu
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.actor import ActorRank
 from r2d2_hpc.job.learner import LearnerRank
-from r2d2_hpc.job.metrics import MetricsWriter, ProgressPrinter
+from r2d2_hpc.job.metrics import MetricsWriter, ProgressPrinter, WandbLogger
 from r2d2_hpc.job.outputs import write_run_outputs
 from r2d2_hpc.job.replay import ReplayRank
 from r2d2_hpc.job.role import Role, drain_and_close, job_spec
@@ -72,6 +72,7 @@ class MetricsSink:
 
     def __init__(self, cfg: Config, run_dir: Optional[str], quiet: bool = False) -> None:
         self.writer = MetricsWriter(run_dir, cfg.logging.tensorboard) if run_dir else None
+        self.wandb = WandbLogger(cfg, run_dir) if run_dir and cfg.logging.wandb else None
         self.printer = None if quiet else ProgressPrinter()
         self.rows: List[Dict[str, float]] = []
 
@@ -79,6 +80,8 @@ class MetricsSink:
         self.rows.append(row)
         if self.writer is not None:
             self.writer.write(row)
+        if self.wandb is not None:
+            self.wandb.log(row)
         if self.printer is not None:
             self.printer.show(row)
 
@@ -89,6 +92,9 @@ class MetricsSink:
             self.printer = None
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None
 
     @property
     def all_rows(self) -> List[Dict[str, float]]:

@@ -2,6 +2,7 @@
 r2d2-ckpt and r2d2-eval (also on a checkpoint the real job wrote under mpiexec)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,11 +12,13 @@ import pytest
 import yaml
 
 from r2d2_hpc.cli.train import EXIT_BAD_INPUT, train_main
+from r2d2_hpc.job.metrics import read_metrics
 from tests.helpers.checkpoints import fill, new_shard, write_checkpoint
 from tests.helpers.fakes import tiny_config
 from tests.helpers.launcher import ROOT
 from benchmarks._common import mpiexec_cmd
 from tests.helpers.pong import PONG, copy_run
+from tests.helpers.wandb_log import offline_run
 
 
 def run_cli(args, cwd, launcher=(), env_overrides=None):
@@ -216,3 +219,43 @@ def test_end_to_end_pong_mpiexec_checkpoint_then_eval(tmp_path):
     rec = json.loads(proc.stdout)
     assert rec["game"] == "Pong" and rec["checkpoint_step"] >= 3
     assert rec["lengths"] == [10, 10] and rec["human_normalized"] is not None
+
+
+# --------------------------------------------------------------------------- #
+# Weights & Biases, offline.
+
+def test_wandb_offline_logs_the_metrics_and_config(tmp_path):
+    """logging.wandb with WANDB_MODE=offline: the run directory gets W&B's files,
+    with every metrics.csv row (same learner steps and losses), the config and
+    the tags; the run id is kept for a resumed job."""
+    run = tmp_path / "run"
+    proc = run_cli(SHORT[:-4] + ["--run-dir", str(run), "--set", "learner.max_steps=12",
+                                 "--set", "logging.wandb=true",
+                                 "--set", "logging.log_interval_seconds=0.2",
+                                 "--set", "logging.wandb_tags=[ci, offline]"],
+                   cwd=tmp_path, env_overrides={"WANDB_MODE": "offline",
+                                                "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logged = offline_run(str(run))
+    assert logged["tags"] == ["ci", "offline"] and logged["name"] == "run"
+    assert logged["project"] == "r2d2_hpc"
+    assert {"env", "network", "replay", "learner", "logging"} <= logged["config"]
+    _, rows = read_metrics(str(run / "metrics.csv"))
+    steps = [int(float(h["learner_step"])) for h in logged["history"]]
+    assert len(rows) >= 2 and steps == [int(r["learner_step"]) for r in rows]
+    losses = [float(h["loss"]) for h in logged["history"] if "loss" in h]
+    assert losses == pytest.approx([r["loss"] for r in rows if r["loss"] == r["loss"]])
+    assert (run / "wandb_run_id").read_text().strip() in str(
+        next((run / "wandb").glob("offline-run-*")))
+
+
+def test_wandb_without_the_package_exits_2_naming_the_install(tmp_path, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    code = train_main(SHORT + ["--run-dir", str(tmp_path / "run"),
+                               "--set", "logging.wandb=true"])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert err.count("needs the wandb package") == 1 and "pip install 'r2d2_hpc[wandb]'" in err
+    assert not (tmp_path / "run").exists()
