@@ -68,6 +68,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "available memory (r2d2_hpc.job.memory)")
     p.add_argument("--inject-actor-failure", type=int, default=0, metavar="STEP",
                    help=argparse.SUPPRESS)  # tests: actor 0 raises at this env step
+    p.add_argument("--inject-failure", default="", metavar="ROLE:INDEX:SECONDS",
+                   help=argparse.SUPPRESS)  # tests: that rank raises after SECONDS
     return p
 
 
@@ -239,7 +241,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         if rank == 0:
             sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    hooks = RunHooks(fail_actor_at_step=args.inject_actor_failure)
+    hooks = RunHooks(fail_actor_at_step=args.inject_actor_failure, fail=args.inject_failure)
     if rank == 0:
         print_plan(plan_lines(cfg, spec, size, run_dir, resume,
                               serial_actors=args.serial_actors if args.serial else 0))

@@ -14,12 +14,14 @@ then drains its traffic and meets the others in a nonblocking barrier
 """
 from __future__ import annotations
 
+import math
 import os
+import socket
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -45,10 +47,27 @@ SHUTDOWN_TIMEOUT_S = 20.0
 
 
 class RunHooks:
-    """Test hooks: inject a failure into one actor."""
+    """Test hooks: inject a failure into one rank.
 
-    def __init__(self, fail_actor_at_step: int = 0) -> None:
+    Args:
+      fail_actor_at_step: actor 0 raises at this env step (0 = never).
+      fail: ``"ROLE:INDEX:SECONDS"``: that rank raises once its loop has run
+        that many seconds (e.g. ``"replay:0:5"``; empty = never).
+    """
+
+    def __init__(self, fail_actor_at_step: int = 0, fail: str = "") -> None:
         self.fail_actor_at_step = fail_actor_at_step
+        self.fail_role, self.fail_index, self.fail_after_s = "", -1, math.inf
+        if fail:
+            role, index, seconds = fail.split(":")
+            self.fail_role, self.fail_index, self.fail_after_s = role, int(index), float(seconds)
+
+    def check(self, info: RoleInfo, seconds: float) -> None:
+        """Raises the injected failure when it is this rank's and its time has come."""
+        if (info.role == self.fail_role and info.index == self.fail_index
+                and seconds >= self.fail_after_s):
+            raise RuntimeError(f"injected failure in {info.role} {info.index} after "
+                               f"{self.fail_after_s:g} s")
 
 
 def build_role(cfg: Config, spec: JobSpec, ep: Endpoint, info: RoleInfo,
@@ -210,6 +229,60 @@ def _node_cores_and_ranks(world: Any) -> Tuple[int, int]:
     return cores, node_size(world)
 
 
+#: Seconds a rank that noticed a dead peer leaves the lowest surviving rank to
+#: say so (and abort the job) before it says so itself.
+REPORT_GRACE_S = 3.0
+
+
+def _process_gone(pid: int) -> bool:
+    """The process has exited (gone, or a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def dead_peers(peers: Sequence[Tuple[str, int]]) -> List[int]:
+    """Ranks on this node whose process is gone (``peers``: rank -> (host, pid))."""
+    host = socket.gethostname()
+    return [r for r, (h, pid) in enumerate(peers) if h == host and _process_gone(pid)]
+
+
+def report_failure(world: Any, cfg: Config, role_name: str, exc: BaseException,
+                   peers: Sequence[Tuple[str, int]] = ()) -> None:
+    """Says once why the job is being aborted: this rank failed, or (an MPI error
+    after a peer died) which rank died and what its role was.
+
+    Args:
+      peers: every rank's (host, pid), gathered at start: a dead peer on this
+        node is found by its pid (MPI's own error names no rank).
+
+    For a dead peer only the lowest surviving rank speaks at once; another rank
+    that noticed waits :data:`REPORT_GRACE_S` (the abort usually ends it first).
+    """
+    me = world.Get_rank()
+    dead = dead_peers(peers) if hasattr(exc, "Get_error_class") else []
+    if not dead:
+        sys.stderr.write(f"r2d2-train: rank {me} ({role_name}) failed; aborting the whole "
+                         f"job:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        return
+    size = world.Get_size()
+    if me != min(r for r in range(size) if r not in dead):
+        time.sleep(REPORT_GRACE_S)
+    names = ", ".join(f"rank {r} ({_role_name(r, size, cfg)})" for r in dead)
+    sys.stderr.write(f"r2d2-train: {names} died; rank {me} ({role_name}) noticed it "
+                     f"({exc}); aborting the whole job\n")
+    sys.stderr.flush()
+
+
+def _role_name(rank: int, size: int, cfg: Config) -> str:
+    info = assign_role(rank, size, cfg.topology)
+    return f"{info.role} {info.index}"
+
+
 def _idle(sleep_s: float) -> float:
     time.sleep(sleep_s)
     return min(sleep_s * 2, 0.002)
@@ -226,6 +299,11 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
     comms = split_communicators(world, cfg.topology)
     info = comms.role_info
     role_name = f"{info.role} {info.index}"
+    # Who is where, for naming a rank that dies (collective, before anything can fail).
+    peers: List[Tuple[str, int]] = world.allgather((socket.gethostname(), os.getpid()))
+    if world.Get_rank() == 0:  # maps a launcher's "PID ... killed" report to a rank
+        print("r2d2-train: rank pids: " + ", ".join(f"{r}:{host}:{pid}" for r, (host, pid)
+                                                    in enumerate(peers)), flush=True)
     role: Optional[Role] = None
     sink = None
     try:
@@ -242,7 +320,10 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
             ep.listen(name)
         flag = _preemption_flag()
         sleep = 0.0001
+        hooks = hooks or RunHooks()
+        loop_start = time.monotonic()
         while not role.done:
+            hooks.check(info, time.monotonic() - loop_start)
             signum = flag.take() if flag is not None else None
             if signum is not None:
                 role.on_preempt(signum)  # learner 0 coordinates
@@ -272,11 +353,8 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
         if sink is not None:
             summary["metrics"] = sink.rows
         return summary
-    except BaseException:
-        tb = traceback.format_exc()
-        sys.stderr.write(f"r2d2-train: rank {world.Get_rank()} ({role_name}) failed; "
-                         f"aborting the whole job:\n{tb}")
-        sys.stderr.flush()
+    except BaseException as exc:
+        report_failure(world, cfg, role_name, exc, peers)
         world.Abort(1)
         raise
     finally:

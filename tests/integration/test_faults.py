@@ -1,0 +1,95 @@
+"""A rank dying, through the real entry point under mpiexec: the whole job ends
+within a bounded time, non-zero, with one message naming the rank and its role,
+and the newest committed checkpoint stays intact.
+
+Bound: an exception on any rank aborts the job (``comm.Abort``) at once; a rank
+killed outright is noticed by mpiexec, which ends the others. Both finish well
+within :data:`BOUND_S` of the failure here.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks._common import rank_pids
+from r2d2_hpc.checkpoint.validate import find_latest_valid
+from tests.helpers.launcher import ROOT, TINY, launch, mpiexec_cmd, sets
+
+#: Seconds from the failure to the end of the job that the tests allow.
+BOUND_S = 30.0
+#: Periodic checkpoints every few steps, a budget the failure comes before.
+FAULT_RUN = [*TINY, "learner.max_steps=1000000", "checkpoint.interval_steps=10",
+             "checkpoint.keep=2"]
+FAIL_AFTER_S = 10.0
+
+
+def newest_checkpoint_is_intact(run) -> None:
+    info = find_latest_valid(str(run), report=None, deep=True)
+    assert info is not None and info.step >= 10, "no committed checkpoint survived"
+
+
+@pytest.mark.parametrize("role, index, rank", [("learner", 0, 0), ("replay", 0, 1),
+                                               ("actor", 1, 3)])
+def test_a_crash_on_any_rank_ends_the_job_naming_it(tmp_path, role, index, rank):
+    run = tmp_path / "run"
+    proc, seconds = launch(4, ["--run-dir", str(run), "--inject-failure",
+                               f"{role}:{index}:{FAIL_AFTER_S:g}"] + sets(*FAULT_RUN),
+                           tmp_path, timeout=180)
+    assert proc.returncode not in (0, 2, 3), proc.stdout + proc.stderr
+    assert proc.stderr.count(f"rank {rank} ({role} {index}) failed; aborting the whole job") \
+        == 1, proc.stderr
+    assert f"injected failure in {role} {index}" in proc.stderr
+    # start-up (a few seconds), the failure at 10 s of the loop, then the abort
+    assert seconds < FAIL_AFTER_S + BOUND_S + 20
+    newest_checkpoint_is_intact(run)
+
+
+def rank_pid(run_dir: str, rank: int) -> int:
+    """The PID of one rank of the job writing ``run_dir`` (MPICH's PMI_RANK)."""
+    for pid in rank_pids(run_dir):
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
+        if int(env.get(b"PMI_RANK", env.get(b"OMPI_COMM_WORLD_RANK", b"-1"))) == rank:
+            return pid
+    raise AssertionError(f"rank {rank} of {run_dir} not found")
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_killed_outright_ends_the_job(tmp_path, rank):
+    """SIGKILL (no Python left to say anything): mpiexec ends the job and names
+    the rank; the plan printed at start maps ranks to roles."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+           "--run-dir", str(run)] + sets(*FAULT_RUN)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while find_latest_valid(str(run), report=None, deep=False) is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint"
+            time.sleep(0.5)
+        os.kill(rank_pid(str(run), rank), signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=BOUND_S + 30)
+        ended = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert ended < BOUND_S, f"the job took {ended:.0f} s to end after rank {rank} died"
+    # One message naming the dead rank and its role (the lowest surviving rank
+    # noticed it through MPI), or, when mpiexec ended the others first, its own
+    # report of the PID, which the "rank pids" line maps to the rank.
+    role = "learner 0" if rank == 0 else "replay 0"
+    said = err.count(f"rank {rank} ({role}) died; rank ")
+    pid = [p.split(":")[2] for p in out.split("rank pids: ")[1].splitlines()[0].split(", ")
+           ][rank]
+    launcher = f"PID {pid} RUNNING AT" in out + err and "signal 9" in out + err
+    assert said == 1 or (said == 0 and launcher), out[-3000:] + err[-3000:]
+    newest_checkpoint_is_intact(run)
