@@ -212,6 +212,10 @@ class TopologyConfig:
     """Learner ranks; gradients are averaged across them (ours)."""
     replay_shards: int = 1
     """Replay shard ranks; every other rank is an actor (ours)."""
+    heartbeat_timeout_seconds: float = 120.0
+    """A rank silent this long (stopped, or its loop stuck outside a long phase such as a
+    checkpoint, a replay restore or an evaluation) ends the job with a message naming it;
+    0 = off (ours)."""
 
     @property
     def min_ranks(self) -> int:
@@ -492,6 +496,7 @@ def _validate(cfg: Config) -> List[str]:
     positive(c, "checkpoint", "keep")
 
     positive(t, "topology", "learners", "replay_shards")
+    non_negative(t, "topology", "heartbeat_timeout_seconds")
 
     positive(g, "logging", "log_interval_seconds", "eval_episodes")
     non_negative(g, "logging", "eval_interval_steps", "final_eval_episodes")

@@ -55,6 +55,7 @@ from r2d2_hpc.checkpoint.records import CheckpointInfo
 from r2d2_hpc.checkpoint.restore import read_actors, read_learner
 from r2d2_hpc.comm.allreduce import GradientAverager, encode_stop, make_averager
 from r2d2_hpc.comm.endpoint import Endpoint
+from r2d2_hpc.comm.heartbeat import long_phase
 from r2d2_hpc.comm.messages import Command, sequence_batch_of, shard_stats_of
 from r2d2_hpc.comm.topology import RoleInfo, node_local_rank
 from r2d2_hpc.config import Config
@@ -484,7 +485,8 @@ class LearnerRank(Role):
         ev = self.evaluator
         if episodes is not None and episodes != ev.episodes:
             ev = self._evaluator(episodes)
-        result = ev.evaluate(self.learner.flat_params(), self.learner.params_version)
+        with long_phase():  # minutes on Atari: heartbeats keep flowing
+            result = ev.evaluate(self.learner.flat_params(), self.learner.params_version)
         self.evaluations.append(result)
         self._eval_row = result
         if log:

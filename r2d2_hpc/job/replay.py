@@ -28,6 +28,7 @@ from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointInfo
 from r2d2_hpc.checkpoint.restore import restore_shard
 from r2d2_hpc.comm.endpoint import Endpoint
+from r2d2_hpc.comm.heartbeat import long_phase
 from r2d2_hpc.comm.messages import Command, sample_reply_arrays
 from r2d2_hpc.comm.topology import RoleInfo
 from r2d2_hpc.config import Config
@@ -196,7 +197,8 @@ class ReplayRank(Role):
         layout = CheckpointLayout(self.run_dir or ".", keep=self.cfg.checkpoint.keep)
         result = step
         try:
-            layout.write_shard(layout.partial_path(step), self.info.index, self.shard)
+            with long_phase():  # a large replay takes a while: heartbeats keep flowing
+                layout.write_shard(layout.partial_path(step), self.info.index, self.shard)
             # after the write: it records the snapshot's id in the shard's counters
             self.checkpoint_digests[str(step)] = state_digest(self.shard.state())
             self.checkpoints_written += 1

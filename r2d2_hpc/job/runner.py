@@ -28,6 +28,7 @@ import torch
 from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE, PreemptionFlag
 from r2d2_hpc.checkpoint.records import CheckpointInfo
 from r2d2_hpc.comm.endpoint import Endpoint
+from r2d2_hpc.comm.heartbeat import Heartbeat, long_phase
 from r2d2_hpc.comm.memory_endpoint import InMemoryEndpoint, InMemoryHub
 from r2d2_hpc.comm.messages import job_messages
 from r2d2_hpc.comm.mpi_endpoint import MPIEndpoint
@@ -51,23 +52,38 @@ class RunHooks:
 
     Args:
       fail_actor_at_step: actor 0 raises at this env step (0 = never).
-      fail: ``"ROLE:INDEX:SECONDS"``: that rank raises once its loop has run
-        that many seconds (e.g. ``"replay:0:5"``; empty = never).
+      fail: ``"ROLE:INDEX:SECONDS[:WHAT]"``: once that rank's loop has run that
+        many seconds it raises (WHAT = ``raise``, the default), its loop hangs
+        (``hang``: sleeps outside any long phase, a stuck rank), or it spends N
+        seconds in a long phase and goes on (``phase=N``: a long checkpoint or
+        evaluation). E.g. ``"replay:0:5"``, ``"actor:1:5:hang"``; empty = never.
     """
 
     def __init__(self, fail_actor_at_step: int = 0, fail: str = "") -> None:
         self.fail_actor_at_step = fail_actor_at_step
         self.fail_role, self.fail_index, self.fail_after_s = "", -1, math.inf
+        self.fail_what = "raise"
         if fail:
-            role, index, seconds = fail.split(":")
+            role, index, seconds, *what = fail.split(":")
             self.fail_role, self.fail_index, self.fail_after_s = role, int(index), float(seconds)
+            self.fail_what = what[0] if what else "raise"
 
     def check(self, info: RoleInfo, seconds: float) -> None:
-        """Raises the injected failure when it is this rank's and its time has come."""
-        if (info.role == self.fail_role and info.index == self.fail_index
-                and seconds >= self.fail_after_s):
-            raise RuntimeError(f"injected failure in {info.role} {info.index} after "
-                               f"{self.fail_after_s:g} s")
+        """Injects the failure when it is this rank's and its time has come."""
+        if (info.role != self.fail_role or info.index != self.fail_index
+                or seconds < self.fail_after_s):
+            return
+        what = self.fail_what
+        self.fail_role = ""  # once
+        if what == "hang":
+            while True:
+                time.sleep(1.0)
+        if what.startswith("phase="):
+            with long_phase():
+                time.sleep(float(what.split("=", 1)[1]))
+            return
+        raise RuntimeError(f"injected failure in {info.role} {info.index} after "
+                           f"{self.fail_after_s:g} s")
 
 
 def build_role(cfg: Config, spec: JobSpec, ep: Endpoint, info: RoleInfo,
@@ -304,25 +320,30 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
     if world.Get_rank() == 0:  # maps a launcher's "PID ... killed" report to a rank
         print("r2d2-train: rank pids: " + ", ".join(f"{r}:{host}:{pid}" for r, (host, pid)
                                                     in enumerate(peers)), flush=True)
+    # Collective (its own communicator); setup is a long phase (a replay restore).
+    heartbeat = Heartbeat(world, cfg.topology.heartbeat_timeout_seconds,
+                          lambda r: _role_name(r, world.Get_size(), cfg)).start()
     role: Optional[Role] = None
-    sink = None
+    sink: Optional[MetricsSink] = None
     try:
-        spec = job_spec(cfg)
-        # SAMPLE_REPLY buffers hold whole batches (217 MB at paper scale): few of them.
-        ep = MPIEndpoint(world, job_messages(cfg, spec),
-                         send_depth={"STEP_CHUNK": cfg.actor.send_pool, "SAMPLE_REPLY": 2},
-                         recv_depth={"SAMPLE_REPLY": max(2, cfg.learner.samples_in_flight)})
-        sink = MetricsSink(cfg, run_dir, quiet=quiet) if info.is_lead else None
-        torch.set_num_threads(torch_threads(info.role, *_node_cores_and_ranks(world)))
-        role = build_role(cfg, spec, ep, info, learner_comm=comms.learners, on_metrics=sink,
-                          hooks=hooks, run_dir=run_dir, resume=resume)
-        for name in role.listen_names():
-            ep.listen(name)
+        with long_phase():
+            spec = job_spec(cfg)
+            # SAMPLE_REPLY buffers hold whole batches (217 MB at paper scale): few of them.
+            ep = MPIEndpoint(world, job_messages(cfg, spec),
+                             send_depth={"STEP_CHUNK": cfg.actor.send_pool, "SAMPLE_REPLY": 2},
+                             recv_depth={"SAMPLE_REPLY": max(2, cfg.learner.samples_in_flight)})
+            sink = MetricsSink(cfg, run_dir, quiet=quiet) if info.is_lead else None
+            torch.set_num_threads(torch_threads(info.role, *_node_cores_and_ranks(world)))
+            role = build_role(cfg, spec, ep, info, learner_comm=comms.learners,
+                              on_metrics=sink, hooks=hooks, run_dir=run_dir, resume=resume)
+            for name in role.listen_names():
+                ep.listen(name)
         flag = _preemption_flag()
         sleep = 0.0001
         hooks = hooks or RunHooks()
         loop_start = time.monotonic()
         while not role.done:
+            heartbeat.beat()
             hooks.check(info, time.monotonic() - loop_start)
             signum = flag.take() if flag is not None else None
             if signum is not None:
@@ -331,6 +352,7 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
                 sleep = 0.0001
             else:
                 sleep = _idle(sleep)
+        heartbeat.stop()  # a final heartbeat: this rank's watcher stops watching
         role.finish()
         clean = drain_and_close(ep, role, comm=world, timeout=SHUTDOWN_TIMEOUT_S)
         summary = {"role": info.role, "index": info.index, "rank": info.rank,

@@ -8,6 +8,7 @@ within :data:`BOUND_S` of the failure here.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -93,3 +94,72 @@ def test_a_rank_killed_outright_ends_the_job(tmp_path, rank):
     launcher = f"PID {pid} RUNNING AT" in out + err and "signal 9" in out + err
     assert said == 1 or (said == 0 and launcher), out[-3000:] + err[-3000:]
     newest_checkpoint_is_intact(run)
+
+
+# --------------------------------------------------------------------------- #
+# A hung rank: heartbeats.
+
+HEARTBEAT_S = 8.0
+
+
+@pytest.mark.parametrize("rank, role", [(3, "actor 1"), (1, "replay 0"), (0, "learner 0")])
+def test_a_stopped_rank_is_named_by_its_watcher(tmp_path, rank, role):
+    """SIGSTOP: the rank is alive to the OS and MPI but makes no progress; its
+    watcher in the heartbeat ring (rank + 1) names it after the timeout and the
+    job ends (rank 0 too: rank 1 watches it)."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+           "--run-dir", str(run)] + sets(*FAULT_RUN,
+                                         f"topology.heartbeat_timeout_seconds={HEARTBEAT_S:g}")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while find_latest_valid(str(run), report=None, deep=False) is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint"
+            time.sleep(0.5)
+        pid = rank_pid(str(run), rank)
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        out, err = proc.communicate(timeout=HEARTBEAT_S + 60)
+        ended = time.monotonic() - stopped
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    watcher = (rank + 1) % 4
+    assert err.count(f"rank {rank} ({role}) sent no heartbeat for") == 1, err[-3000:]
+    assert f"rank {watcher} (" in err.split("sent no heartbeat")[1].splitlines()[0]
+    assert HEARTBEAT_S - 1 <= ended < HEARTBEAT_S + 20, ended
+    newest_checkpoint_is_intact(run)
+
+
+def test_a_stuck_loop_is_noticed(tmp_path):
+    """A rank whose loop hangs (alive, its heartbeat thread running, but no
+    progress outside a long phase) stops sending heartbeats and is named."""
+    proc, seconds = launch(4, ["--run-dir", str(tmp_path / "run"), "--inject-failure",
+                               "actor:0:5:hang"] + sets(
+        *TINY, "learner.max_steps=1000000", "topology.heartbeat_timeout_seconds=4"),
+        tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("rank 2 (actor 0) sent no heartbeat for") == 1, proc.stderr[-3000:]
+    assert seconds < 60
+
+
+def test_a_long_phase_raises_no_false_alarm(tmp_path):
+    """A replay shard spends 3x the heartbeat timeout in a long phase (as in a
+    big checkpoint or restore); the run goes on and ends normally."""
+    run = tmp_path / "run"
+    proc, _ = launch(4, ["--run-dir", str(run), "--inject-failure", "replay:0:3:phase=9"]
+                     + sets(*TINY, "learner.max_steps=150",
+                            "topology.heartbeat_timeout_seconds=3"), tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sent no heartbeat" not in proc.stderr
+    assert json.loads((run / "summary.json").read_text())[0]["learner_step"] == 150
