@@ -476,8 +476,7 @@ def _validate(cfg: Config) -> List[str]:
     positive(l, "learner", "batch_size", "learning_rate", "adam_epsilon", "n_step",
              "value_rescaling_epsilon", "target_update_period", "publish_period",
              "samples_in_flight")
-    non_negative(l, "learner", "max_grad_norm", "max_steps", "max_seconds",
-                 "staleness_period")
+    non_negative(l, "learner", "max_grad_norm", "max_steps", "max_seconds", "staleness_period")
     need(0.0 < l.discount <= 1.0, "learner.discount", f"must be in (0, 1], got {l.discount}")
     if r.trace_length > 0 and l.n_step > r.trace_length:
         errors.append(f"learner.n_step: {l.n_step} > replay.trace_length {r.trace_length}: "
@@ -494,7 +493,6 @@ def _validate(cfg: Config) -> List[str]:
 
     non_negative(c, "checkpoint", "interval_seconds", "interval_steps")
     positive(c, "checkpoint", "keep")
-
     positive(t, "topology", "learners", "replay_shards")
     non_negative(t, "topology", "heartbeat_timeout_seconds")
 
