@@ -34,7 +34,7 @@ from r2d2_hpc.comm.topology import RoleInfo
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.role import Role, poll_control, stop_requested
 from r2d2_hpc.replay.layout import ShardSpec, shard_spec
-from r2d2_hpc.replay.rate_limit import RateLimiter
+from r2d2_hpc.replay.rate_limit import RateLimiter, SampleDecision
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.seeding import derive_seed
 from r2d2_hpc.storage.digest import state_digest
@@ -136,13 +136,13 @@ class ReplayRank(Role):
                                        self.sampled_sequences)
 
     def _may_sample(self, k: int) -> bool:
-        if not self.limiter.filled(self.shard.count) or \
-                not self.shard.stats().total_priority > 0:
-            return False
-        if not self.limiter.may_sample(k, self.inserted_sequences, self.sampled_sequences):
+        """True when the limiter lets the shard serve ``k`` sequences now (counts waits)."""
+        decision = self.limiter.sample_decision(k, self.shard.count,
+                                                self.shard.stats().total_priority,
+                                                self.inserted_sequences, self.sampled_sequences)
+        if decision is SampleDecision.WAIT_RATE:
             self.rate_limited += 1
-            return False
-        return True
+        return decision is SampleDecision.SAMPLE
 
     def tick(self) -> bool:
         if self.done:

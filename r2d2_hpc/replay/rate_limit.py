@@ -11,12 +11,26 @@ request a learner keeps in flight:
   they wait, giving the CPU to the learner).
 
 Nothing is limited below the minimum fill, and ``r = 0`` turns the limit off.
+A shard serves a request only once it holds the minimum fill and some
+priority mass, and then only within the ratio (:meth:`RateLimiter.sample_decision`).
 """
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "SampleDecision"]
+
+
+class SampleDecision(enum.Enum):
+    """Whether a shard serves the sample request at the head of its queue now."""
+
+    SAMPLE = "sample"
+    """Serve it."""
+    WAIT_FILL = "wait_fill"
+    """Below the minimum fill, or no priority mass to sample by: wait for the actors."""
+    WAIT_RATE = "wait_rate"
+    """The learner would run ahead of the samples_per_insert ratio: wait for inserts."""
 
 
 class RateLimiter(NamedTuple):
@@ -53,3 +67,20 @@ class RateLimiter(NamedTuple):
         """False while sampling ``k`` more would run ahead of the ratio (fill not checked)."""
         r = self.samples_per_insert
         return r <= 0 or sampled + k <= r * inserted + self.slack
+
+    def sample_decision(self, k: int, count: int, total_priority: float, inserted: int,
+                        sampled: int) -> SampleDecision:
+        """Whether a shard serves a request for ``k`` sequences now.
+
+        Args:
+          k: sequences requested.
+          count: sequences the shard holds.
+          total_priority: the shard's priority mass.
+          inserted: sequences inserted so far.
+          sampled: sequences sampled so far.
+        """
+        if not self.filled(count) or not total_priority > 0:
+            return SampleDecision.WAIT_FILL
+        if not self.may_sample(k, inserted, sampled):
+            return SampleDecision.WAIT_RATE
+        return SampleDecision.SAMPLE

@@ -1,17 +1,28 @@
-"""The learner rank in a serial job: evaluations, their metrics rows and the epsilon buckets."""
+"""The learner rank: in a serial job (evaluations, their metrics rows, the epsilon buckets),
+and ticked by hand through a preemption checkpoint."""
 from __future__ import annotations
 
 import json
 import math
+import signal
 
 import numpy as np
 import pytest
 
 import r2d2_hpc.job.actor as actor_rank
 from r2d2_hpc.agent.exploration import EPSILON_BUCKET_COLUMNS
+from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE
+from r2d2_hpc.comm.memory_endpoint import InMemoryHub
+from r2d2_hpc.comm.messages import Command, job_messages
+from r2d2_hpc.comm.topology import assign_role
 from r2d2_hpc.config import load_config
+from r2d2_hpc.job.learner import LearnerRank
+from r2d2_hpc.job.replay import ReplayRank
+from r2d2_hpc.job.role import job_spec, poll_control
 from r2d2_hpc.job.runner import run_serial
 from r2d2_hpc.presets import load_preset
+from r2d2_hpc.storage.digest import state_digest
+from tests.helpers.launcher import tiny_job_config
 
 
 def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
@@ -47,3 +58,34 @@ def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
     assert summary[0]["final_eval_return"] == pytest.approx(lead["final_eval_return"])
     assert (tmp_path / "learning_curve.png").is_file()
     assert (tmp_path / "learner_final.h5").is_file()
+
+
+def test_preemption_checkpoints_once_then_stops_everyone_with_exit_3(tmp_path):
+    """Learner 0, a real replay rank and an actor's endpoint, ticked by hand: the first
+    signal starts the checkpoint, a second one (and a peer's PREEMPT) starts no other,
+    and the STOP with exit code 3 waits for the shard's part."""
+    cfg = tiny_job_config("logging.final_eval_episodes=0", "logging.eval_interval_steps=0")
+    spec = job_spec(cfg)
+    hub = InMemoryHub(job_messages(cfg, spec), 3)  # learner 0, shard 1, actor 2
+    run = str(tmp_path / "run")
+    lead = LearnerRank(cfg, spec, hub.endpoint(0), assign_role(0, 3, cfg.topology),
+                       run_dir=run)
+    shard = ReplayRank(cfg, spec, hub.endpoint(1), assign_role(1, 3, cfg.topology),
+                       run_dir=run)
+    actor = hub.endpoint(2)
+    lead.on_preempt(signal.SIGUSR1)
+    assert not lead.tick() and lead.checkpoints.pending is not None and not lead.done
+    lead.on_preempt(signal.SIGTERM)
+    actor.send("CONTROL", 0, command=int(Command.PREEMPT), argument=int(signal.SIGUSR1))
+    assert not lead.tick() and not lead.done  # the shard has not written yet
+    assert [c.command for c in poll_control(hub.endpoint(1))] == [int(Command.CHECKPOINT)]
+    shard.write_checkpoint(0, lead=0)  # what its tick does on that CONTROL
+    assert poll_control(actor) == []
+    lead.tick()
+    assert lead.done and lead.exit_code == EXIT_REQUEUE
+    assert [(c.command, c.argument) for c in poll_control(actor)] == \
+        [(int(Command.STOP), EXIT_REQUEUE)]
+    summary = lead.summary()
+    assert summary["stop_reason"] == "preempted by SIGUSR1"
+    assert summary["exit_code"] == EXIT_REQUEUE and len(summary["checkpoints"]) == 1
+    assert summary["checkpoint_digests"] == {"0": state_digest(lead.learner.state())}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from r2d2_hpc.replay.rate_limit import RateLimiter
+from r2d2_hpc.replay.rate_limit import RateLimiter, SampleDecision
 
 
 @pytest.mark.parametrize("ratio, min_fill, slack, count, inserted, sampled, may_insert", [
@@ -35,3 +35,29 @@ def test_may_sample_table(ratio, slack, k, inserted, sampled, may_sample):
                                                      (0, 0, False), (0, 1, True)])
 def test_filled(min_fill, count, filled):
     assert RateLimiter(1.0, min_fill, 0.0).filled(count) is filled
+
+
+@pytest.mark.parametrize("ratio, min_fill, slack, k, count, mass, inserted, sampled, decision", [
+    (2.0, 10, 4.0, 4, 9, 5.0, 100, 0, SampleDecision.WAIT_FILL),   # below the minimum fill
+    (2.0, 10, 4.0, 4, 10, 0.0, 100, 0, SampleDecision.WAIT_FILL),  # filled, but no mass
+    (0.0, 10, 0.0, 4, 9, 5.0, 0, 10**6, SampleDecision.WAIT_FILL),  # r = 0 still needs fill
+    (2.0, 10, 4.0, 4, 10, 5.0, 10, 20, SampleDecision.SAMPLE),     # 24 <= 2 * 10 + 4
+    (2.0, 10, 4.0, 5, 10, 5.0, 10, 20, SampleDecision.WAIT_RATE),  # 25 > 24: too far behind
+    (0.0, 10, 0.0, 64, 10, 5.0, 0, 10**6, SampleDecision.SAMPLE),  # r = 0: never limited
+])
+def test_sample_decision_table(ratio, min_fill, slack, k, count, mass, inserted, sampled,
+                               decision):
+    limiter = RateLimiter(ratio, min_fill, slack)
+    assert limiter.sample_decision(k, count, mass, inserted, sampled) is decision
+
+
+def test_both_directions_with_one_limiter():
+    """r = 1, slack 2: actors that run ahead are held back, then the learner is."""
+    limiter = RateLimiter(1.0, 4, 2.0)
+    # the actors inserted 10, the learner sampled 5: inserting waits (10 > 5 + 2)
+    assert not limiter.may_insert(count=10, inserted=10, sampled=5)
+    assert limiter.sample_decision(4, 10, 1.0, inserted=10, sampled=5) is SampleDecision.SAMPLE
+    # the learner caught up and ran ahead: inserting goes on, sampling waits
+    assert limiter.may_insert(count=10, inserted=10, sampled=9)
+    assert limiter.sample_decision(4, 10, 1.0, inserted=10, sampled=9) \
+        is SampleDecision.WAIT_RATE
