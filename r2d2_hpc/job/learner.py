@@ -55,6 +55,7 @@ from r2d2_hpc.comm.topology import RoleInfo, node_local_rank
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.checkpoint_coordinator import CheckpointCoordinator, LeadFiles
 from r2d2_hpc.job.learner_metrics import LearnerMetrics
+from r2d2_hpc.job.metrics import launch_epoch
 from r2d2_hpc.job.role import Role, poll_control, stop_requested
 from r2d2_hpc.job.sampler import ReadyBatch, ShardedSampler
 from r2d2_hpc.job.stop import StopController
@@ -139,7 +140,8 @@ class LearnerRank(Role):
         frames = cfg.env.frame_skip if cfg.env.name == "atari" else 1
         return LearnerMetrics(all_epsilons, frames_per_step=frames,
                               log_interval_seconds=cfg.logging.log_interval_seconds,
-                              clock=clock)
+                              clock=clock, launch_time=launch_epoch(),
+                              replay_capacity=cfg.replay.capacity_observations)
 
     def _join_learners(self, learner_comm: Any) -> None:
         """Several learners: gradient averaging over ``learner_comm`` and learner 0's state."""
@@ -325,8 +327,7 @@ class LearnerRank(Role):
             if self.cfg.logging.final_eval_episodes > 0:
                 # Before the STOP: the other ranks keep waiting (rate limited)
                 # rather than time out in the shutdown barrier.
-                self.metrics.final_eval = self.evaluate(self.cfg.logging.final_eval_episodes,
-                                                        log=False)
+                self.evaluate(self.cfg.logging.final_eval_episodes, log=False, final=True)
             self._maybe_log(force=True)
             others = [r for r in range(self.ep.size) if r != self.ep.rank
                       and r not in self.info.learner_ranks]
@@ -341,15 +342,17 @@ class LearnerRank(Role):
     def _lead_files(self) -> LeadFiles:
         return LeadFiles(self.learner.state(), self.counters(), self.actor_states())
 
-    def evaluate(self, episodes: Optional[int] = None, log: bool = True) -> EvalResult:
+    def evaluate(self, episodes: Optional[int] = None, log: bool = True,
+                 final: bool = False) -> EvalResult:
         """Greedy evaluation of the current online parameters (lead learner).
 
         Args:
           episodes: episodes to play; default ``logging.eval_episodes``.
           log: write a metrics row with its ``eval_return`` right away.
+          final: the end-of-run evaluation (its own columns, not in ``evaluations``).
 
         Returns:
-          The ``EvalResult`` (also kept in ``metrics.evaluations``).
+          The ``EvalResult`` (also kept in ``metrics.evaluations`` or ``metrics.final_eval``).
         """
         if self.evaluator is None:
             self.evaluator = self._evaluator()
@@ -358,7 +361,7 @@ class LearnerRank(Role):
             ev = self._evaluator(episodes)
         with long_phase():  # minutes on Atari: heartbeats keep flowing
             result = ev.evaluate(self.learner.flat_params(), self.learner.params_version)
-        self.metrics.add_evaluation(result)
+        self.metrics.add_evaluation(result, final=final)
         if log:
             self._maybe_log(force=True)
         return result
@@ -370,7 +373,7 @@ class LearnerRank(Role):
                                 self.sampler.stats, self.sampler.counters)
 
     def _maybe_log(self, force: bool = False) -> None:
-        if not self.metrics.log_due(force):
+        if not self.metrics.log_due(force, self.learner.step_count):
             return
         row = self.metrics_row()
         if self.on_metrics is not None:
@@ -380,6 +383,9 @@ class LearnerRank(Role):
         ck = self.checkpoints
         out = {"learner_step": self.learner.step_count, "env_steps": self.env_steps,
                "train_seconds": self.metrics.train_seconds, "stop_reason": self.stop.reason,
+               # the run's one clock: seconds since the job's launch (as metrics.csv)
+               "launch_time": self.metrics.launch_time,
+               "wall_time_s": self.metrics.wall_clock() - self.metrics.launch_time,
                "stop_time": self.stop.stop_time,
                "exit_code": self.exit_code, "resumed_from": self.resumed_from,
                "resume_digest": self.resume_digest,

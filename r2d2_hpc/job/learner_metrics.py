@@ -18,9 +18,10 @@ the latest SHARD_STATS.
 """
 from __future__ import annotations
 
+import collections
 import math
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,7 +32,11 @@ from r2d2_hpc.job.sampler import ShardCounters
 from r2d2_hpc.replay.sampling import ShardStats
 from r2d2_hpc.types import ActorState
 
-__all__ = ["LearnerMetrics"]
+__all__ = ["LearnerMetrics", "ENV_RATE_WINDOW_S"]
+
+#: Seconds of actor reports over which ``env_steps_per_s`` is measured (reports
+#: arrive in bursts; a window smooths them).
+ENV_RATE_WINDOW_S = 30.0
 
 
 class LearnerMetrics:
@@ -48,12 +53,20 @@ class LearnerMetrics:
 
     def __init__(self, all_epsilons: np.ndarray, frames_per_step: int = 1,
                  log_interval_seconds: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 launch_time: Optional[float] = None,
+                 wall_clock: Callable[[], float] = time.time,
+                 replay_capacity: int = 0) -> None:
         """Args:
           all_epsilons: the Ape-X epsilon of every env of the job (the return buckets).
           frames_per_step: env frames per agent step (Atari's frame skip).
           log_interval_seconds: seconds between rows that :meth:`log_due` asks for.
-          clock: time source (tests).
+          clock: time source of rates and training time (tests).
+          launch_time: the job's launch (epoch seconds): ``wall_time_s`` counts from it,
+            the one clock of progress lines, metrics.csv, TensorBoard and summary.json
+            (default: now).
+          wall_clock: epoch time source (tests).
+          replay_capacity: observations the shards hold in all (``replay_fill``).
         """
         self.all_epsilons = np.asarray(all_epsilons)
         self.frames_per_step = int(frames_per_step)
@@ -78,6 +91,12 @@ class LearnerMetrics:
         self.priority_max = 0.0
         self.priority_n = 0
         self.staleness = math.nan
+        self.wall_clock = wall_clock
+        self.launch_time = wall_clock() if launch_time is None else float(launch_time)
+        self.replay_capacity = int(replay_capacity)
+        self._final_row: Optional[EvalResult] = None
+        self._env_window: Deque[Tuple[float, int]] = collections.deque()
+        self._rows = 0
         self.start_time = clock()
         self._last_log = self.start_time
         self._last_log_step = 0
@@ -146,6 +165,7 @@ class LearnerMetrics:
                    returns: np.ndarray, lengths: np.ndarray, epsilons: np.ndarray) -> None:
         """One actor's report: running counts and the episodes finished since its last."""
         self.actor_steps[source] = int(env_steps)
+        self._note_env(self.clock())
         self.actor_episodes[source] = self.actor_episodes.get(source, 0) + len(returns)
         self.actor_versions[source] = int(params_version)
         self.episode_returns += np.asarray(returns).tolist()
@@ -159,10 +179,29 @@ class LearnerMetrics:
         self.priority_n += len(priorities)
         self.priority_max = max(self.priority_max, float(priorities.max()))
 
-    def add_evaluation(self, result: EvalResult) -> None:
-        """An evaluation: kept, and shown in the next row's ``eval_return``."""
-        self.evaluations.append(result)
-        self._eval_row = result
+    def add_evaluation(self, result: EvalResult, final: bool = False) -> None:
+        """An evaluation, shown in the next row: a periodic one (kept in
+        ``evaluations``, the ``eval_return`` columns) or the final one (its own
+        ``final_eval_return`` columns)."""
+        if final:
+            self.final_eval = self._final_row = result
+        else:
+            self.evaluations.append(result)
+            self._eval_row = result
+
+    def _note_env(self, now: float) -> None:
+        """Keeps (time, env steps) samples of the last :data:`ENV_RATE_WINDOW_S`."""
+        window = self._env_window
+        window.append((now, self.env_steps))
+        while len(window) > 2 and now - window[1][0] >= ENV_RATE_WINDOW_S:
+            window.popleft()
+
+    def env_rate(self, now: float) -> float:
+        """Env steps per second over the window of reports (NaN until the window
+        spans a second)."""
+        self._note_env(now)
+        (t0, e0), (t1, e1) = self._env_window[0], self._env_window[-1]
+        return (e1 - e0) / (t1 - t0) if t1 - t0 >= 1.0 else math.nan
 
     @property
     def last_eval_return(self) -> Optional[float]:
@@ -170,9 +209,14 @@ class LearnerMetrics:
         return self.evaluations[-1].mean_return if self.evaluations else None
 
     # -------------------------------------------------------------- output
-    def log_due(self, force: bool = False) -> bool:
-        """True when a row is due (``log_interval_seconds`` since the last one) or forced."""
-        return force or self.clock() - self._last_log >= self.log_interval_seconds
+    def log_due(self, force: bool = False, learner_step: Optional[int] = None) -> bool:
+        """True when a row is due (``log_interval_seconds`` since the last one) or
+        forced; a forced row that would repeat the last one's learner step with
+        no evaluation to show is not due (no two unmarked rows at one step)."""
+        if force:
+            return not (self._rows and learner_step == self._last_log_step
+                        and self._eval_row is None and self._final_row is None)
+        return self.clock() - self._last_log >= self.log_interval_seconds
 
     def row(self, learner_step: int, params_version: int, shard_stats: Sequence[ShardStats],
             shard_counters: Sequence[ShardCounters]) -> Dict[str, float]:
@@ -193,19 +237,22 @@ class LearnerMetrics:
         inserted = sum(c.inserted_sequences for c in shard_counters)
         sampled = sum(c.sampled_sequences for c in shard_counters)
         versions = list(self.actor_versions.values())
-        ev = self._eval_row
+        ev, final = self._eval_row, self._final_row
+        stored = sum(c.observations_stored for c in shard_counters)
         row = {
             "learner_step": float(learner_step),
             "env_steps": float(env),
-            "wall_time_s": now - self.start_time,
+            "wall_time_s": self.wall_clock() - self.launch_time,
+            "train_seconds": self.train_seconds,
             "updates_per_s": (learner_step - self._last_log_step) / dt,
-            "env_steps_per_s": (env - self._last_log_env) / dt,
+            "env_steps_per_s": self.env_rate(now),
             "loss": _mean(self.losses),
             "episode_return": _mean(self.episode_returns),
             "episode_length": _mean(self.episode_lengths),
             "episodes": float(self.episodes_logged + len(self.episode_returns)),
             "replay_sequences": float(sum(s.count for s in shard_stats)),
-            "replay_observations": float(sum(c.observations_stored for c in shard_counters)),
+            "replay_observations": float(stored),
+            "replay_fill": stored / self.replay_capacity if self.replay_capacity else math.nan,
             "insert_per_s": (inserted - self._last_inserted) / dt,
             "sample_per_s": (sampled - self._last_sampled) / dt,
             "param_lag": float(params_version - np.mean(versions)) if versions else math.nan,
@@ -214,10 +261,15 @@ class LearnerMetrics:
             "max_priority": self.priority_max if self.priority_n else math.nan,
             "delta_q": self.staleness,
             "eval_return": ev.mean_return if ev is not None else math.nan,
+            "eval_return_std": float(np.std(ev.returns)) if ev is not None else math.nan,
             "eval_episode_length": float(np.mean(ev.lengths)) if ev is not None else math.nan,
+            "final_eval_return": final.mean_return if final is not None else math.nan,
+            "final_eval_return_std": float(np.std(final.returns)) if final is not None
+            else math.nan,
         }
         row.update(self._bucket_returns())
-        self._eval_row = None
+        self._eval_row = self._final_row = None
+        self._rows += 1
         self._last_log, self._last_log_step, self._last_log_env = now, learner_step, env
         self._last_inserted, self._last_sampled = inserted, sampled
         self.episodes_logged += len(self.episode_returns)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Any, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, TextIO, Tuple
 
 from r2d2_hpc.config import Config
 
@@ -31,9 +31,11 @@ class MetricsWriter:
     """
 
     def __init__(self, run_dir: str, tensorboard: bool = True,
-                 step_key: str = "learner_step") -> None:
+                 step_key: str = "learner_step", launch_time: Optional[float] = None) -> None:
         self.path = os.path.join(run_dir, "metrics.csv")
         self.step_key = step_key
+        #: TensorBoard's wall time of a row: the launch plus its ``wall_time_s``.
+        self.launch_time = launch_time
         self._fields: List[str] = []
         self._rows: List[Row] = []
         if os.path.exists(self.path):  # resumed run: keep what is there
@@ -62,9 +64,11 @@ class MetricsWriter:
                 csv.DictWriter(fh, self._fields).writerow(row)
         if self._tb is not None:
             step = int(row.get(self.step_key, len(self._rows)))
+            wall = (self.launch_time + row["wall_time_s"]
+                    if self.launch_time is not None and "wall_time_s" in row else None)
             for key, value in row.items():
                 if key != self.step_key and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+                    self._tb.add_scalar(key, value, step, walltime=wall)
             self._tb.flush()
 
     def _rewrite(self) -> None:
@@ -141,6 +145,41 @@ class WandbLogger:
             self.run = None
 
 
+#: Launchers whose start is the job's launch (an ancestor of rank 0's process).
+LAUNCHERS = ("mpiexec", "mpirun", "mpiexec.hydra", "hydra_pmi_proxy", "prterun", "prted",
+             "orterun", "orted", "srun", "slurmstepd")
+
+
+def _process_start(pid: str) -> Tuple[float, str, int]:
+    """(start in epoch seconds, command name, parent pid) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        stat = fh.read()
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat", encoding="ascii") as fh:
+        boot = next(float(line.split()[1]) for line in fh if line.startswith("btime"))
+    return boot + int(fields[19]) / ticks, name, int(fields[1])
+
+
+def launch_epoch() -> float:
+    """When the job was launched, as close as this process can tell: the start of
+    the earliest launcher among its ancestors (mpiexec, srun, ...), else its own
+    start; now where /proc cannot tell."""
+    try:
+        start, _, parent = _process_start("self")
+        for _ in range(4):
+            if parent <= 1:
+                break
+            t, name, parent = _process_start(str(parent))
+            if name not in LAUNCHERS:
+                break
+            start = min(start, t)
+        return start
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
 def read_metrics(path: str) -> Tuple[List[str], List[Row]]:
     """A ``metrics.csv``'s field names and rows (empty cells as NaN)."""
     with open(path, newline="", encoding="utf-8") as fh:
@@ -156,29 +195,86 @@ def _num(v: Optional[str]) -> float:
         return math.nan
 
 
-def format_line(row: Row) -> str:
-    """One plain log line with the figures people watch."""
+class Budget(NamedTuple):
+    """What ends the run, for progress and ETA (0 = not set)."""
+
+    max_steps: int = 0
+    max_env_steps: int = 0
+    max_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: Config) -> "Budget":
+        return cls(cfg.learner.max_steps, cfg.actor.max_env_steps, cfg.learner.max_seconds)
+
+    def eta(self, row: Row) -> Optional[float]:
+        """Seconds until the first budget is spent at the row's rates (None: unknown)."""
+        left = []
+        ups, eps = row.get("updates_per_s", 0.0), row.get("env_steps_per_s", 0.0)
+        if ((self.max_steps and row.get("learner_step", 0.0) >= self.max_steps)
+                or (self.max_env_steps and row.get("env_steps", 0.0) >= self.max_env_steps)):
+            return 0.0  # spent
+        ups, eps = (v if v == v else 0.0 for v in (ups, eps))  # NaN: no rate yet
+        if self.max_steps and ups > 0:
+            left.append((self.max_steps - row.get("learner_step", 0.0)) / ups)
+        if self.max_env_steps and eps > 0:
+            left.append((self.max_env_steps - row.get("env_steps", 0.0)) / eps)
+        if self.max_seconds and "train_seconds" in row:
+            left.append(self.max_seconds - row["train_seconds"])
+        return max(0.0, min(left)) if left else None
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``12m05s``, ``3h07m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _finite(row: Row, key: str) -> bool:
+    v = row.get(key)
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def format_line(row: Row, budget: Budget = Budget()) -> str:
+    """One plain log line with the figures people watch: progress against the
+    budget, env steps and their rate, returns, loss, replay fill, the ETA."""
     parts = []
-    for key, fmt in (("learner_step", "step {:.0f}"), ("env_steps", "env {:.0f}"),
-                     ("episode_return", "return {:.1f}"), ("eval_return", "eval {:.1f}"),
+    step = row.get("learner_step", 0.0)
+    if budget.max_steps:
+        parts.append(f"step {step:.0f}/{budget.max_steps} ({100 * step / budget.max_steps:.0f}%)")
+    else:
+        parts.append(f"step {step:.0f}")
+    for key, fmt in (("env_steps", "env {:.0f}"), ("episode_return", "return {:.1f}"),
+                     ("eval_return", "eval {:.1f}"), ("final_eval_return", "final eval {:.1f}"),
                      ("updates_per_s", "{:.1f} upd/s"), ("env_steps_per_s", "{:.0f} env/s"),
-                     ("loss", "loss {:.4f}"), ("replay_sequences", "replay {:.0f}")):
-        v = row.get(key)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            parts.append(fmt.format(v))
+                     ("loss", "loss {:.4f}")):
+        if _finite(row, key):
+            parts.append(fmt.format(row[key]))
+    if _finite(row, "replay_fill"):
+        parts.append(f"replay {100 * row['replay_fill']:.0f}%")
+    elif _finite(row, "replay_sequences"):
+        parts.append(f"replay {row['replay_sequences']:.0f}")
+    eta = budget.eta(row)
+    if eta is not None:
+        parts.append(f"ETA {_duration(eta)}")
     return " | ".join(parts)
 
 
 class ProgressPrinter:
-    """Live one-line progress on a terminal, periodic plain lines otherwise."""
+    """Live one-line progress on a terminal, one plain line per row otherwise (a
+    SLURM log). The ``[Ns]`` prefix is the row's ``wall_time_s``: seconds since
+    the job's launch, the clock of metrics.csv, TensorBoard and summary.json."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
+    def __init__(self, stream: TextIO = sys.stdout, budget: Budget = Budget()) -> None:
         self.stream = stream
         self.live = hasattr(stream, "isatty") and stream.isatty()
-        self.start = time.monotonic()
+        self.budget = budget
 
     def show(self, row: Row) -> None:
-        line = f"[{time.monotonic() - self.start:7.0f}s] {format_line(row)}"
+        line = f"[{row.get('wall_time_s', 0.0):7.0f}s] {format_line(row, self.budget)}"
         if self.live:
             self.stream.write("\r\033[K" + line)
         else:

@@ -54,7 +54,9 @@ def plot_learning_curve(rows: Sequence[Mapping[str, float]], path: str,
     Plotted series (each only where the row has a value): the mean training
     episode return of the interval (all actors' epsilon-greedy episodes), the
     return of the greediest third of the envs (``return_eps_low``) and the
-    greedy evaluation return (``eval_return``, markers).
+    greedy evaluation return (``eval_return``, markers, with a band of one
+    standard deviation over its episodes, ``eval_return_std``) and the final
+    evaluation (``final_eval_return``, a star with its standard deviation).
 
     Args:
       rows: metric rows (``MetricsSink.rows`` or ``metrics.csv``).
@@ -85,6 +87,15 @@ def plot_learning_curve(rows: Sequence[Mapping[str, float]], path: str,
             ok = np.isfinite(x) & np.isfinite(y)
             if ok.any():
                 ax.plot(x[ok], y[ok], label=label, **style)
+            spread = _column(rows, key + "_std")
+            if key == "eval_return" and np.isfinite(spread[ok]).any():
+                ax.fill_between(x[ok], (y - spread)[ok], (y + spread)[ok], color="tab:red",
+                                alpha=0.15, lw=0)
+        y, spread = _column(rows, "final_eval_return"), _column(rows, "final_eval_return_std")
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.any():
+            ax.errorbar(x[ok], y[ok], yerr=np.nan_to_num(spread[ok]), fmt="*", ms=10,
+                        color="tab:purple", capsize=3, label="final evaluation")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("episode return")

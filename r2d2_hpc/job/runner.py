@@ -36,7 +36,8 @@ from r2d2_hpc.comm.topology import RoleInfo, assign_role, node_size, split_commu
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.actor import ActorRank
 from r2d2_hpc.job.learner import LearnerRank
-from r2d2_hpc.job.metrics import MetricsWriter, ProgressPrinter, WandbLogger
+from r2d2_hpc.job.metrics import (Budget, MetricsWriter, ProgressPrinter, WandbLogger,
+                                  launch_epoch)
 from r2d2_hpc.job.outputs import write_run_outputs
 from r2d2_hpc.job.replay import ReplayRank
 from r2d2_hpc.job.role import Role, drain_and_close, job_spec
@@ -106,9 +107,10 @@ class MetricsSink:
     """Learner 0's metrics: CSV/TensorBoard in the run directory plus log lines."""
 
     def __init__(self, cfg: Config, run_dir: Optional[str], quiet: bool = False) -> None:
-        self.writer = MetricsWriter(run_dir, cfg.logging.tensorboard) if run_dir else None
+        self.writer = (MetricsWriter(run_dir, cfg.logging.tensorboard, launch_time=launch_epoch())
+                       if run_dir else None)
         self.wandb = WandbLogger(cfg, run_dir) if run_dir and cfg.logging.wandb else None
-        self.printer = None if quiet else ProgressPrinter()
+        self.printer = None if quiet else ProgressPrinter(budget=Budget.of(cfg))
         self.rows: List[Dict[str, float]] = []
 
     def __call__(self, row: Dict[str, float]) -> None:

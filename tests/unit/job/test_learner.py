@@ -37,7 +37,7 @@ def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
     result = run_serial(cfg, str(tmp_path), num_actors=2, quiet=True)
     lead = result["ranks"][0]
     assert lead["learner_step"] == 30
-    assert lead["evaluations"] == 4  # steps 10, 20, 30 and the final one
+    assert lead["evaluations"] == 3  # steps 10, 20, 30; the final one is apart
     assert lead["final_eval_episodes"] == 5 and len(lead["final_eval_returns"]) == 5
     # counter: env i lasts 5 + 5 i steps and pays 1 or 2 per step
     lengths = 5 + 5 * np.arange(5)
@@ -47,8 +47,18 @@ def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
     rows = result["metrics"]
     evals = [(r["learner_step"], r["eval_return"]) for r in rows
              if not math.isnan(r["eval_return"])]
-    assert [s for s, _ in evals] == [10.0, 20.0, 30.0, 30.0]
-    assert evals[-1][1] == pytest.approx(lead["final_eval_return"])
+    assert [s for s, _ in evals] == [10.0, 20.0, 30.0]
+    # the final evaluation has its own columns, on a row of its own
+    finals = [r for r in rows if not math.isnan(r["final_eval_return"])]
+    assert len(finals) == 1 and finals[0]["learner_step"] == 30.0
+    assert finals[0]["final_eval_return"] == pytest.approx(lead["final_eval_return"])
+    assert finals[0]["final_eval_return_std"] == pytest.approx(returns.std())
+    assert math.isnan(finals[0]["eval_return"])
+    # once learning runs, no two rows at one learner step without an evaluation to
+    # tell them apart (while the replay fills, rows at step 0 show the env steps)
+    plain = [r["learner_step"] for r in rows if r["learner_step"] > 0
+             and math.isnan(r["eval_return"]) and math.isnan(r["final_eval_return"])]
+    assert len(plain) == len(set(plain))
     for r in rows:
         for col in EPSILON_BUCKET_COLUMNS:
             assert col in r

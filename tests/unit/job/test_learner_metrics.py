@@ -17,11 +17,12 @@ from r2d2_hpc.types import ActorState
 from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, tiny_config
 
 #: The columns of metrics.csv, in order (what the run directory's readers expect).
-COLUMNS = ["learner_step", "env_steps", "wall_time_s", "updates_per_s", "env_steps_per_s",
-           "loss", "episode_return", "episode_length", "episodes", "replay_sequences",
-           "replay_observations", "insert_per_s", "sample_per_s", "param_lag",
-           "mean_priority", "max_priority", "delta_q", "eval_return", "eval_episode_length",
-           "return_eps_low", "return_eps_mid", "return_eps_high"]
+COLUMNS = ["learner_step", "env_steps", "wall_time_s", "train_seconds", "updates_per_s",
+           "env_steps_per_s", "loss", "episode_return", "episode_length", "episodes",
+           "replay_sequences", "replay_observations", "replay_fill", "insert_per_s",
+           "sample_per_s", "param_lag", "mean_priority", "max_priority", "delta_q",
+           "eval_return", "eval_return_std", "eval_episode_length", "final_eval_return",
+           "final_eval_return_std", "return_eps_low", "return_eps_mid", "return_eps_high"]
 
 #: Six envs: the greediest third has epsilons .01 .02, the middle .1 .2, the rest .3 .4.
 ALL_EPS = np.array([0.4, 0.3, 0.2, 0.1, 0.02, 0.01])
@@ -36,8 +37,10 @@ class Clock:
 
 
 def _metrics(clock: Clock, frames: int = 1) -> LearnerMetrics:
+    """Launched 3 s before the metrics started; 1,000 observations of replay."""
     return LearnerMetrics(ALL_EPS, frames_per_step=frames, log_interval_seconds=5.0,
-                          clock=clock)
+                          clock=clock, launch_time=clock.t - 3.0, wall_clock=clock,
+                          replay_capacity=1000)
 
 
 def _eval(mean: float, lengths=(10, 30)) -> EvalResult:
@@ -66,7 +69,9 @@ def test_metrics_row_by_hand():
     clock = Clock()
     m = _metrics(clock)
     m.add_report(3, 100, 8, np.array([1.0, 4.0]), np.array([10, 20]), np.array([0.01, 0.4]))
+    clock.t += 2.0  # env steps/s over the window of reports: 160 steps in 4 s
     m.add_report(4, 60, 6, np.array([7.0]), np.array([30]), np.array([0.02]))
+    clock.t -= 2.0
     m.add_step(2.0, np.array([0.5, 1.5]))
     m.add_step(4.0, np.array([3.0]))
     m.staleness = 0.25
@@ -77,11 +82,15 @@ def test_metrics_row_by_hand():
     row = m.row(learner_step=8, params_version=10, shard_stats=stats, shard_counters=counters)
     assert list(row) == COLUMNS
     nan = [c for c in COLUMNS if math.isnan(row[c])]
-    assert nan == ["eval_return", "eval_episode_length", "return_eps_mid"]
+    assert nan == ["eval_return", "eval_return_std", "eval_episode_length",
+                   "final_eval_return", "final_eval_return_std", "return_eps_mid"]
     expected = {
-        "learner_step": 8, "env_steps": 160, "wall_time_s": 4.0, "updates_per_s": 2.0,
-        "env_steps_per_s": 40.0, "loss": 3.0, "episode_return": 4.0, "episode_length": 20.0,
-        "episodes": 3, "replay_sequences": 42, "replay_observations": 400,
+        "learner_step": 8, "env_steps": 160, "wall_time_s": 7.0, "train_seconds": 4.0,
+        "updates_per_s": 2.0,
+        # the window of reports: 100 steps at t, 160 at t+2, still 160 at the row (t+4)
+        "env_steps_per_s": (160 - 100) / 4,
+        "loss": 3.0, "episode_return": 4.0, "episode_length": 20.0,
+        "episodes": 3, "replay_sequences": 42, "replay_observations": 400, "replay_fill": 0.4,
         "insert_per_s": 12.5, "sample_per_s": 6.0,
         "param_lag": 3.0,                    # 10 - mean(8, 6)
         "mean_priority": 5.0 / 3, "max_priority": 3.0, "delta_q": 0.25,
@@ -103,7 +112,9 @@ def test_the_next_row_starts_a_new_interval():
     clock.t += 5.0
     assert m.log_due()
     row = m.row(6, 6, [ShardStats(1.0, 3, 1.0)], [ShardCounters(50, 30, 300)])
-    assert row["updates_per_s"] == pytest.approx(2 / 5) and row["env_steps_per_s"] == 10.0
+    assert row["updates_per_s"] == pytest.approx(2 / 5)
+    # env steps/s: over the window of reports (30 s), not the interval
+    assert row["env_steps_per_s"] == pytest.approx((150 - 100) / 7)
     assert row["insert_per_s"] == 2.0 and row["sample_per_s"] == 2.0
     for col in ("loss", "episode_return", "episode_length", "mean_priority", "max_priority",
                 "return_eps_low", "return_eps_high"):
@@ -144,3 +155,35 @@ def test_a_resumed_run_continues_the_checkpoints_counters():
     assert m.counters(learner_step=77) == {"env_steps": 510, "env_frames": 2040,
                                            "learner_step": 77, "episodes": 10,
                                            "train_seconds": 32.5}
+
+
+def test_env_rate_is_a_moving_window_over_bursts():
+    """Reports in bursts: the rate over the last 30 s, not over one row's interval,
+    and no rate (NaN) until the window spans a second."""
+    clock = Clock()
+    m = _metrics(clock)
+    assert math.isnan(m.env_rate(clock.t))
+    for k in range(1, 31):           # 100 steps a second, reported every 5 s
+        clock.t += 1.0
+        if k % 5 == 0:
+            m.add_report(3, 100 * k, 1, np.array([]), np.array([]), np.array([]))
+    assert m.env_rate(clock.t) == pytest.approx(100.0)  # 500 at t+5 ... 3000 at t+30
+    clock.t += 60.0                   # silence: the window moves on
+    m.add_report(3, 3000, 1, np.array([]), np.array([]), np.array([]))
+    assert m.env_rate(clock.t) == pytest.approx(0.0)
+
+
+def test_a_forced_row_repeating_a_step_is_skipped_unless_it_shows_an_evaluation():
+    clock = Clock()
+    m = _metrics(clock)
+    m.row(5, 5, [], [])
+    assert not m.log_due(force=True, learner_step=5)
+    assert m.log_due(force=True, learner_step=6)
+    m.add_evaluation(_eval(3.0))
+    assert m.log_due(force=True, learner_step=5)
+    row = m.row(5, 5, [], [])
+    assert row["eval_return"] == 3.0 and math.isnan(row["final_eval_return"])
+    m.add_evaluation(_eval(9.0), final=True)
+    row = m.row(5, 5, [], [])
+    assert row["final_eval_return"] == 9.0 and math.isnan(row["eval_return"])
+    assert [e.mean_return for e in m.evaluations] == [3.0] and m.final_eval.mean_return == 9.0
