@@ -101,11 +101,15 @@ def late_eval(rows: Sequence[Dict[str, float]]) -> float:
     """Mean greedy evaluation return of the last quarter of training (the
     periodic evaluations at or after 3/4 of the last learner step, the final
     one included): the figure tests/integration/test_learns.py holds to its threshold."""
-    steps, evals = column(rows, "learner_step"), column(rows, "eval_return")
+    steps = column(rows, "learner_step")
+    evals = column(rows, "eval_return")
+    final = column(rows, "final_eval_return") if any("final_eval_return" in r for r in rows) \
+        else np.full(len(rows), math.nan)
     ok = np.isfinite(evals)
     if not ok.any():
         return math.nan
-    late = evals[ok & (steps >= steps[ok].max() * 3 // 4)]
+    late = np.concatenate([evals[ok & (steps >= steps[ok].max() * 3 // 4)],
+                           final[np.isfinite(final)]])
     return float(late.mean())
 
 

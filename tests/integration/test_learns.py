@@ -47,12 +47,13 @@ docs/decisions.md, "The learning test's threshold".
 
 
 def late_evaluations(metrics_csv: str, since_step: int):
-    """(learner step, eval_return) of every evaluation row at or after ``since_step``."""
+    """(learner step, return) of every evaluation at or after ``since_step``: the
+    periodic ones (``eval_return``), then the final one (``final_eval_return``)."""
     with open(metrics_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [(float(r["learner_step"]), float(r["eval_return"])) for r in rows
-            if r.get("eval_return") not in (None, "", "nan")
-            and float(r["learner_step"]) >= since_step]
+        rows = [r for r in csv.DictReader(fh) if float(r["learner_step"]) >= since_step]
+    return [(float(r["learner_step"]), float(r[col])) for col in ("eval_return",
+                                                                  "final_eval_return")
+            for r in rows if r.get(col) not in (None, "", "nan")]
 
 
 @pytest.mark.slow
