@@ -126,3 +126,21 @@ def test_a_replay_too_big_for_the_node_stops_before_anything_starts(tmp_path):
     assert "replay.capacity_observations" in proc.stderr and "GB" in proc.stderr
     assert not run.exists()
     assert seconds < 60
+
+
+def test_stop_at_a_target_return_ends_cleanly(tmp_path):
+    """learner.target_return through the real entry point: the first greedy
+    evaluation at or above it ends the run with a final checkpoint, the run's
+    outputs, exit 0, and a line saying why."""
+    run = tmp_path / "run"
+    proc, _ = launch(4, ["--run-dir", str(run)] + sets(
+        *TINY, "learner.max_steps=100000", "learner.target_return=5",
+        "logging.eval_interval_steps=10", "logging.eval_episodes=4"), tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lead = json.loads((run / "summary.json").read_text())[0]
+    assert lead["stop_reason"].startswith("learner.target_return=5 reached")
+    assert lead["learner_step"] % 10 == 0 and lead["learner_step"] < 100000
+    assert lead["last_eval_return"] >= 5
+    assert "done: learner.target_return=5 reached" in proc.stdout
+    assert (run / "learner_final.h5").is_file() and (run / "metrics.csv").is_file()
+    assert lead["checkpoints"] and lead["checkpoints"][-1].endswith(f"{lead['learner_step']:09d}")
