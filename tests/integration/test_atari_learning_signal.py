@@ -5,7 +5,7 @@ starts, full action set; 42x42 screens to keep it short) fills a replay shard
 on the in-memory transport; one fixed batch of its sequences (frame stacks
 rebuilt by the shard, stored LSTM states, burn-in) is then trained on with the
 target network held fixed. The online network must fit those targets: the
-loss falls several-fold, the batch's priorities fall, and the steps whose
+loss falls tenfold in 400 steps, the batch's priorities fall, and the steps whose
 n-step window holds no reward are fitted closely. This catches a broken frame
 stack, target, mask or loss wiring (the loss would not fall, or not that far);
 it says nothing about learning speed (benchmarks/atari_learning.py).
@@ -13,7 +13,10 @@ it says nothing about learning speed (benchmarks/atari_learning.py).
 The torso is the small-screen one (``network.torso=universe``): at 42x42 the
 Nature convolutions end at 1x1 and lose the ball's position, and their fit
 stalls after a ~5x fall on the steps before a lost point (docs/decisions.md);
-the universe torso keeps a 3x3 grid and fits the same batch over 100x.
+the universe torso keeps a 3x3 grid and fits far better. At lr 2e-3 the fit
+oscillates (the end of 300 steps fell 3x or 14x on the same batch, by thread
+timing alone), so the test fits at lr 5e-4 on one thread, a smooth fall
+(11x at 300 steps), and judges the mean of the last 10 steps.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ SMALL_PONG = [
     "network.torso=universe", "network.lstm_size=64", "network.head_hidden=64",
     "actor.num_envs=4", "replay.capacity_observations=20000",
     "replay.burn_in=4", "replay.trace_length=12", "replay.sequence_period=6",
-    "replay.min_fill_sequences=16", "learner.batch_size=8", "learner.learning_rate=0.002",
+    "replay.min_fill_sequences=16", "learner.batch_size=8", "learner.learning_rate=0.0005",
     # A fit, not a learning run: Adam's epsilon at 1e-8 so that small gradients
     # (most steps of Pong have reward 0) still move the weights.
     "learner.adam_epsilon=1e-8",
@@ -57,14 +60,15 @@ def test_atari_network_fits_a_fixed_batch_of_real_pong_sequences():
                                   obs[:-1, :, 1:][np.asarray(batch.mask)[1:]
                                                   & ~np.asarray(batch.first)[1:]])
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # one reduction order: the same fit on every machine
     learner = Learner(cfg, obs.shape[2:], 18, device="cpu")
     first = learner.step(batch, weights)
     losses, priorities = [first.loss], [first.priorities]
-    for _ in range(300):
+    for _ in range(400):
         res = learner.step(batch, weights)
         losses.append(res.loss)
         priorities.append(res.priorities)
-    start, end = float(np.mean(losses[:3])), float(np.mean(losses[-3:]))
+    start, end = float(np.mean(losses[:3])), float(np.mean(losses[-10:]))
     assert np.isfinite(losses).all()
     assert end < start / 10, f"loss {start:.4g} -> {end:.4g}: less than a tenfold fall"
     assert float(np.mean(priorities[-1])) < 0.7 * float(np.mean(priorities[0]))
