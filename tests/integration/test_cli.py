@@ -40,7 +40,11 @@ def test_serial_run_writes_effective_config(tmp_path):
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert written["env"]["name"] == "cartpole_masked"
     assert written["seed"] == 3
-    assert proc.stdout.count("run directory") == 1
+    # the plan, once: roles, the budget and the run directory
+    assert proc.stdout.count("r2d2-train plan:") == 1
+    assert "1 process (--serial): 1 learner, 1 replay shard, 1 actor x 16 envs" in proc.stdout
+    assert "budget    learner.max_steps=3" in proc.stdout
+    assert f"run dir   {tmp_path / 'run'} (fresh start" in proc.stdout
     assert "learner.max_steps=3 reached" in proc.stdout
 
 
