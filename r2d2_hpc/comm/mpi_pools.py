@@ -28,6 +28,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from r2d2_hpc.comm.endpoint import Backoff, ParamsUpdate, Received
+from r2d2_hpc.comm.heartbeat import long_phase
 from r2d2_hpc.comm.wire import Layout, MessageError
 
 __all__ = ["ParamPublisher", "ParamSubscriber", "RecvPool", "SendPool"]
@@ -273,15 +274,19 @@ class SendPool:
             return buf
         self.stalls += 1
         backoff = Backoff(timeout)
-        while True:
-            if backoff.expired():
-                raise TimeoutError(
-                    f"{self.layout.name}: all {self.size} send buffers still in flight after "
-                    f"{timeout} s; the receiver is not receiving (is it polling this message?)")
-            backoff.sleep()
-            buf = self.try_acquire()
-            if buf is not None:
-                return buf
+        # Waiting on a receiver is not this rank being stuck: heartbeats keep
+        # flowing (a receiver that is stuck is named by its own watcher).
+        with long_phase():
+            while True:
+                if backoff.expired():
+                    raise TimeoutError(
+                        f"{self.layout.name}: all {self.size} send buffers still in flight "
+                        f"after {timeout} s; the receiver is not receiving (is it polling "
+                        f"this message?)")
+                backoff.sleep()
+                buf = self.try_acquire()
+                if buf is not None:
+                    return buf
 
     def _take(self, buf: np.ndarray) -> int:
         i = self._lent.pop(id(buf), None)

@@ -247,6 +247,9 @@ def _node_cores_and_ranks(world: Any) -> Tuple[int, int]:
     return cores, node_size(world)
 
 
+#: Seconds between printing why the job ends and aborting it: an abort right
+#: after the write can kill the launcher's forwarding of it (seen with MPICH).
+ABORT_FLUSH_S = 1.0
 #: Seconds a rank that noticed a dead peer leaves the lowest surviving rank to
 #: say so (and abort the job) before it says so itself.
 REPORT_GRACE_S = 3.0
@@ -379,6 +382,7 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
         return summary
     except BaseException as exc:
         report_failure(world, cfg, role_name, exc, peers)
+        time.sleep(ABORT_FLUSH_S)  # the launcher forwards the message before the abort
         world.Abort(1)
         raise
     finally:
