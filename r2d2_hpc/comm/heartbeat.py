@@ -6,12 +6,22 @@ communicator. The ranks form a ring: rank ``r`` sends a small HEARTBEAT to rank
 watched too, by rank 1). A rank sends only while it makes progress: its main
 loop calls :meth:`Heartbeat.beat` each iteration, and a long legitimate phase
 (restoring a replay, writing a checkpoint, an Atari evaluation of minutes) runs
-inside :func:`long_phase`, during which the thread keeps sending. A rank that
-is stopped (SIGSTOP, a frozen node) sends nothing; one whose loop is stuck
-outside a long phase stops sending once ``timeout / 2`` has passed without a
-beat. When the watched rank has been silent for ``timeout`` seconds the
-watcher prints one message naming it and its role and aborts the whole job
-(``Abort`` on the world communicator, from the thread).
+inside :func:`long_phase`, and a wait on a busy peer (a full send pool) inside
+:func:`waiting_on_peer`; during both the thread keeps sending. A rank that is
+stopped (SIGSTOP, a frozen node) sends nothing; one whose loop is stuck
+outside those stops sending once ``timeout / 2`` has passed without a beat.
+When the watched rank has been silent for ``timeout`` seconds the watcher
+prints one message naming it and its role and aborts the whole job (``Abort``
+on the world communicator, from the thread).
+
+A rank in a long phase of its own does not judge its watched rank: its main
+loop is not receiving then, and MPICH's shared-memory transport carries all of
+a pair of ranks' messages in one queue, so data the watched rank sent ahead of
+its heartbeats (and that waits for this rank's receives) holds the heartbeats
+back. Found by ``tests/integration/test_faults.py``: a shard in a 15 s phase
+heard nothing from a healthy learner for 5 s. The silence does not grow during
+such a phase; a rank stopped meanwhile is named once ``timeout`` seconds of
+silence have passed outside this rank's phases.
 
 A rank that finishes sends a last heartbeat marked final, after which its
 watcher stops watching it, so ranks that end at different times raise no
@@ -23,7 +33,7 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import numpy as np
 
@@ -31,27 +41,86 @@ import numpy as np
 HEARTBEAT_TAG = 7
 #: Heartbeat payload: 1 = alive, 2 = final (the sender is done).
 ALIVE, FINAL = 1, 2
+#: Seconds between a failure message and ``Abort``: MPICH's launcher could lose
+#: a line written just before the abort (seen in CI).
+ABORT_FLUSH_S = 1.0
 
-_phase_lock = threading.Lock()
-_phases = 0
 
 
-@contextlib.contextmanager
-def long_phase() -> Iterator[None]:
-    """Marks a long legitimate phase of this process (heartbeats keep flowing)."""
-    global _phases
-    with _phase_lock:
-        _phases += 1
-    try:
-        yield
-    finally:
-        with _phase_lock:
-            _phases -= 1
+class _Nesting:
+    """How many threads of this process are inside a phase of one kind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+
+    @property
+    def active(self) -> bool:
+        return self._depth > 0
+
+
+_long_phases = _Nesting()
+_peer_waits = _Nesting()
+
+
+def long_phase() -> ContextManager[None]:
+    """Marks a long legitimate phase of this process's own work (a restore, a
+    checkpoint, an evaluation): heartbeats keep flowing, and this rank does not
+    judge its watched rank meanwhile (see the module docstring)."""
+    return _long_phases()
+
+
+def waiting_on_peer() -> ContextManager[None]:
+    """Marks a wait on another rank (a receiver's full pool): heartbeats keep
+    flowing (a stuck receiver is named by its own watcher), and this rank still
+    judges its watched rank, which may be the one it waits on."""
+    return _peer_waits()
 
 
 def in_long_phase() -> bool:
     """Whether this process is inside :func:`long_phase`."""
-    return _phases > 0
+    return _long_phases.active
+
+
+def sends_now(since_beat: float, timeout: float) -> bool:
+    """Whether a rank whose loop last beat ``since_beat`` seconds ago sends a heartbeat."""
+    return _long_phases.active or _peer_waits.active or since_beat < timeout / 2
+
+
+class Silence:
+    """Seconds the watched rank has been silent, as far as this rank can judge.
+
+    Time this rank spends in long phases of its own does not count: the clock
+    pauses there and goes on after (frequent short phases, such as checkpoints
+    every few steps, must not keep a stopped rank from being named).
+
+    Args:
+      now: the clock when watching starts.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.silent = 0.0
+        self._last = now
+
+    def update(self, now: float, heard: bool, judging: bool) -> float:
+        """The silence at ``now``; ``heard``: a heartbeat arrived; ``judging``:
+        False while this rank is in a long phase (the silence does not grow)."""
+        if heard:
+            self.silent = 0.0
+        elif judging:
+            self.silent += now - self._last
+        self._last = now
+        return self.silent
 
 
 class Heartbeat:
@@ -102,36 +171,35 @@ class Heartbeat:
             self._thread.join(timeout=5.0)
             self._thread = None
 
-    def _alive(self, now: float) -> bool:
-        return in_long_phase() or now - self._last_beat < self.timeout / 2
-
     def _run(self) -> None:
         out = np.zeros(1, np.int32)
         inbox = np.zeros(1, np.int32)
         sends = []
         recv = self.comm.Irecv(inbox, source=self.watched, tag=HEARTBEAT_TAG)
-        heard = self.clock()
+        silence = Silence(self.clock())
         watching = True
         nxt = self.rank + 1 if self.rank + 1 < self.size else 0
         next_send = 0.0
         while True:
             now = self.clock()
             stopping = self._stop.is_set()
-            if stopping or (now >= next_send and self._alive(now)):
+            if stopping or (now >= next_send and sends_now(now - self._last_beat, self.timeout)):
                 out[0] = FINAL if stopping else ALIVE
                 sends.append(self.comm.Isend(out.copy(), dest=nxt, tag=HEARTBEAT_TAG))
                 next_send = now + self.period
             sends = [s for s in sends if not s.Test()]
             if stopping:
                 break
+            heard = False
             while watching and recv.Test():
-                heard = now
+                heard = True
                 if inbox[0] == FINAL:
                     watching = False
                 else:
                     recv = self.comm.Irecv(inbox, source=self.watched, tag=HEARTBEAT_TAG)
-            if watching and now - heard > self.timeout:
-                self._raise_alarm(now - heard)
+            silent = silence.update(now, heard, judging=not in_long_phase())
+            if watching and silent > self.timeout:
+                self._raise_alarm(silent)
                 return
             time.sleep(min(self.period / 2, 0.5))
         # Leave the final heartbeat to complete where it can (the job is ending).
@@ -150,4 +218,5 @@ class Heartbeat:
                       f"noticed it; aborting the whole job")
         sys.stderr.write(self.alarm + "\n")
         sys.stderr.flush()
+        time.sleep(ABORT_FLUSH_S)
         self.world.Abort(1)

@@ -28,7 +28,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from r2d2_hpc.comm.endpoint import Backoff, ParamsUpdate, Received
-from r2d2_hpc.comm.heartbeat import long_phase
+from r2d2_hpc.comm.heartbeat import waiting_on_peer
 from r2d2_hpc.comm.wire import Layout, MessageError
 
 __all__ = ["ParamPublisher", "ParamSubscriber", "RecvPool", "SendPool"]
@@ -276,7 +276,7 @@ class SendPool:
         backoff = Backoff(timeout)
         # Waiting on a receiver is not this rank being stuck: heartbeats keep
         # flowing (a receiver that is stuck is named by its own watcher).
-        with long_phase():
+        with waiting_on_peer():
             while True:
                 if backoff.expired():
                     raise TimeoutError(

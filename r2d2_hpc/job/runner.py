@@ -28,7 +28,7 @@ import torch
 from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE, PreemptionFlag
 from r2d2_hpc.checkpoint.records import CheckpointInfo
 from r2d2_hpc.comm.endpoint import Endpoint
-from r2d2_hpc.comm.heartbeat import Heartbeat, long_phase
+from r2d2_hpc.comm.heartbeat import ABORT_FLUSH_S, Heartbeat, long_phase
 from r2d2_hpc.comm.memory_endpoint import InMemoryEndpoint, InMemoryHub
 from r2d2_hpc.comm.messages import job_messages
 from r2d2_hpc.comm.mpi_endpoint import MPIEndpoint
@@ -247,9 +247,6 @@ def _node_cores_and_ranks(world: Any) -> Tuple[int, int]:
     return cores, node_size(world)
 
 
-#: Seconds between printing why the job ends and aborting it: an abort right
-#: after the write can kill the launcher's forwarding of it (seen with MPICH).
-ABORT_FLUSH_S = 1.0
 #: Seconds a rank that noticed a dead peer leaves the lowest surviving rank to
 #: say so (and abort the job) before it says so itself.
 REPORT_GRACE_S = 3.0

@@ -135,7 +135,8 @@ def test_a_stopped_rank_is_named_by_its_watcher(tmp_path, rank, role):
             proc.kill()
     assert proc.returncode != 0
     watcher = (rank + 1) % 4
-    assert err.count(f"rank {rank} ({role}) sent no heartbeat for") == 1, err[-3000:]
+    assert err.count(f"rank {rank} ({role}) sent no heartbeat for") == 1, \
+        out[-3000:] + err[-3000:]
     assert f"rank {watcher} (" in err.split("sent no heartbeat")[1].splitlines()[0]
     assert HEARTBEAT_S - 1 <= ended < HEARTBEAT_S + 20, ended
     newest_checkpoint_is_intact(run)
