@@ -131,6 +131,14 @@ def _to_float(obs: torch.Tensor) -> torch.Tensor:
     return obs.float()
 
 
+def _chw(obs_shape: Tuple[int, ...], torso: str) -> Tuple[int, int, int]:
+    """``obs_shape`` as ``(C, H, W)``; ValueError naming ``torso`` if it is not 3-D."""
+    if len(obs_shape) != 3:
+        raise ValueError(f"{torso} torso needs a (C, H, W) observation, got {obs_shape}")
+    channels, height, width = obs_shape
+    return int(channels), int(height), int(width)
+
+
 class AtariTorso(nn.Module):
     """Nature DQN torso: conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, linear 512, ReLUs.
 
@@ -143,9 +151,7 @@ class AtariTorso(nn.Module):
           obs_shape: ``(C, H, W)``, e.g. ``(4, 84, 84)``.
         """
         super().__init__()
-        if len(obs_shape) != 3:
-            raise ValueError(f"atari torso needs a (C, H, W) observation, got {obs_shape}")
-        channels, height, width = obs_shape
+        channels, height, width = _chw(obs_shape, "atari")
         out_h, out_w = conv_output_hw(height, width)
         layers: List[nn.Module] = []
         in_ch = channels
@@ -189,9 +195,7 @@ class UniverseTorso(nn.Module):
           obs_shape: ``(C, H, W)``, e.g. ``(4, 42, 42)``.
         """
         super().__init__()
-        if len(obs_shape) != 3:
-            raise ValueError(f"universe torso needs a (C, H, W) observation, got {obs_shape}")
-        in_ch, height, width = obs_shape
+        in_ch, height, width = _chw(obs_shape, "universe")
         layers: List[nn.Module] = []
         for _ in range(UNIVERSE_LAYERS):
             layers += [nn.Conv2d(in_ch, UNIVERSE_CHANNELS, 3, 2, padding=1), nn.ELU()]
