@@ -39,6 +39,13 @@ def new_shard(seed: int = 0, C: int = 96, S: int = 24, frame: Tuple[int, ...] = 
                        shard_index=shard_index)
 
 
+def filled_shard() -> ReplayShard:
+    """A :func:`new_shard` holding one stream of 12 steps (:func:`fill`, seed 0)."""
+    shard = new_shard()
+    fill(shard, [0], seed=0)
+    return shard
+
+
 def fill(shard: ReplayShard, streams: Sequence[int], seed: int, steps: int = 12,
          rounds: int = 1) -> None:
     """Each stream: ``rounds`` chunks of ``steps`` steps, a sequence every 2 steps."""

@@ -13,7 +13,7 @@ import yaml
 
 from r2d2_hpc.cli.train import EXIT_BAD_INPUT, train_main
 from r2d2_hpc.job.metrics import read_metrics
-from tests.helpers.checkpoints import fill, new_shard, write_checkpoint
+from tests.helpers.checkpoints import filled_shard, write_checkpoint
 from tests.helpers.fakes import tiny_config
 from tests.helpers.launcher import ROOT
 from benchmarks._common import mpiexec_cmd
@@ -165,8 +165,7 @@ def test_serial_run_with_bf16_on_the_cpu(tmp_path):
 
 def test_ckpt_cli_runs_as_a_module(tmp_path) -> None:
     run = str(tmp_path / "run")
-    shard = new_shard()
-    fill(shard, [0], seed=0)
+    shard = filled_shard()
     write_checkpoint(run, 9, tiny_config(), [shard])
     res = subprocess.run([sys.executable, "-m", "r2d2_hpc.cli.ckpt", "list", run], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)

@@ -20,8 +20,8 @@ from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.config import Config
 from r2d2_hpc.types import ActorState
 from tests.helpers.checkpoints import (JOB_SPEC, NUM_ENVS, a_segment, actor_streams,
-                                       assert_batches_equal, fake_learner_state, fill, flip,
-                                       make_learner, new_shard, report_sink, trained_learner,
+                                       assert_batches_equal, fake_learner_state, fill, filled_shard,
+                                       flip, make_learner, new_shard, report_sink, trained_learner,
                                        write_checkpoint)
 from tests.helpers.fakes import random_sequence_batch, tiny_config
 from tests.helpers.launcher import ROOT
@@ -228,8 +228,7 @@ def test_a_shard_is_written_only_under_its_own_index(tmp_path) -> None:
 def test_a_second_checkpoint_at_the_same_step_is_the_newest(tmp_path) -> None:
     run = str(tmp_path / "run")
     cfg = tiny_config()
-    shard = new_shard()
-    fill(shard, [0], seed=0)
+    shard = filled_shard()
     write_checkpoint(run, 4, cfg, [shard], learner_state=fake_learner_state(4, np.zeros(1)))
     fill(shard, [0], seed=1)
     again = write_checkpoint(run, 4, cfg, [shard],

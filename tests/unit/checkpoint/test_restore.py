@@ -10,7 +10,7 @@ from r2d2_hpc.checkpoint.restore import restore_shard
 from r2d2_hpc.replay.layout import split_keys
 from r2d2_hpc.replay.routing import shard_for_stream, stream_id
 from tests.helpers.checkpoints import (NUM_ENVS, actor_streams, as_snapshot_version_1, fill,
-                                       live_records, new_shard, rewrite_snapshot_meta,
+                                       filled_shard, live_records, new_shard, rewrite_snapshot_meta,
                                        write_checkpoint)
 from tests.helpers.fakes import tiny_config
 
@@ -41,8 +41,7 @@ def test_reshard_keeps_every_sequence_on_the_actor_routed_shard(tmp_path, old, n
 
 def test_restore_into_another_replay_layout_names_the_field(tmp_path) -> None:
     run = str(tmp_path / "run")
-    shard = new_shard()
-    fill(shard, [0], seed=0)
+    shard = filled_shard()
     info = write_checkpoint(run, 1, tiny_config(), [shard])
     spec = dataclasses.replace(shard.spec, state_size=4, frame_shape=(4, 4))
     with pytest.raises(CheckpointError) as exc:

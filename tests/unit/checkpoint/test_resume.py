@@ -5,7 +5,7 @@ import pytest
 
 from r2d2_hpc.checkpoint.records import CheckpointIncompatible
 from r2d2_hpc.checkpoint.resume import compatibility_errors, resume_point
-from tests.helpers.checkpoints import JOB_SPEC, fill, new_shard, with_changes, write_checkpoint
+from tests.helpers.checkpoints import JOB_SPEC, filled_shard, with_changes, write_checkpoint
 from tests.helpers.fakes import tiny_config
 
 
@@ -52,8 +52,7 @@ def test_job_shape_differences_are_named() -> None:
 def test_resume_point_raises_with_every_differing_field(tmp_path) -> None:
     run = str(tmp_path / "run")
     cfg = tiny_config()
-    shard = new_shard()
-    fill(shard, [0], seed=0)
+    shard = filled_shard()
     write_checkpoint(run, 1, cfg, [shard])
     new = with_changes(with_changes(cfg, "network", lstm_size=16), "learner", learning_rate=0.5)
     with pytest.raises(CheckpointIncompatible) as exc:

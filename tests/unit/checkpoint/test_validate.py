@@ -11,8 +11,8 @@ from r2d2_hpc.checkpoint.records import MANIFEST, CheckpointError
 from r2d2_hpc.checkpoint.restore import read_learner, restore_shard
 from r2d2_hpc.checkpoint.resume import resume_point
 from r2d2_hpc.checkpoint.validate import find_latest_valid, locate_checkpoint
-from tests.helpers.checkpoints import (NUM_ENVS, a_segment, fake_learner_state, fill, flip,
-                                       half_written_run, new_shard, report_sink, truncate,
+from tests.helpers.checkpoints import (NUM_ENVS, a_segment, fake_learner_state, fill, filled_shard,
+                                       flip, half_written_run, new_shard, report_sink, truncate,
                                        write_checkpoint)
 from tests.helpers.fakes import tiny_config
 
@@ -61,8 +61,7 @@ def test_damaged_newest_checkpoint_is_named_once_and_the_previous_one_used(
 def test_manifest_damage_and_missing_manifest_are_detected(tmp_path) -> None:
     run = str(tmp_path / "run")
     cfg = tiny_config()
-    shard = new_shard()
-    fill(shard, [0], seed=0)
+    shard = filled_shard()
     write_checkpoint(run, 1, cfg, [shard])
     second = write_checkpoint(run, 2, cfg, [shard])
     third = write_checkpoint(run, 3, cfg, [shard])

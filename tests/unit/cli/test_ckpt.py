@@ -7,7 +7,7 @@ from typing import Tuple
 
 from r2d2_hpc.cli.ckpt import main as ckpt_main
 from r2d2_hpc.config import save_config
-from tests.helpers.checkpoints import (a_segment, fill, flip, new_shard, with_changes,
+from tests.helpers.checkpoints import (a_segment, fill, filled_shard, flip, new_shard, with_changes,
                                        write_checkpoint)
 from tests.helpers.fakes import tiny_config
 
@@ -60,8 +60,7 @@ def test_inspect_exit_codes_on_missing_corrupt_and_bad_config(tmp_path, capsys) 
     rc, _, err = _inspect(capsys, "inspect", str(tmp_path))
     assert rc == 2 and "neither a checkpoint directory" in err
     run = str(tmp_path / "run")
-    shard = new_shard()
-    fill(shard, [0], seed=0)
+    shard = filled_shard()
     info = write_checkpoint(run, 1, tiny_config(), [shard])
     seg = a_segment(info.path)
     flip(os.path.join(info.path, seg))
