@@ -377,21 +377,15 @@ BAD_SEQS = [
 ]
 
 
-@pytest.mark.parametrize("field_name,over", BAD_STEPS)
-def test_bad_add_steps_leaves_shard_unchanged(field_name, over):
+@pytest.mark.parametrize("method,field_name,over",
+                         [("add_steps", f, o) for f, o in BAD_STEPS]
+                         + [("add_sequences", f, o) for f, o in BAD_SEQS])
+def test_bad_input_leaves_shard_unchanged(method, field_name, over):
     shard = _populated()
     before = shard.state().copy()
+    args = _steps_args(**over) if method == "add_steps" else _seq_args(**over)
     with pytest.raises(ValueError, match=field_name):
-        shard.add_steps(**_steps_args(**over))
-    assert shard.state().equals(before)
-
-
-@pytest.mark.parametrize("field_name,over", BAD_SEQS)
-def test_bad_add_sequences_leaves_shard_unchanged(field_name, over):
-    shard = _populated()
-    before = shard.state().copy()
-    with pytest.raises(ValueError, match=field_name):
-        shard.add_sequences(**_seq_args(**over))
+        getattr(shard, method)(**args)
     assert shard.state().equals(before)
 
 
