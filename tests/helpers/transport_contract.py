@@ -45,7 +45,13 @@ def big_messages() -> Messages:
 
 def arrays_for(layout: Layout, counts: Dict[str, int], seed: int) -> Dict[str, np.ndarray]:
     """Deterministic pseudo-random values of every field (same on every rank)."""
-    rng = np.random.default_rng(seed)
+    return random_arrays(layout, counts, np.random.default_rng(seed))
+
+
+def random_arrays(layout: Layout, counts: Dict[str, int], rng: np.random.Generator,
+                  float_scale: float = 1.0) -> Dict[str, np.ndarray]:
+    """Random values of every field: the full range of integer dtypes (negatives
+    included), booleans, and normal floats times ``float_scale``."""
     out = {}
     for f in layout.fields:
         shape = f.resolve(counts)
@@ -56,7 +62,7 @@ def arrays_for(layout: Layout, counts: Dict[str, int], seed: int) -> Dict[str, n
             out[f.name] = rng.integers(info.min, info.max, size=shape, dtype=f.dtype,
                                        endpoint=True)
         else:
-            out[f.name] = rng.standard_normal(shape).astype(f.dtype)
+            out[f.name] = (rng.standard_normal(shape) * float_scale).astype(f.dtype)
     return out
 
 

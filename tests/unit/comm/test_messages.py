@@ -14,6 +14,7 @@ from r2d2_hpc.comm.messages import (Command, Messages, TAGS, declare_messages,
 from r2d2_hpc.comm.wire import Field, Layout, MAGIC, MessageError, PROTOCOL_VERSION, Var
 from r2d2_hpc.config import Config, LearnerConfig, ReplayConfig
 from r2d2_hpc.types import SequenceBatch
+from tests.helpers.transport_contract import random_arrays as contract_random_arrays
 
 
 def tiny_config() -> Config:
@@ -30,18 +31,7 @@ def tiny_messages(**kw: Any) -> Messages:
 def random_arrays(layout: Layout, counts: Dict[str, int], rng: np.random.Generator
                   ) -> Dict[str, np.ndarray]:
     """Random values of every field (full dtype range for ints, incl. negatives)."""
-    out = {}
-    for f in layout.fields:
-        shape = f.resolve(counts)
-        if f.dtype == np.bool_:
-            out[f.name] = rng.random(shape) < 0.5
-        elif f.dtype.kind in "iu":
-            info = np.iinfo(f.dtype)
-            out[f.name] = rng.integers(info.min, info.max, size=shape, dtype=f.dtype,
-                                       endpoint=True)
-        else:
-            out[f.name] = (rng.standard_normal(shape) * 1e3).astype(f.dtype)
-    return out
+    return contract_random_arrays(layout, counts, rng, float_scale=1e3)
 
 
 def count_cases(layout: Layout, rng: np.random.Generator):
