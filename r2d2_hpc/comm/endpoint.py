@@ -50,14 +50,16 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from r2d2_hpc.comm.messages import Messages
 from r2d2_hpc.comm.wire import Layout
 
-__all__ = ["Backoff", "Endpoint", "ParamsUpdate", "Received"]
+__all__ = ["Backoff", "Endpoint", "ParamsUpdate", "Received", "poll_with_backoff"]
+
+T = TypeVar("T")
 
 
 class Received(NamedTuple):
@@ -111,6 +113,17 @@ class Backoff:
             delay = min(delay, max(0.0, self._deadline - time.monotonic()))
         time.sleep(delay)
         self._delay = min(self._cap, self._delay * 2)
+
+
+def poll_with_backoff(fetch: Callable[[], T], timeout: Optional[float]) -> T:
+    """Calls ``fetch`` with growing sleeps between (see :class:`Backoff`) until
+    it returns something truthy or ``timeout`` seconds pass; returns its last result."""
+    backoff = Backoff(timeout)
+    while True:
+        got = fetch()
+        if got or backoff.expired():
+            return got
+        backoff.sleep()
 
 
 # --------------------------------------------------------------------------- #
@@ -219,12 +232,7 @@ class Endpoint(abc.ABC):
         Returns:
           The messages, or an empty list on timeout.
         """
-        backoff = Backoff(timeout)
-        while True:
-            got = self.poll(name)
-            if got or backoff.expired():
-                return got
-            backoff.sleep()
+        return poll_with_backoff(lambda: self.poll(name), timeout)
 
     def __enter__(self) -> "Endpoint":
         return self

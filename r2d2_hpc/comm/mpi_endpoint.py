@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from r2d2_hpc.comm.endpoint import Backoff, Endpoint, ParamsUpdate, Received
+from r2d2_hpc.comm.endpoint import Endpoint, ParamsUpdate, Received, poll_with_backoff
 from r2d2_hpc.comm.messages import Messages
 from r2d2_hpc.comm.mpi_pools import ParamPublisher, ParamSubscriber, RecvPool, SendPool
 
@@ -123,16 +123,12 @@ class MPIEndpoint(Endpoint):
             sub.progress()
 
     def flush(self, timeout: float) -> bool:
-        backoff = Backoff(timeout)
-        while True:
-            self.progress()
-            busy = any(p.in_flight for p in self._send.values()) or (
-                self._publisher is not None and self._publisher.busy)
-            if not busy:
-                return True
-            if backoff.expired():
-                return False
-            backoff.sleep()
+        return poll_with_backoff(self._drained, timeout)
+
+    def _drained(self) -> bool:
+        self.progress()
+        return not (any(p.in_flight for p in self._send.values()) or (
+            self._publisher is not None and self._publisher.busy))
 
     def close(self, timeout: float = 1.0) -> None:
         if self._closed:

@@ -27,7 +27,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from r2d2_hpc.comm.endpoint import Backoff, ParamsUpdate, Received
+from r2d2_hpc.comm.endpoint import Backoff, ParamsUpdate, Received, poll_with_backoff
 from r2d2_hpc.comm.heartbeat import waiting_on_peer
 from r2d2_hpc.comm.wire import Layout, MessageError
 
@@ -56,6 +56,22 @@ def _wait_requests(MPI: Any, reqs: List[Any], timeout: float) -> Tuple[List[Any]
         if all(done) or backoff.expired():
             return statuses, done
         backoff.sleep()
+
+
+def _cancel_sends(MPI: Any, pending: List[Any], bufs: List[np.ndarray], layout: Layout,
+                  timeout: float) -> int:
+    """Cancels sends still in flight at close (waiting at most 1 s), keeps those
+    that never completed referenced with their buffers, and returns the pool's
+    buffers to its layout; returns how many sends were pending."""
+    for req in pending:
+        req.Cancel()
+    _, done = _wait_requests(MPI, pending, min(timeout, 1.0))
+    for ok, req in zip(done, pending):
+        if not ok:
+            _ABANDONED.append((req, bufs))
+    for buf in bufs:
+        layout.drop_pool_buffer(buf)
+    return len(pending)
 
 
 # --------------------------------------------------------------------------- #
@@ -157,12 +173,7 @@ class RecvPool:
         Returns:
           The messages, or an empty list on timeout.
         """
-        backoff = Backoff(timeout)
-        while True:
-            got = self.poll()
-            if got or backoff.expired():
-                return got
-            backoff.sleep()
+        return poll_with_backoff(self.poll, timeout)
 
     def close(self, timeout: float = 5.0) -> int:
         """Cancels the posted receives and waits (at most ``timeout``) for them.
@@ -333,14 +344,11 @@ class SendPool:
 
     def flush(self, timeout: float) -> bool:
         """Waits until every send completed; False if some are still in flight at ``timeout``."""
-        backoff = Backoff(timeout)
-        while True:
-            self._reclaim()
-            if not self._in_flight:
-                return True
-            if backoff.expired():
-                return False
-            backoff.sleep()
+        return poll_with_backoff(self._drained, timeout)
+
+    def _drained(self) -> bool:
+        self._reclaim()
+        return not self._in_flight
 
     def close(self, timeout: float = 1.0) -> int:
         """Flushes for at most ``timeout``, then cancels what is left.
@@ -352,16 +360,8 @@ class SendPool:
             return 0
         self.flush(timeout)
         self._closed = True
-        pending = [r for r in self._reqs if r]
-        for req in pending:
-            req.Cancel()
-        _, done = _wait_requests(self._MPI, pending, min(timeout, 1.0))
-        for ok, req in zip(done, pending):
-            if not ok:
-                _ABANDONED.append((req, self._bufs))
-        for buf in self._bufs:
-            self.layout.drop_pool_buffer(buf)
-        return len(pending)
+        return _cancel_sends(self._MPI, [r for r in self._reqs if r], self._bufs, self.layout,
+                             timeout)
 
     def __enter__(self) -> "SendPool":
         return self
@@ -472,30 +472,19 @@ class ParamPublisher:
 
     def flush(self, timeout: float) -> bool:
         """Waits until no send is in flight and no actor is owed; False at ``timeout``."""
-        backoff = Backoff(timeout)
-        while True:
-            self.progress()
-            if not self.busy:
-                return True
-            if backoff.expired():
-                return False
-            backoff.sleep()
+        return poll_with_backoff(self._drained, timeout)
+
+    def _drained(self) -> bool:
+        self.progress()
+        return not self.busy
 
     def close(self, timeout: float = 1.0) -> int:
         """Flushes for at most ``timeout``, then cancels; returns sends not completed."""
         self.flush(timeout)
         self._owed = []
         pending = [req for _, req in self._inflight.values()]
-        for req in pending:
-            req.Cancel()
-        _, done = _wait_requests(self._MPI, pending, min(timeout, 1.0))
-        for ok, req in zip(done, pending):
-            if not ok:
-                _ABANDONED.append((req, self._bufs))
         self._inflight.clear()
-        for buf in self._bufs:
-            self.layout.drop_pool_buffer(buf)
-        return len(pending)
+        return _cancel_sends(self._MPI, pending, self._bufs, self.layout, timeout)
 
 
 class ParamSubscriber:
