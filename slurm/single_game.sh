@@ -21,7 +21,9 @@
 # and resumes from the last periodic checkpoint.
 #
 # Exit codes of the step: 0 done -> exit 0; 3 checkpointed -> requeue; 2 bad
-# input (config, ranks, incompatible checkpoint) -> exit 2, no requeue;
+# input (config, ranks, incompatible checkpoint) -> exit 2, no requeue; 4 the
+# checkpoint the stop asked for could not be written (a full disk) -> exit 4,
+# no requeue (it would fail again);
 # anything else -> requeue if a signal had arrived (resume from the last
 # complete checkpoint), else exit with that code.
 #
@@ -59,6 +61,7 @@ set -uo pipefail
 
 EXIT_BAD_INPUT=2
 EXIT_REQUEUE=3
+EXIT_CHECKPOINT_FAILED=4
 
 GAME="${R2D2_GAME:-${1:-Pong}}"
 R2D2_HOME="${R2D2_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
@@ -151,6 +154,7 @@ case "$RC" in
     0) exit 0 ;;
     "$EXIT_REQUEUE") requeue "checkpoint written" ;;
     "$EXIT_BAD_INPUT") log "bad input: see the message above; not requeueing"; exit "$RC" ;;
+    "$EXIT_CHECKPOINT_FAILED") log "the checkpoint could not be written (see above); not requeueing: make room, then resubmit"; exit "$RC" ;;
     *) if [ -n "$SIGNALLED_AT" ]; then
            requeue "interrupted after the signal (exit $RC); resuming from the last complete checkpoint"
        fi

@@ -158,6 +158,11 @@ class CheckpointLayout:
         os.makedirs(path)
         return path
 
+    def discard(self, path: str) -> None:
+        """Deletes the partial directory of a checkpoint that failed (what could be)."""
+        if os.path.basename(path).startswith(PARTIAL_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+
     def _remove_leftovers(self) -> List[str]:
         removed = []
         for name in sorted(os.listdir(self.root)):

@@ -16,11 +16,16 @@ from typing import Any, Dict, Iterable, Optional
 
 from r2d2_hpc.config import CheckpointConfig
 
-__all__ = ["EXIT_REQUEUE", "CheckpointSchedule", "PreemptionFlag", "signal_name"]
+__all__ = ["EXIT_CHECKPOINT_FAILED", "EXIT_REQUEUE", "CheckpointSchedule", "PreemptionFlag",
+           "signal_name"]
 
 #: Exit code of every rank after the checkpoint a preemption signal asked for:
 #: "checkpointed, requeue me". ``slurm/*.sh`` requeue the job on it.
 EXIT_REQUEUE = 3
+#: Exit code of every rank when the checkpoint a stop asked for (a preemption's,
+#: or ``checkpoint.at_end``) could not be written (a full disk): not 3, so
+#: ``slurm/*.sh`` do not requeue a job whose disk needs attention first.
+EXIT_CHECKPOINT_FAILED = 4
 
 
 def signal_name(signum: int) -> str:

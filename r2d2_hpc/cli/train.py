@@ -19,6 +19,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import yaml
 
 from r2d2_hpc.agent.device import device_errors
+from r2d2_hpc.checkpoint.preemption import EXIT_CHECKPOINT_FAILED, EXIT_REQUEUE
 from r2d2_hpc.checkpoint.records import CheckpointIncompatible, CheckpointInfo, list_checkpoints
 from r2d2_hpc.checkpoint.resume import resume_point
 from r2d2_hpc.comm.allreduce import check_allreduce
@@ -33,6 +34,13 @@ from r2d2_hpc.types import JobSpec
 
 #: Exit code for bad input (config, ranks, files): nothing was started.
 EXIT_BAD_INPUT = 2
+#: What a non-zero exit code of a finished run means (printed with it).
+EXIT_MEANINGS = {
+    EXIT_REQUEUE: "checkpointed after a signal; requeue the job to resume",
+    EXIT_CHECKPOINT_FAILED: "the checkpoint the stop asked for could not be written; the "
+                            "newest committed one is kept; not requeued: make room in the run "
+                            "directory, then resubmit (it resumes from that checkpoint)",
+}
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -262,8 +270,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{lead['final_eval_return']:.1f} over {lead['final_eval_episodes']} "
                   f"episodes", flush=True)
         if code:
-            print(f"r2d2-train: exiting with code {code} (checkpointed after a signal; "
-                  f"requeue the job to resume)", flush=True)
+            print(f"r2d2-train: exiting with code {code} ({EXIT_MEANINGS.get(code, 'failed')})",
+                  flush=True)
     return code
 
 

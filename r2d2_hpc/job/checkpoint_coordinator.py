@@ -9,8 +9,18 @@ One checkpoint at a time, in the partial directory of its learner step::
     take_controls()    CHECKPOINT_DONE(arg) from shard r: r leaves ``waiting``;
                        arg != step (a shard's write failed: -1) marks it failed
     progress()         nobody waiting: commit (manifest, atomic rename, prune)
-                       or, if failed, keep the previous checkpoint; the
-                       schedule restarts from ``step`` either way
+                       or, if failed, delete the partial directory and keep the
+                       previous checkpoint; the schedule restarts from ``step``
+                       either way
+
+A write that fails (``OSError``: a full disk, a quota, an I/O error) on any
+rank fails that checkpoint only: learner 0 says so once, with the reason and the
+checkpoint kept, and the run goes on (:attr:`CheckpointCoordinator.failures`).
+Whether the run may go on after a failed *stop* checkpoint (preemption, end) is
+the learner rank's decision
+(:data:`~r2d2_hpc.checkpoint.preemption.EXIT_CHECKPOINT_FAILED`). Nothing half-written
+is taken for a checkpoint: readers ignore partial directories, and only a
+complete one is renamed to its final name.
 
 The learner takes no step while a checkpoint is pending (the rank's loop),
 so the learner, actor and shard files describe the same moment.
@@ -20,6 +30,7 @@ this module owns only the protocol and its record.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence
@@ -54,20 +65,26 @@ class PendingCheckpoint:
       step: its learner step (the argument of CONTROL CHECKPOINT).
       path: its partial directory.
       waiting: shard ranks whose CHECKPOINT_DONE has not arrived.
-      failed: a shard reported a failed write.
+      failure: why it failed ('' while nothing failed): the first failure reported.
       started: ``timer()`` when it started.
     """
 
     step: int
     path: str
     waiting: FrozenSet[int]
-    failed: bool
+    failure: str
     started: float
+
+    @property
+    def failed(self) -> bool:
+        """True once some part of it could not be written."""
+        return bool(self.failure)
 
     def done_by(self, source: int, argument: int) -> "PendingCheckpoint":
         """The record after shard ``source`` reported ``argument`` (its step, -1: failed)."""
-        return dataclasses.replace(self, waiting=self.waiting - {source},
-                                   failed=self.failed or argument != self.step)
+        failure = self.failure or ("" if argument == self.step else
+                                   f"the replay shard at rank {source} could not write its part")
+        return dataclasses.replace(self, waiting=self.waiting - {source}, failure=failure)
 
 
 class CheckpointCoordinator:
@@ -77,6 +94,7 @@ class CheckpointCoordinator:
       pending: the checkpoint being written, if any.
       committed: names of the checkpoints this run committed.
       seconds: wall seconds of each committed checkpoint, start to commit.
+      failures: learner steps of the checkpoints that failed.
       digests: learner step -> digest of the learner state written (bit-exact resume tests).
     """
 
@@ -104,6 +122,7 @@ class CheckpointCoordinator:
         self.pending: Optional[PendingCheckpoint] = None
         self.committed: List[str] = []
         self.seconds: List[float] = []
+        self.failures: List[int] = []
         self.digests: Dict[str, str] = {}
 
     @property
@@ -133,16 +152,26 @@ class CheckpointCoordinator:
                                + ("none is written" if self.layout is None else
                                   f"the one at step {self.pending.step} is pending"))
         started = self.timer()
-        path = self.layout.begin(step)
+        try:
+            path = self.layout.begin(step)
+        except OSError as exc:  # the shards are not asked: it fails at once
+            self.pending = PendingCheckpoint(step, self.layout.partial_path(step), frozenset(),
+                                             f"its directory could not be made ({exc})",
+                                             started)
+            return self.pending
         self.ep.send_to_all("CONTROL", self.shard_ranks, timeout=60.0,
                             command=int(Command.CHECKPOINT), argument=step)
+        failure = ""
         with long_phase():  # heartbeats keep flowing while the files are written
             files = lead_files()
-            self.layout.write_learner(path, files.state, self.cfg, files.counters, step=step,
-                                      job_spec=self.spec)
-            self.digests[str(step)] = state_digest(files.state)
-            self.layout.write_actors(path, files.actors)
-        self.pending = PendingCheckpoint(step, path, frozenset(self.shard_ranks), False,
+            try:
+                self.layout.write_learner(path, files.state, self.cfg, files.counters,
+                                          step=step, job_spec=self.spec)
+                self.digests[str(step)] = state_digest(files.state)
+                self.layout.write_actors(path, files.actors)
+            except OSError as exc:  # the shards still report before it ends
+                failure = f"learner 0 could not write its files ({exc})"
+        self.pending = PendingCheckpoint(step, path, frozenset(self.shard_ranks), failure,
                                          started)
         return self.pending
 
@@ -163,13 +192,22 @@ class CheckpointCoordinator:
         if ck is None or ck.waiting:
             return None
         self.pending = None
+        assert self.layout is not None  # start needs it
+        if not ck.failed:
+            try:
+                info = self.layout.commit(ck.path, ck.step, len(self.shard_ranks))
+            except OSError as exc:
+                ck = dataclasses.replace(ck, failure=f"its manifest could not be written ({exc})")
+            else:
+                self.committed.append(info.name)
+                self.seconds.append(self.timer() - ck.started)
         if ck.failed:
-            print(f"r2d2-train: checkpoint at step {ck.step} failed on a replay shard; "
-                  f"the previous checkpoint is kept", file=sys.stderr, flush=True)
-        else:
-            assert self.layout is not None  # start needs it
-            info = self.layout.commit(ck.path, ck.step, len(self.shard_ranks))
-            self.committed.append(info.name)
-            self.seconds.append(self.timer() - ck.started)
+            self.layout.discard(ck.path)
+            self.failures.append(ck.step)
+            kept = self.layout.checkpoints()
+            print(f"r2d2-train: checkpoint at step {ck.step} failed: {ck.failure}; "
+                  + (f"the previous checkpoint {os.path.basename(kept[-1])} is kept" if kept
+                     else "there is no earlier checkpoint"),
+                  file=sys.stderr, flush=True)
         self.schedule.mark(ck.step)
         return ck

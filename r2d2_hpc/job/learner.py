@@ -17,7 +17,10 @@ Each tick:
    checkpoints on schedule (:class:`~r2d2_hpc.job.checkpoint_coordinator.CheckpointCoordinator`;
    no learner step while one is written) and decides when the run's budget is
    spent or a preemption stops it (:class:`~r2d2_hpc.job.stop.StopController`);
-   it then sends CONTROL STOP, with the exit code, to every other rank.
+   it then sends CONTROL STOP, with the exit code, to every other rank. A
+   periodic checkpoint that fails is reported and the run goes on; when the
+   checkpoint a stop asked for fails, every rank exits with
+   :data:`~r2d2_hpc.checkpoint.preemption.EXIT_CHECKPOINT_FAILED` (4).
 
 Learner 0 also evaluates: every ``logging.eval_interval_steps`` learner steps
 and, with ``logging.final_eval_episodes > 0``, once when the budget is spent
@@ -46,6 +49,7 @@ from r2d2_hpc.agent.exploration import env_epsilons
 from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointInfo
+from r2d2_hpc.checkpoint.preemption import EXIT_CHECKPOINT_FAILED
 from r2d2_hpc.checkpoint.restore import read_actors, read_learner
 from r2d2_hpc.comm.allreduce import GradientAverager, make_averager
 from r2d2_hpc.comm.endpoint import Endpoint
@@ -218,7 +222,10 @@ class LearnerRank(Role):
             self.checkpoints.take_controls(controls)
         if self.checkpoints.pending is not None:  # no learner step while one is written
             self._receive()
-            if self.checkpoints.progress() is not None and self.stop.final_checkpoint:
+            ended = self.checkpoints.progress()
+            if ended is not None and self.stop.final_checkpoint:
+                if ended.failed:
+                    self.exit_code = EXIT_CHECKPOINT_FAILED  # not requeued (module docstring)
                 self._complete_finish()
             return False
         if self.stop.take_preemption():
@@ -391,6 +398,7 @@ class LearnerRank(Role):
                "resume_digest": self.resume_digest,
                "checkpoints": list(ck.committed),
                "checkpoint_seconds": list(ck.seconds),
+               "checkpoint_failures": list(ck.failures),
                "checkpoint_digests": dict(ck.digests),
                "episodes": self.metrics.episodes,
                "compute_seconds": self.compute_seconds,

@@ -55,9 +55,12 @@ class RunHooks:
       fail_actor_at_step: actor 0 raises at this env step (0 = never).
       fail: ``"ROLE:INDEX:SECONDS[:WHAT]"``: once that rank's loop has run that
         many seconds it raises (WHAT = ``raise``, the default), its loop hangs
-        (``hang``: sleeps outside any long phase, a stuck rank), or it spends N
+        (``hang``: sleeps outside any long phase, a stuck rank), it spends N
         seconds in a long phase and goes on (``phase=N``: a long checkpoint or
-        evaluation). E.g. ``"replay:0:5"``, ``"actor:1:5:hang"``; empty = never.
+        evaluation), or learner 0 raises while a checkpoint it started is
+        still being written (``checkpoint``: at the first such loop iteration
+        after SECONDS). E.g. ``"replay:0:5"``, ``"actor:1:5:hang"``,
+        ``"learner:0:5:checkpoint"``; empty = never.
     """
 
     def __init__(self, fail_actor_at_step: int = 0, fail: str = "") -> None:
@@ -69,12 +72,15 @@ class RunHooks:
             self.fail_role, self.fail_index, self.fail_after_s = role, int(index), float(seconds)
             self.fail_what = what[0] if what else "raise"
 
-    def check(self, info: RoleInfo, seconds: float) -> None:
+    def check(self, info: RoleInfo, seconds: float, role: Optional[Role] = None) -> None:
         """Injects the failure when it is this rank's and its time has come."""
         if (info.role != self.fail_role or info.index != self.fail_index
                 or seconds < self.fail_after_s):
             return
         what = self.fail_what
+        if what == "checkpoint" and getattr(getattr(role, "checkpoints", None), "pending",
+                                            None) is None:
+            return  # armed until a checkpoint is being written
         self.fail_role = ""  # once
         if what == "hang":
             while True:
@@ -84,7 +90,8 @@ class RunHooks:
                 time.sleep(float(what.split("=", 1)[1]))
             return
         raise RuntimeError(f"injected failure in {info.role} {info.index} after "
-                           f"{self.fail_after_s:g} s")
+                           f"{self.fail_after_s:g} s"
+                           + (" during a checkpoint" if what == "checkpoint" else ""))
 
 
 def build_role(cfg: Config, spec: JobSpec, ep: Endpoint, info: RoleInfo,
@@ -346,7 +353,7 @@ def run_mpi(cfg: Config, world: Any, run_dir: Optional[str], quiet: bool = False
         loop_start = time.monotonic()
         while not role.done:
             heartbeat.beat()
-            hooks.check(info, time.monotonic() - loop_start)
+            hooks.check(info, time.monotonic() - loop_start, role)
             signum = flag.take() if flag is not None else None
             if signum is not None:
                 role.on_preempt(signum)  # learner 0 coordinates

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -34,20 +35,28 @@ def newest_checkpoint_is_intact(run) -> None:
     assert info is not None and info.step >= 10, "no committed checkpoint survived"
 
 
-@pytest.mark.parametrize("role, index, rank", [("learner", 0, 0), ("replay", 0, 1),
-                                               ("actor", 1, 3)])
-def test_a_crash_on_any_rank_ends_the_job_naming_it(tmp_path, role, index, rank):
+@pytest.mark.parametrize("role, index, rank, what", [
+    ("learner", 0, 0, ""), ("learner", 0, 0, ":checkpoint"), ("replay", 0, 1, ""),
+    ("actor", 1, 3, "")])
+def test_a_crash_on_any_rank_ends_the_job_naming_it(tmp_path, role, index, rank, what):
+    """``:checkpoint``: learner 0 fails while the shards write a checkpoint it started."""
     run = tmp_path / "run"
     proc, seconds = launch(4, ["--run-dir", str(run), "--inject-failure",
-                               f"{role}:{index}:{FAIL_AFTER_S:g}"] + sets(*FAULT_RUN),
+                               f"{role}:{index}:{FAIL_AFTER_S:g}{what}"] + sets(*FAULT_RUN),
                            tmp_path, timeout=180)
-    assert proc.returncode not in (0, 2, 3), proc.stdout + proc.stderr
+    assert proc.returncode not in (0, 2, 3, 4), proc.stdout + proc.stderr
     assert proc.stderr.count(f"rank {rank} ({role} {index}) failed; aborting the whole job") \
         == 1, proc.stderr
     assert f"injected failure in {role} {index}" in proc.stderr
     # start-up (a few seconds), the failure at 10 s of the loop, then the abort
     assert seconds < FAIL_AFTER_S + BOUND_S + 20
     newest_checkpoint_is_intact(run)
+    if what:
+        assert "during a checkpoint" in proc.stderr
+        partial = [n for n in os.listdir(run / "checkpoints") if n.startswith(".partial-ckpt-")]
+        assert len(partial) == 1  # the interrupted one, never taken for a checkpoint
+        newest = find_latest_valid(str(run), report=None, deep=True)
+        assert newest.step < int(partial[0].rsplit("-", 1)[1])
 
 
 def rank_pid(run_dir: str, rank: int) -> int:
@@ -166,3 +175,79 @@ def test_a_long_phase_raises_no_false_alarm(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sent no heartbeat" not in proc.stderr
     assert json.loads((run / "summary.json").read_text())[0]["learner_step"] == 150
+
+
+# --------------------------------------------------------------------------- #
+# A full disk: the checkpoints' filesystem is a small tmpfs the test fills.
+
+def _fill(directory: str) -> str:
+    """Writes a file into ``directory`` until its filesystem is full; returns its path."""
+    path = os.path.join(directory, "filler")
+    block = b"\0" * 65536
+    with open(path, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(block)
+        except OSError:
+            pass
+    return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``run/checkpoints`` on a 64 MiB tmpfs (needs root, as CI runs)."""
+    mount = tmp_path / "run" / "checkpoints"
+    mount.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_checkpoints_training_goes_on_and_a_preemption_exits_4(
+        tmp_path, small_disk):
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+           "--run-dir", str(run)] + sets(*FAULT_RUN)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+
+    def wait_for(what, seconds: float = 120.0):
+        deadline = time.monotonic() + seconds
+        while not what():
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)[-3000:]
+            time.sleep(0.2)
+
+    def failures() -> int:
+        return sum(" failed: " in ln and "checkpoint at step" in ln for ln in lines)
+
+    try:
+        wait_for(lambda: find_latest_valid(str(run), report=None, deep=False) is not None)
+        filler = _fill(str(small_disk))
+        kept = find_latest_valid(str(run), report=None, deep=True)
+        wait_for(lambda: failures() >= 2)  # each reported, and the run goes on
+        assert find_latest_valid(str(run), report=None, deep=True).name == kept.name
+        os.remove(filler)  # room again: the next checkpoint commits
+        wait_for(lambda: find_latest_valid(str(run), report=None, deep=False).step > kept.step)
+        _fill(str(small_disk))
+        newest = find_latest_valid(str(run), report=None, deep=True)
+        os.kill(rank_pid(str(run), 3), signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=120)
+        reader.join(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines)
+    assert proc.returncode == 4, out[-2000:] + err[-3000:]
+    assert "exiting with code 4 (the checkpoint the stop asked for could not be written" in out
+    assert "No space left on device" in err
+    # the preemption's checkpoint is not taken for one; the newest committed one is intact
+    after = find_latest_valid(str(run), report=None, deep=True)
+    assert after is not None and after.name == newest.name
+    assert not [n for n in os.listdir(small_disk) if n.startswith(".partial")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE, CheckpointSchedule, PreemptionFlag
+from r2d2_hpc.checkpoint.preemption import (EXIT_CHECKPOINT_FAILED, EXIT_REQUEUE,
+                                            CheckpointSchedule, PreemptionFlag)
 from r2d2_hpc.checkpoint.restore import read_learner
 from r2d2_hpc.checkpoint.validate import find_latest_valid
+from r2d2_hpc.cli.train import EXIT_BAD_INPUT
 from r2d2_hpc.config import CheckpointConfig
 from tests.helpers.launcher import ROOT
 
@@ -105,3 +108,14 @@ def test_schedule_table(seconds, steps, at_step, at_time, due) -> None:
     assert sched.due(at_step, at_time) is due
     sched.mark(at_step, at_time)
     assert not sched.due(at_step, at_time)
+
+
+def test_the_slurm_script_knows_every_exit_code_by_its_value():
+    """slurm/single_game.sh decides requeue or not by exit code: its numbers
+    are the package's (0 done, 2 bad input, 3 requeue, 4 checkpoint failed)."""
+    text = open(os.path.join(ROOT, "slurm", "single_game.sh")).read()
+    declared = dict(re.findall(r"^(EXIT_\w+)=(\d+)$", text, re.M))
+    assert declared == {"EXIT_BAD_INPUT": str(EXIT_BAD_INPUT), "EXIT_REQUEUE": str(EXIT_REQUEUE),
+                        "EXIT_CHECKPOINT_FAILED": str(EXIT_CHECKPOINT_FAILED)}
+    for name in declared:  # each has its own branch in the final case
+        assert re.search(rf'^\s*"\${name}"\)', text, re.M), name

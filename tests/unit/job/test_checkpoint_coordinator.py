@@ -3,6 +3,8 @@ write, commit after every CHECKPOINT_DONE, a failed shard keeps the previous che
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 from typing import List, Tuple
 
 import numpy as np
@@ -73,7 +75,7 @@ def test_commit_after_every_shard_reported(tmp_path):
 
     pending = coord.start(5, lead_files)
     assert pending == PendingCheckpoint(5, coord.layout.partial_path(5), frozenset({1, 2}),
-                                        False, 10.0)
+                                        "", 10.0)
     assert coord.digests == {"5": state_digest(fake_learner_state(5))}
     assert coord.progress() is None and not coord.due(100)
     _shard_writes(coord, 0, shards[0])
@@ -106,15 +108,74 @@ def test_a_failed_shard_keeps_the_previous_checkpoint(tmp_path, capsys):
     coord.take_controls(poll_control(coord.ep))
     done = coord.progress()
     assert done is not None and done.failed and done.step == 8
-    assert "checkpoint at step 8 failed on a replay shard" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ("checkpoint at step 8 failed: the replay shard at rank 1 could not write its part; "
+            "the previous checkpoint ckpt-000000000005 is kept") in err
     assert coord.layout.checkpoints() == before and len(coord.committed) == 1
+    assert coord.failures == [8] and not os.path.exists(coord.layout.partial_path(8))
     assert coord.schedule.last_step == 8  # the schedule restarts either way
 
 
+def _a_committed_checkpoint(coord, shards, step: int) -> None:
+    coord.start(step, lambda: _files(step))
+    for s, ep in enumerate(shards):
+        _shard_writes(coord, s, ep)
+    coord.take_controls(poll_control(coord.ep))
+    assert not coord.progress().failed
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where, why", [
+    ("write_learner", "learner 0 could not write its files ([Errno 28] No space left on device)"),
+    ("write_actors", "learner 0 could not write its files ([Errno 28] No space left on device)"),
+    ("commit", "its manifest could not be written ([Errno 28] No space left on device)"),
+])
+def test_a_write_of_learner_0_that_fails_keeps_the_previous_checkpoint(tmp_path, capsys,
+                                                                         monkeypatch, where, why):
+    """A full disk on learner 0 fails that checkpoint only: the shards still
+    report, the partial directory goes, the previous checkpoint stays, and the
+    next one (the disk has room again) commits."""
+    coord, _, shards, _ = _setup(tmp_path)
+    _a_committed_checkpoint(coord, shards, 5)
+    before = coord.layout.checkpoints()
+    with monkeypatch.context() as m:
+        m.setattr(coord.layout, where, _disk_full)
+        coord.start(8, lambda: _files(8))
+        for s, ep in enumerate(shards):
+            _shard_writes(coord, s, ep)  # the shards were asked and write their parts
+        coord.take_controls(poll_control(coord.ep))
+        done = coord.progress()
+    assert done is not None and done.failed and done.failure == why
+    assert f"checkpoint at step 8 failed: {why}; the previous checkpoint " \
+           f"ckpt-000000000005 is kept" in capsys.readouterr().err
+    assert coord.layout.checkpoints() == before and coord.failures == [8]
+    assert not os.path.exists(coord.layout.partial_path(8))
+    _a_committed_checkpoint(coord, shards, 11)
+    assert len(coord.layout.checkpoints()) == 2 and coord.committed[-1].endswith("11")
+
+
+def test_a_directory_that_cannot_be_made_fails_without_asking_the_shards(tmp_path, capsys,
+                                                                           monkeypatch):
+    coord, _, shards, _ = _setup(tmp_path)
+    monkeypatch.setattr(coord.layout, "begin", _disk_full)
+    pending = coord.start(3, lambda: pytest.fail("nothing is written"))
+    assert pending.failed and pending.waiting == frozenset()
+    assert all(poll_control(ep) == [] for ep in shards)
+    assert coord.progress().failed and coord.pending is None and coord.failures == [3]
+    err = capsys.readouterr().err
+    assert "checkpoint at step 3 failed: its directory could not be made ([Errno 28] No " \
+           "space left on device); there is no earlier checkpoint" in err
+
+
 def test_a_done_for_another_step_counts_as_failed():
-    ck = PendingCheckpoint(5, "p", frozenset({1, 2}), False, 0.0)
+    ck = PendingCheckpoint(5, "p", frozenset({1, 2}), "", 0.0)
     assert ck.done_by(1, 5) == dataclasses.replace(ck, waiting=frozenset({2}))
     assert ck.done_by(2, 4).failed and ck.done_by(2, -1).failed
+    assert ck.done_by(2, -1).done_by(1, -1).failure == \
+        "the replay shard at rank 2 could not write its part"  # the first one is kept
     assert ck.waiting == {1, 2}  # the record is frozen: each report gives a new one
 
 

@@ -2,8 +2,10 @@
 and ticked by hand through a preemption checkpoint."""
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import signal
 
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 
 import r2d2_hpc.job.actor as actor_rank
 from r2d2_hpc.agent.exploration import EPSILON_BUCKET_COLUMNS
-from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE
+from r2d2_hpc.checkpoint.layout import CheckpointLayout
+from r2d2_hpc.checkpoint.preemption import EXIT_CHECKPOINT_FAILED, EXIT_REQUEUE
 from r2d2_hpc.comm.memory_endpoint import InMemoryHub
 from r2d2_hpc.comm.messages import Command, job_messages
 from r2d2_hpc.comm.topology import assign_role
@@ -99,3 +102,38 @@ def test_preemption_checkpoints_once_then_stops_everyone_with_exit_3(tmp_path):
     assert summary["stop_reason"] == "preempted by SIGUSR1"
     assert summary["exit_code"] == EXIT_REQUEUE and len(summary["checkpoints"]) == 1
     assert summary["checkpoint_digests"] == {"0": state_digest(lead.learner.state())}
+
+
+def test_a_preemption_checkpoint_that_fails_stops_everyone_with_exit_4(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The shard's disk is full: the checkpoint fails, the STOP carries
+    EXIT_CHECKPOINT_FAILED (not 3: nothing new to resume from), and it is said."""
+    cfg = tiny_job_config("logging.final_eval_episodes=0", "logging.eval_interval_steps=0")
+    spec = job_spec(cfg)
+    hub = InMemoryHub(job_messages(cfg, spec), 3)  # learner 0, shard 1, actor 2
+    run = str(tmp_path / "run")
+    lead = LearnerRank(cfg, spec, hub.endpoint(0), assign_role(0, 3, cfg.topology),
+                       run_dir=run)
+    shard = ReplayRank(cfg, spec, hub.endpoint(1), assign_role(1, 3, cfg.topology),
+                       run_dir=run)
+    actor = hub.endpoint(2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(CheckpointLayout, "write_shard", disk_full)
+    lead.on_preempt(signal.SIGUSR1)
+    assert not lead.tick() and lead.checkpoints.pending is not None
+    assert [c.command for c in poll_control(hub.endpoint(1))] == [int(Command.CHECKPOINT)]
+    shard.write_checkpoint(0, lead=0)
+    lead.tick()
+    assert lead.done and lead.exit_code == EXIT_CHECKPOINT_FAILED
+    assert [(c.command, c.argument) for c in poll_control(actor)] == \
+        [(int(Command.STOP), EXIT_CHECKPOINT_FAILED)]
+    summary = lead.summary()
+    assert summary["checkpoints"] == [] and summary["checkpoint_failures"] == [0]
+    err = capsys.readouterr().err
+    assert "replay shard 0: checkpoint 0 failed: [Errno 28] No space left on device" in err
+    assert "checkpoint at step 0 failed: the replay shard at rank 1 could not write its part; " \
+           "there is no earlier checkpoint" in err
+    assert os.listdir(os.path.join(run, "checkpoints")) == []  # nothing half-written is left
