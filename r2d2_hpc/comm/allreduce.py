@@ -37,11 +37,11 @@ Backends (``learner.allreduce``):
 * ``mpi``: mpi4py ``Allreduce`` on the learners' sub-communicator, in place
   on the CPU gradient (a CUDA gradient is staged through host memory).
 * ``torch``: ``torch.distributed`` over the learners only: gloo on CPU, NCCL
-  for a CUDA learner. Learner 0 opens the rendezvous ``TCPStore`` on port 0
-  (the OS picks a free port, no pick-then-bind race) and broadcasts
-  ``host:port`` over the sub-communicator; ``host`` is ``127.0.0.1`` when
-  every learner shares learner 0's node, else ``$R2D2_DIST_HOST`` or learner
-  0's host name.
+  for a CUDA learner. Learner 0 opens the rendezvous ``TCPStore`` on a socket
+  bound to ``host``'s address only, port 0 (the OS picks a free port, no
+  pick-then-bind race), and broadcasts ``host:port`` over the sub-communicator;
+  ``host`` is ``127.0.0.1`` when every learner shares learner 0's node, else
+  ``$R2D2_DIST_HOST`` or learner 0's host name.
 * ``horovod``: ``hvd.init(comm=learner_subcomm)`` and ``hvd.allreduce_`` on
   the flat gradient. That is what ``hvd.DistributedOptimizer`` does, fused:
   it registers per-parameter hooks that allreduce gradients as backward
@@ -444,6 +444,24 @@ def rendezvous_host(comm: Any) -> str:
     return comm.bcast(host, root=0)
 
 
+def listening_socket(host: str) -> socket.socket:
+    """A TCP socket listening on ``host``'s own address and a port the OS picks.
+
+    Learner 0's ``TCPStore`` serves on it (``master_listen_fd``), so the
+    rendezvous is reachable at the address the other learners are given and
+    not on every interface of the node (``TCPStore`` alone binds them all).
+    """
+    family, kind, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(addr[:2] if family == socket.AF_INET else addr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def gpu_identity(device: torch.device) -> str:
     """Which physical GPU ``device`` is, comparable across processes and nodes.
 
@@ -492,11 +510,16 @@ class TorchDistAverager(GradientAverager):
         host = rendezvous_host(comm)
         store = None
         port = 0
+        #: learner 0: the (address, port) its rendezvous listens on
+        self.listen_address: Optional[Tuple[str, int]] = None
         if self.rank == 0:
-            # Port 0: the OS binds a free port, which is then broadcast.
-            store = dist.TCPStore(host, 0, self.size, True, timeout=TORCH_TIMEOUT,
-                                  wait_for_workers=False)
-            port = int(store.port)
+            # Port 0: the OS picks a free port (no pick-then-bind race), broadcast below.
+            listener = listening_socket(host)
+            self.listen_address = tuple(listener.getsockname()[:2])
+            port = int(self.listen_address[1])
+            # The store takes the socket over (and closes it with itself).
+            store = dist.TCPStore(host, port, self.size, True, timeout=TORCH_TIMEOUT,
+                                  wait_for_workers=False, master_listen_fd=listener.detach())
         port = int(comm.bcast(port, root=0))
         if self.rank != 0:
             store = dist.TCPStore(host, port, self.size, False, timeout=TORCH_TIMEOUT)

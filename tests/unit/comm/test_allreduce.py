@@ -18,7 +18,8 @@ from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.comm.allreduce import (AUTO_ORDER, BACKENDS, BackendUnavailable, HOROVOD_INSTALL,
                                      MpiAllreduceAverager, TorchDistAverager, auto_reason,
                                      backend_status, check_allreduce, choose_backend, decode_stop,
-                                     encode_stop, horovod_status, make_averager)
+                                     encode_stop, horovod_status, listening_socket,
+                                     make_averager)
 from r2d2_hpc.config import load_config
 from r2d2_hpc.presets import load_preset
 from r2d2_hpc.storage.digest import replica_digest
@@ -242,3 +243,21 @@ def test_replica_digest_covers_parameters_and_optimizer_but_not_rng() -> None:
     assert replica_digest(a.state()) == replica_digest(b.state())
     a.step(random_sequence_batch(a.cfg, seed=2), np.ones(5, np.float32))
     assert replica_digest(a.state()) != replica_digest(b.state())
+
+
+def test_the_rendezvous_listens_on_its_host_address_only():
+    sock = listening_socket("127.0.0.1")
+    try:
+        host, port = sock.getsockname()[:2]
+        assert host == "127.0.0.1" and port > 0  # not 0.0.0.0: no other interface
+    finally:
+        sock.close()
+
+
+def test_a_torch_averager_serves_its_rendezvous_on_loopback_when_learners_share_a_node():
+    averager = TorchDistAverager(MPI.COMM_SELF)
+    try:
+        address, port = averager.listen_address
+        assert address == "127.0.0.1" and f"rendezvous 127.0.0.1:{port}" in averager.description
+    finally:
+        averager.close()
