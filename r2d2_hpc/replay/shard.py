@@ -185,6 +185,12 @@ class ReplayShard:
         return self._num_dropped
 
     @property
+    def num_evicted_sequences(self) -> int:
+        """Sequences stored and since evicted (their steps overwritten or their slot
+        reused): every sequence this shard's layout ever stored, less the live ones."""
+        return self._seq_write - self._count
+
+    @property
     def max_priority(self) -> float:
         """Largest raw priority ever given (initially 1.0); new sequences without one get it."""
         return self._max_priority

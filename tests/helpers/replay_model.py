@@ -102,6 +102,7 @@ class Driver:
         self.epochs: Dict[int, Epoch] = {}
         self.write = 0
         self.seq_counter = 0
+        self.dropped = 0
         self.refs: Dict[int, SeqRef] = {}
 
     def steps(self, stream: int, n: int, p_first: float, restart: bool) -> None:
@@ -159,6 +160,7 @@ class Driver:
         for key, r in zip(keys.tolist(), refs):
             dropped = min(r.needed) < self.write - self.C
             assert (key == -1) == dropped, (key, r.start, r.length)
+            self.dropped += dropped
             if key >= 0:
                 r.counter = self.seq_counter
                 self.seq_counter += 1
@@ -173,6 +175,9 @@ class Driver:
         live = self.shard.live_keys()
         assert sorted(live.tolist()) == self.model_live()
         assert self.shard.count == live.size
+        # the books: every sequence sent is live, evicted or was dropped on arrival
+        assert self.shard.num_dropped_sequences == self.dropped
+        assert self.shard.num_evicted_sequences == self.seq_counter - live.size
         if live.size:
             b = self.shard.read(live)
             for col, key in enumerate(live.tolist()):
