@@ -73,10 +73,9 @@ def test_serial_job_logs_evaluations_and_buckets(tmp_path, monkeypatch):
     assert (tmp_path / "learner_final.h5").is_file()
 
 
-def test_preemption_checkpoints_once_then_stops_everyone_with_exit_3(tmp_path):
-    """Learner 0, a real replay rank and an actor's endpoint, ticked by hand: the first
-    signal starts the checkpoint, a second one (and a peer's PREEMPT) starts no other,
-    and the STOP with exit code 3 waits for the shard's part."""
+def _lead_shard_and_actor(tmp_path):
+    """Learner 0 and a real replay rank writing ``tmp_path/run``, and an actor's
+    endpoint, on one in-memory hub: (lead, shard, actor endpoint, hub, run dir)."""
     cfg = tiny_job_config("logging.final_eval_episodes=0", "logging.eval_interval_steps=0")
     spec = job_spec(cfg)
     hub = InMemoryHub(job_messages(cfg, spec), 3)  # learner 0, shard 1, actor 2
@@ -85,7 +84,14 @@ def test_preemption_checkpoints_once_then_stops_everyone_with_exit_3(tmp_path):
                        run_dir=run)
     shard = ReplayRank(cfg, spec, hub.endpoint(1), assign_role(1, 3, cfg.topology),
                        run_dir=run)
-    actor = hub.endpoint(2)
+    return lead, shard, hub.endpoint(2), hub, run
+
+
+def test_preemption_checkpoints_once_then_stops_everyone_with_exit_3(tmp_path):
+    """Learner 0, a real replay rank and an actor's endpoint, ticked by hand: the first
+    signal starts the checkpoint, a second one (and a peer's PREEMPT) starts no other,
+    and the STOP with exit code 3 waits for the shard's part."""
+    lead, shard, actor, hub, run = _lead_shard_and_actor(tmp_path)
     lead.on_preempt(signal.SIGUSR1)
     assert not lead.tick() and lead.checkpoints.pending is not None and not lead.done
     lead.on_preempt(signal.SIGTERM)
@@ -108,15 +114,7 @@ def test_a_preemption_checkpoint_that_fails_stops_everyone_with_exit_4(tmp_path,
                                                                        capsys):
     """The shard's disk is full: the checkpoint fails, the STOP carries
     EXIT_CHECKPOINT_FAILED (not 3: nothing new to resume from), and it is said."""
-    cfg = tiny_job_config("logging.final_eval_episodes=0", "logging.eval_interval_steps=0")
-    spec = job_spec(cfg)
-    hub = InMemoryHub(job_messages(cfg, spec), 3)  # learner 0, shard 1, actor 2
-    run = str(tmp_path / "run")
-    lead = LearnerRank(cfg, spec, hub.endpoint(0), assign_role(0, 3, cfg.topology),
-                       run_dir=run)
-    shard = ReplayRank(cfg, spec, hub.endpoint(1), assign_role(1, 3, cfg.topology),
-                       run_dir=run)
-    actor = hub.endpoint(2)
+    lead, shard, actor, hub, run = _lead_shard_and_actor(tmp_path)
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
