@@ -16,6 +16,8 @@
 #
 # Ranks per game: --ntasks (default below: 8 = 1 learner + 4 replay shards +
 # 3 actors with configs/atari57.yaml; raise it for more actors).
+# GPU: one per game for its learner (--gres=gpu:1 below); CPU only:
+# sbatch --gres=none slurm/atari57.sh (more in slurm/single_game.sh).
 # Launcher: R2D2_LAUNCHER=srun (default; srun --mpi=$R2D2_SRUN_MPI, pmi2 by
 # default) or R2D2_LAUNCHER=mpiexec (R2D2_MPIEXEC, default mpiexec).
 # Everything else, including the signal -> checkpoint -> exit 3 -> requeue ->
@@ -28,6 +30,7 @@
 #SBATCH --array=0-56%8
 #SBATCH --ntasks=8
 #SBATCH --cpus-per-task=1
+#SBATCH --gres=gpu:1
 #SBATCH --time=24:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue

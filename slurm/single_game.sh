@@ -7,6 +7,14 @@
 # Ranks: --ntasks MPI ranks = topology.learners + topology.replay_shards
 # learner/replay ranks + the rest as actors (configs/atari57.yaml: 1 + 4 + actors).
 #
+# GPU: the job asks for one GPU (--gres=gpu:1, below) for the learner, rank 0,
+# which takes it (learner.device=auto picks CUDA when one is visible). The log
+# says which device the learner got (the plan's "learner device ..." line).
+# CPU only: sbatch --gres=none ...; a GPU type where the site names them:
+# sbatch --gres=gpu:a100:1 ... (scontrol show node lists each node's Gres=).
+# --gres counts per node: for a game over several nodes see the README
+# (SLURM, "Several nodes"): learner and shards on the GPU node, actors anywhere.
+#
 # Preemption and resume: SLURM sends SIGUSR1 to this batch shell 120 s before
 # the time limit (--signal=B:USR1@120), or scancel --signal=USR1 --batch JOB
 # does. The trap below forwards SIGUSR1 to the job step; the job writes one
@@ -51,6 +59,7 @@
 #SBATCH --job-name=r2d2
 #SBATCH --ntasks=8
 #SBATCH --cpus-per-task=1
+#SBATCH --gres=gpu:1
 #SBATCH --time=24:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
@@ -132,6 +141,7 @@ on_signal() {
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
 
+log "GPUs of this job: ${SLURM_JOB_GPUS:-none} (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}); the learner's device is in the plan below"
 log "launching: ${CMD[*]}"
 "${CMD[@]}" &
 STEP_PID=$!

@@ -84,6 +84,13 @@ def test_scripts_are_valid_bash_with_the_required_sbatch_options() -> None:
     assert re.search(r"#SBATCH --array=0-56%\d+", open(ATARI).read())
 
 
+def test_scripts_ask_for_one_gpu_per_job_for_the_learner() -> None:
+    for path in (SINGLE, ATARI):
+        text = open(path).read()
+        assert re.findall(r"^#SBATCH --gres=.*$", text, re.M) == ["#SBATCH --gres=gpu:1"], path
+        assert "sbatch --gres=none" in text, path  # the CPU-only override, documented
+
+
 # --------------------------------------------------------------------------- #
 # The cluster.
 
@@ -172,6 +179,21 @@ def jobs(cluster):
         job.cancel()
 
 
+#: The CPU-only override of the scripts' GPU request (this cluster has no GPU).
+CPU_ONLY = "--gres=none"
+
+
+@pytest.mark.parametrize("script", [SINGLE, ATARI])
+def test_the_gpu_request_is_real_and_gres_none_drops_it(cluster, tmp_path, script) -> None:
+    """On this GPU-less cluster the scripts as written are refused for their
+    GPU request; with --gres=none they are accepted (--test-only: nothing runs)."""
+    args = ["sbatch", "--test-only", "--ntasks=1", f"--chdir={tmp_path}", "--array=36", script]
+    refused = cluster.run(*args, check=False)
+    assert refused.returncode != 0 and "gres" in refused.stderr.lower(), refused.stderr
+    accepted = cluster.run(*args[:2], CPU_ONLY, *args[2:], check=False)
+    assert accepted.returncode == 0, accepted.stderr
+
+
 def test_sbatch_runs_a_batch_script(cluster, jobs, tmp_path) -> None:
     script = tmp_path / "hello.sh"
     script.write_text("#!/bin/bash\necho \"hello job=$SLURM_JOB_ID tasks=$SLURM_NTASKS "
@@ -208,11 +230,13 @@ def test_single_game_script_runs_a_tiny_config_to_completion(cluster, jobs, tmp_
     run = tmp_path / "run"
     env = _script_env(tmp_path, R2D2_RUN_DIR=str(run), R2D2_LAUNCHER=launcher,
                       R2D2_ARGS=r2d2_args("learner.max_steps=20"))
-    job = jobs("--ntasks=3", "--overcommit", f"--chdir={tmp_path}", SINGLE,
+    job = jobs("--ntasks=3", "--overcommit", f"--chdir={tmp_path}", CPU_ONLY, SINGLE,
                log=str(tmp_path / "job.out"), env=env)
     job.wait_gone(240)
     log = job.text()
     assert "fresh start" in log and "job step exited with code 0" in log, log
+    # which device the learner got: the job's GPUs (none here) and the plan's line
+    assert "GPUs of this job: none" in log and "learner   device cpu" in log, log
     assert ("srun --mpi=pmi2" in log) == (launcher == "srun")
     ranks = json.loads((run / "summary.json").read_text())
     assert [r["role"] for r in ranks] == ["learner", "replay", "actor"]
@@ -240,7 +264,7 @@ def test_atari57_array_task_signal_requeues_itself_and_restarts(cluster, jobs,
     fake_log = tmp_path / "step.log"
     env = _script_env(tmp_path, R2D2_PYTHON=str(fake), R2D2_RUN_ROOT=str(tmp_path / "runs"),
                       FAKE_LOG=str(fake_log), R2D2_NTASKS="1")
-    job = jobs("--array=36", "--ntasks=1", f"--chdir={tmp_path}", ATARI,
+    job = jobs("--array=36", "--ntasks=1", f"--chdir={tmp_path}", CPU_ONLY, ATARI,
                log=str(tmp_path / "job-%A_%a.out"), env=env)
     job.log = str(tmp_path / f"job-{job.id}_36.out")
     task = f"{job.id}_36"
@@ -273,7 +297,7 @@ def test_preempted_run_checkpoints_requeues_and_resumes(cluster, jobs, tmp_path)
     env = _script_env(tmp_path, R2D2_RUN_DIR=str(run), R2D2_LAUNCHER="srun",
                       R2D2_ARGS=r2d2_args("learner.max_steps=300",
                                           "checkpoint.interval_seconds=0"))
-    job = jobs("--ntasks=3", "--overcommit", f"--chdir={tmp_path}", SINGLE,
+    job = jobs("--ntasks=3", "--overcommit", f"--chdir={tmp_path}", CPU_ONLY, SINGLE,
                log=str(tmp_path / "job.out"), env=env)
 
     def learner_step() -> int:
