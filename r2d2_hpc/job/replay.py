@@ -67,11 +67,14 @@ def make_shard(cfg: Config, spec: JobSpec, shard_index: int, num_shards: int) ->
 def restore_replay(cfg: Config, spec: JobSpec, info: RoleInfo,
                    resume: CheckpointInfo) -> ReplayShard:
     """This rank's shard from checkpoint ``resume``: exact when the shard count and
-    layout are unchanged, else re-sharded by the actors' routing rule."""
-    same = resume.num_shards == info.num_shards
-    fresh = None if same else replay_shard_spec(cfg, spec, info.num_shards)
+    layout are unchanged, else re-sharded by the actors' routing rule.
+
+    The layout is always this run's (its config's capacities, which the memory
+    check counted): a saved layout that disagrees in a field a restore cannot
+    change is refused before anything is allocated from the file, and a
+    changed capacity takes effect (re-sharded into it) instead of the saved one."""
     return restore_shard(resume, info.index, info.num_shards, num_envs=cfg.actor.num_envs,
-                         spec=fresh,
+                         spec=replay_shard_spec(cfg, spec, info.num_shards),
                          seed=derive_seed(cfg.seed, "replay", info.index))
 
 
@@ -234,6 +237,9 @@ class ReplayRank(Role):
                 "sampled_sequences": self.sampled_sequences,
                 "chunks_received": self.chunks_received, "steps_received": self.steps_received,
                 "stored_sequences": self.shard.count, "stored_observations": self.shard.num_steps,
+                "capacity_observations": self.shard.spec.capacity_observations,
+                "evicted_sequences": self.shard.num_evicted_sequences,
+                "dropped_sequences": self.shard.num_dropped_sequences,
                 "priority_updates": self.priority_updates,
                 "priority_keys": self.priority_keys,
                 "stale_priority_keys": self.stale_priority_keys,

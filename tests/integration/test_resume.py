@@ -156,3 +156,19 @@ def test_resume_into_more_shards_keeps_every_sequence(tmp_path):
     assert len(shards) == 2
     restored = sum(s["stored_sequences"] - s["inserted_sequences"] for s in shards)
     assert stored > 0 and restored == stored
+
+
+def test_resume_with_a_new_replay_capacity_takes_it_and_keeps_every_sequence(tmp_path):
+    """Same shard count, bigger replay: the resumed shard has this run's capacity
+    (the one the memory check counted), not the checkpoint's, and every sequence."""
+    run = tmp_path / "run"
+    proc = serial(run, "learner.max_steps=30", "replay.samples_per_insert=0")
+    assert proc.returncode == 0, proc.stderr
+    saved = load_snapshot(find_latest_valid(str(run), report=None).shard_dir(0))
+    bigger = 2 * saved.spec.capacity_observations
+    proc = serial(run, "learner.max_steps=30", f"replay.capacity_observations={bigger}",
+                  "checkpoint.at_end=false")
+    assert proc.returncode == 0, proc.stderr
+    (shard,) = [r for r in summary(run) if r["role"] == "replay"]
+    assert shard["capacity_observations"] == bigger
+    assert shard["stored_sequences"] - shard["inserted_sequences"] == saved.count > 0
