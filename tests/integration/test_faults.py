@@ -69,16 +69,21 @@ def rank_pid(run_dir: str, rank: int) -> int:
     raise AssertionError(f"rank {rank} of {run_dir} not found")
 
 
+def start_job(tmp_path, run, *fields: str) -> subprocess.Popen:
+    """``mpiexec -n 4`` of the fault-test run (FAULT_RUN + ``fields``), its pipes open."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
+           "--run-dir", str(run)] + sets(*FAULT_RUN, *fields)
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.parametrize("rank", [1, 0])
 def test_a_rank_killed_outright_ends_the_job(tmp_path, rank):
     """SIGKILL (no Python left to say anything): mpiexec ends the job and names
     the rank; the plan printed at start maps ranks to roles."""
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
-           "--run-dir", str(run)] + sets(*FAULT_RUN)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_job(tmp_path, run)
     try:
         deadline = time.monotonic() + 120
         while find_latest_valid(str(run), report=None, deep=False) is None:
@@ -117,12 +122,7 @@ def test_a_stopped_rank_is_named_by_its_watcher(tmp_path, rank, role):
     watcher in the heartbeat ring (rank + 1) names it after the timeout and the
     job ends (rank 0 too: rank 1 watches it)."""
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
-           "--run-dir", str(run)] + sets(*FAULT_RUN,
-                                         f"topology.heartbeat_timeout_seconds={HEARTBEAT_S:g}")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_job(tmp_path, run, f"topology.heartbeat_timeout_seconds={HEARTBEAT_S:g}")
     pid = None
     try:
         deadline = time.monotonic() + 120
@@ -208,11 +208,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_fails_checkpoints_training_goes_on_and_a_preemption_exits_4(
         tmp_path, small_disk):
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli", "--quiet",
-           "--run-dir", str(run)] + sets(*FAULT_RUN)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_job(tmp_path, run)
     lines: list = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
                               daemon=True)
