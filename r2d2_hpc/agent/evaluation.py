@@ -36,7 +36,7 @@ start states.
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -57,6 +57,9 @@ class EvalResult(NamedTuple):
       env_steps: agent steps played (``lengths.sum()``).
       seconds: wall time of the evaluation.
       params_version: the ``params_version`` of the evaluated parameters.
+      steps: with ``record=True``, each episode's steps: a dict of ``frames``
+        (the newest frame of each observation), ``action``, ``reward``,
+        ``discount`` (0.0 after a terminal step) and ``first`` arrays; else None.
     """
 
     mean_return: float
@@ -65,6 +68,7 @@ class EvalResult(NamedTuple):
     env_steps: int
     seconds: float
     params_version: int
+    steps: Optional[List[Dict[str, np.ndarray]]] = None
 
 
 def default_step_cap(cfg: Config) -> int:
@@ -108,12 +112,15 @@ class Evaluator:
         self.num_evaluations = 0
         self.total_seconds = 0.0
 
-    def evaluate(self, flat_params: np.ndarray, params_version: int = 0) -> EvalResult:
+    def evaluate(self, flat_params: np.ndarray, params_version: int = 0,
+                 record: bool = False) -> EvalResult:
         """Plays one episode in each of ``episodes`` envs with these parameters.
 
         Args:
           flat_params: ``<float32>[num_params]`` (``Learner.flat_params``).
           params_version: recorded in the result.
+          record: keep every step of each episode (``EvalResult.steps``; R2D3
+            demonstrations are recorded this way).
 
         Returns:
           An ``EvalResult``; only each env's first episode counts.
@@ -134,13 +141,20 @@ class Evaluator:
             running = np.ones(k, bool)
             returns = np.zeros(k, np.float64)
             lengths = np.zeros(k, np.int64)
+            tape: List[Tuple[np.ndarray, ...]] = []
             for _ in range(self.max_steps):
                 out = policy.act(obs, first)
                 res = env.step(out.action)
                 policy.observe(res.reward)
                 returns += np.where(running, res.reward, 0.0)
                 lengths += running
-                ended = np.asarray(res.terminated, bool) | np.asarray(res.truncated, bool)
+                terminated = np.asarray(res.terminated, bool)
+                if record:
+                    frames = obs[:, -1] if self.cfg.env.frame_stack > 1 else obs
+                    tape.append((running.copy(), np.array(frames), np.array(out.action),
+                                 np.asarray(res.reward, np.float32),
+                                 (~terminated).astype(np.float32)))
+                ended = terminated | np.asarray(res.truncated, bool)
                 running &= ~ended
                 if not running.any():
                     break
@@ -150,4 +164,21 @@ class Evaluator:
         seconds = time.perf_counter() - t0
         self.total_seconds += seconds
         return EvalResult(float(returns.mean()), returns, lengths, int(lengths.sum()), seconds,
-                          int(params_version))
+                          int(params_version), _episodes_of(tape, k) if record else None)
+
+
+def _episodes_of(tape: List[Tuple[np.ndarray, ...]], k: int) -> List[Dict[str, np.ndarray]]:
+    """Each env's first episode from the recorded ticks (running, frame, action, reward,
+    discount for every env)."""
+    out = []
+    for i in range(k):
+        rows = [t for t in tape if t[0][i]]
+        n = len(rows)
+        first = np.zeros(n, bool)
+        first[:1] = True
+        out.append({"frames": np.stack([r[1][i] for r in rows]),
+                    "action": np.array([r[2][i] for r in rows], np.int32),
+                    "reward": np.array([r[3][i] for r in rows], np.float32),
+                    "discount": np.array([r[4][i] for r in rows], np.float32),
+                    "first": first})
+    return out

@@ -48,7 +48,7 @@ import datetime
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -184,11 +184,20 @@ def _eval_config(cfg: Config, overrides: Sequence[str],
                              + "; ".join(exc.errors)) from None
 
 
-def evaluate_checkpoint(source: str, *, episodes: Optional[int] = None,
-                        epsilon: Optional[float] = None, seed: int = 0,
-                        overrides: Sequence[str] = (),
-                        max_episode_frames: Optional[int] = None) -> Dict[str, Any]:
-    """Plays ``episodes`` evaluation episodes with a checkpoint's online parameters.
+class Player(NamedTuple):
+    """What playing a checkpoint's policy needs (:func:`checkpoint_player`)."""
+
+    saved: Any  # checkpoint.state_files.LearnerCheckpoint
+    cfg: Config
+    evaluator: Evaluator
+    flat: np.ndarray
+
+
+def checkpoint_player(source: str, *, episodes: Optional[int] = None,
+                      epsilon: Optional[float] = None, seed: int = 0,
+                      overrides: Sequence[str] = (),
+                      max_episode_frames: Optional[int] = None) -> Player:
+    """A checkpoint's online parameters and an ``Evaluator`` in the run's env protocol.
 
     Args:
       source: a checkpoint directory or learner file (``resolve_checkpoint``).
@@ -197,9 +206,6 @@ def evaluate_checkpoint(source: str, *, episodes: Optional[int] = None,
       seed: seeds the envs' no-op starts and the exploration draws.
       overrides: ``env.FIELD=VALUE`` changes to the run's environment protocol.
       max_episode_frames: overrides ``env.max_episode_frames``.
-
-    Returns:
-      The ``eval.json`` record (see the module docstring).
 
     Raises:
       EvalInputError: an unreadable checkpoint, a config this code rejects, an
@@ -239,10 +245,29 @@ def evaluate_checkpoint(source: str, *, episodes: Optional[int] = None,
                              f"{tuple(spec['obs_shape'])} and {spec['num_actions']}; do not "
                              f"change env.frame_stack, env.screen_size or env.full_action_space")
     flat = flat_online_params(saved.state.online, cfg, obs_shape, num_actions)
-
-    atari = cfg.env.name == "atari"
     # max_steps None: the protocol's cap (evaluation.default_step_cap)
     evaluator = Evaluator(cfg, obs_shape, num_actions, seed=seed, episodes=k, epsilon=eps)
+    return Player(saved, cfg, evaluator, flat)
+
+
+def evaluate_checkpoint(source: str, *, episodes: Optional[int] = None,
+                        epsilon: Optional[float] = None, seed: int = 0,
+                        overrides: Sequence[str] = (),
+                        max_episode_frames: Optional[int] = None) -> Dict[str, Any]:
+    """Plays ``episodes`` evaluation episodes with a checkpoint's online parameters
+    (arguments: :func:`checkpoint_player`).
+
+    Returns:
+      The ``eval.json`` record (see the module docstring).
+
+    Raises:
+      EvalInputError: as :func:`checkpoint_player`.
+    """
+    saved, cfg, evaluator, flat = checkpoint_player(
+        source, episodes=episodes, epsilon=epsilon, seed=seed, overrides=overrides,
+        max_episode_frames=max_episode_frames)
+    k, eps = evaluator.episodes, evaluator.epsilon
+    atari = cfg.env.name == "atari"
     result = evaluator.evaluate(flat, int(saved.state.params_version))
     returns = np.asarray(result.returns, np.float64)
     score = float(returns.mean())

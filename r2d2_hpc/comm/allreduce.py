@@ -69,8 +69,6 @@ from __future__ import annotations
 
 import abc
 import datetime
-import os
-import socket
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -79,6 +77,7 @@ import torch
 
 from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.agent.params import flatten, unflatten_into
+from r2d2_hpc.comm.rendezvous import gpu_identity, listening_socket, rendezvous_host
 from r2d2_hpc.config import ALLREDUCE_CHOICES, Config
 
 #: Concrete backends.
@@ -100,11 +99,6 @@ HOROVOD_INSTALL = "bash scripts/install_horovod.sh"
 #: waits in the allreduce while learner 0 writes a checkpoint (replay shards
 #: included), which can take minutes at paper scale.
 TORCH_TIMEOUT = datetime.timedelta(hours=2)
-
-#: Environment variable that overrides the rendezvous host of the torch backend
-#: when the learners span several nodes.
-DIST_HOST_ENV = "R2D2_DIST_HOST"
-
 
 class BackendUnavailable(RuntimeError):
     """The requested allreduce backend cannot be used in this environment."""
@@ -423,54 +417,6 @@ class MpiAllreduceAverager(GradientAverager):
         self.comm.Bcast(host.numpy(), root=root)
         if host is not tensor:
             tensor.copy_(host)
-
-
-def rendezvous_host(comm: Any) -> str:
-    """Where the other learners reach learner 0's ``TCPStore``.
-
-    ``127.0.0.1`` when every learner runs on learner 0's node; otherwise
-    ``$R2D2_DIST_HOST`` if set, else learner 0's host name. Collective.
-    """
-    from mpi4py import MPI
-
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        together = comm.allreduce(int(node.Get_size() == comm.Get_size()), op=MPI.MIN)
-    finally:
-        node.Free()
-    if together:
-        return "127.0.0.1"
-    host = os.environ.get(DIST_HOST_ENV) or socket.gethostname()
-    return comm.bcast(host, root=0)
-
-
-def listening_socket(host: str) -> socket.socket:
-    """A TCP socket listening on ``host``'s own address and a port the OS picks.
-
-    Learner 0's ``TCPStore`` serves on it (``master_listen_fd``), so the
-    rendezvous is reachable at the address the other learners are given and
-    not on every interface of the node (``TCPStore`` alone binds them all).
-    """
-    family, kind, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.bind(addr[:2] if family == socket.AF_INET else addr)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def gpu_identity(device: torch.device) -> str:
-    """Which physical GPU ``device`` is, comparable across processes and nodes.
-
-    The device's UUID where torch reports one (independent of each process's
-    ``CUDA_VISIBLE_DEVICES``), else ``host:index``.
-    """
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    return str(uuid) if uuid is not None else f"{socket.gethostname()}:{index}"
 
 
 class TorchDistAverager(GradientAverager):

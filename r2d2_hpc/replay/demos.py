@@ -31,11 +31,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from r2d2_hpc.config import EnvConfig
 from r2d2_hpc.storage.files import commit_file
 from r2d2_hpc.storage.h5tree import open_file, read_meta, read_tree, write_file
 
 __all__ = ["DEMO_FORMAT", "DEMO_VERSION", "DemoEpisodes", "DemoFileError", "demo_errors",
-           "from_arrays", "read_demos", "write_demos"]
+           "env_id", "from_arrays", "join_episodes", "read_demos", "write_demos"]
 
 #: The ``format`` tag of a demonstration file's meta, and its version.
 DEMO_FORMAT = "r2d2-demos"
@@ -44,6 +45,17 @@ DEMO_VERSION = 1
 STEP_ARRAYS: Dict[str, Optional[str]] = {"frames": None, "action": "int32",
                                          "reward": "float32", "discount": "float32",
                                          "first": "bool"}
+
+
+def env_id(env: EnvConfig) -> str:
+    """How a demonstration file names a run's environment: ``env.name``, and
+    ``atari:<Game>`` for Atari."""
+    return f"atari:{env.game}" if env.name == "atari" else env.name
+
+
+def join_episodes(episodes: Sequence[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """One set of per-step arrays from several episodes' (each starting with first=True)."""
+    return {k: np.concatenate([np.asarray(e[k]) for e in episodes]) for k in STEP_ARRAYS}
 
 
 class DemoFileError(ValueError):

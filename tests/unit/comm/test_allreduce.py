@@ -18,8 +18,8 @@ from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.comm.allreduce import (AUTO_ORDER, BACKENDS, BackendUnavailable, HOROVOD_INSTALL,
                                      MpiAllreduceAverager, TorchDistAverager, auto_reason,
                                      backend_status, check_allreduce, choose_backend, decode_stop,
-                                     encode_stop, horovod_status, listening_socket,
-                                     make_averager)
+                                     encode_stop, horovod_status, make_averager)
+from r2d2_hpc.comm.rendezvous import listening_socket
 from r2d2_hpc.config import load_config
 from r2d2_hpc.presets import load_preset
 from r2d2_hpc.storage.digest import replica_digest
