@@ -57,6 +57,7 @@ __all__ = [
     "global_probabilities",
     "global_total_priority",
     "shard_masses",
+    "split_demo",
 ]
 
 
@@ -152,6 +153,24 @@ def allocate_batch(stats: Sequence[ShardStats], batch_size: int,
         raise ValueError("cannot allocate a batch: every shard has zero priority mass")
     counts = rng.multinomial(int(batch_size), masses / total)
     return counts.astype(np.int64, copy=False)
+
+
+def split_demo(batch_size: int, demo_ratio: float, rng: np.random.Generator) -> int:
+    """How many of ``batch_size`` elements the demonstration table gives (R2D3).
+
+    Each batch element comes from the demonstrations with probability
+    ``demo_ratio`` (Paine et al., 2019, section 4: "each element ... with
+    probability rho"), independently, so the number is ``Binomial(B, rho)``;
+    the rest come from the agent's replay. One ``binomial`` call.
+
+    Raises:
+      ValueError: ``batch_size < 0`` or ``demo_ratio`` outside ``[0, 1]``.
+    """
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be >= 0; got {batch_size}")
+    if not 0.0 <= demo_ratio <= 1.0:
+        raise ValueError(f"demo_ratio must be in [0, 1]; got {demo_ratio}")
+    return int(rng.binomial(int(batch_size), float(demo_ratio)))
 
 
 def global_probabilities(local_probs: np.ndarray, shard_ids: np.ndarray,

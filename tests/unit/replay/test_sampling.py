@@ -27,6 +27,7 @@ from r2d2_hpc.replay.sampling import (
     global_probabilities,
     global_total_priority,
     shard_masses,
+    split_demo,
 )
 from r2d2_hpc.replay.sumtree import SumTree
 from tests.helpers.chi2 import chi2_goodness_of_fit, chi2_two_sample
@@ -277,3 +278,22 @@ def test_allocate_batch_errors(stats, batch_size, match):
 def test_global_probabilities_errors(local, ids, match):
     with pytest.raises(ValueError, match=match):
         global_probabilities(np.array(local), np.array(ids), STATS)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1 / 256, 0.25, 1.0])
+def test_the_demo_split_is_binomial(ratio):
+    """R2D3: each of B elements is a demonstration with probability rho, so the
+    demo count over many batches fits Binomial(B, rho) (chi-squared)."""
+    rng, B, batches = np.random.default_rng(11), 32, 20000
+    counts = np.bincount([split_demo(B, ratio, rng) for _ in range(batches)], minlength=B + 1)
+    if ratio in (0.0, 1.0):
+        assert counts[int(ratio * B)] == batches
+        return
+    pmf = np.array([math.comb(B, k) * ratio ** k * (1 - ratio) ** (B - k) for k in range(B + 1)])
+    _, p, _ = chi2_goodness_of_fit(counts, pmf / pmf.sum())
+    assert p > 1e-3, p
+
+
+def test_the_demo_split_refuses_a_ratio_outside_0_1():
+    with pytest.raises(ValueError, match="demo_ratio must be in"):
+        split_demo(8, 1.5, np.random.default_rng(0))
