@@ -19,8 +19,11 @@ dataset (JSON bytes: format tag, kind, ...) beside one tree::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import re
+import shutil
 from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar
 
 import h5py
@@ -228,11 +231,31 @@ def read_meta(group: h5py.Group) -> Dict[str, Any]:
         raise ValueError(f"meta is not valid JSON ({exc})") from None
 
 
+#: Bytes a file may need beyond its arrays (HDF5 headers, chunk index, meta): a bound.
+FILE_OVERHEAD_BYTES = 1 << 20
+
+
+def tree_nbytes(tree: Tree) -> int:
+    """Bytes of the arrays in a nested dict (what :func:`write_tree` writes as datasets)."""
+    total = 0
+    for value in tree.values():
+        if isinstance(value, Mapping):
+            total += tree_nbytes(value)
+        else:
+            arr = as_array(value)
+            total += int(arr.nbytes) if arr is not None else 0
+    return total
+
+
 def write_file(path: str, meta: Mapping[str, Any], tree: Tree) -> None:
     """Creates (truncates) the HDF5 file ``path``: ``meta`` and ``tree`` at its root.
 
     Writes in place; callers write to a temp name and commit it with
     ``storage.files.commit_file``.
+
+    Raises:
+      OSError: the write failed (a full disk: ``errno.ENOSPC``), also where
+        h5py reports it as a ``RuntimeError`` while closing the file.
 
     Args:
       path: the file.
@@ -241,9 +264,22 @@ def write_file(path: str, meta: Mapping[str, Any], tree: Tree) -> None:
     """
     if META in tree:
         raise TypeError(f"{path}: the key {META!r} is the file's meta")
-    with h5py.File(path, "w") as f:
-        write_meta(f, meta)
-        write_tree(f, tree)
+    # Refused before HDF5 writes a byte when it cannot fit: h5py's handling of a
+    # write that fails half-way is fragile (RuntimeError at close, below).
+    need = tree_nbytes(tree) + FILE_OVERHEAD_BYTES
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{path}: needs about {need:,} bytes, {free:,} are free")
+    try:
+        with h5py.File(path, "w") as f:
+            write_meta(f, meta)
+            write_tree(f, tree)
+    except RuntimeError as exc:
+        # h5py reports a write that fails while the file is flushed or closed
+        # (a full disk) as RuntimeError; callers handle OSError, with its errno.
+        found = re.search(r"errno = (\d+)", str(exc))
+        raise OSError(int(found.group(1)) if found else errno.EIO,
+                      f"{path}: HDF5 write failed ({str(exc).splitlines()[0]})") from exc
 
 
 def open_file(path: str, error: Callable[[str], Exception] = OSError) -> h5py.File:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import subprocess
 from typing import Dict, List, Optional
 
 import h5py
@@ -111,3 +113,19 @@ def test_one_chunking_policy(tmp_path) -> None:
     with h5py.File(path, "r") as f:
         assert f["big"].chunks == (CHUNK_BYTES // (64 * 4), 64)
         assert f["row"].chunks == (10,) and f["meta"].fletcher32
+
+
+def test_a_full_disk_is_an_oserror_with_its_errno(tmp_path):
+    """A file that cannot fit is refused with OSError(ENOSPC) before HDF5 writes
+    (a 64 KiB tmpfs; needs root): the writers' callers handle OSError."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        for shape in ((100, 100), (1024, 256)):  # fails at close / while writing the data
+            with pytest.raises(OSError) as exc:
+                write_file(str(disk / f"f{shape[0]}.h5"), {"format": "test/1"},
+                           {"x": np.ones(shape, np.float32), "y": np.ones(shape, np.float32)})
+            assert exc.value.errno == errno.ENOSPC, exc.value
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
