@@ -2,8 +2,10 @@
 finding a running job's ranks, writing the JSON result."""
 from __future__ import annotations
 
+import csv
 import functools
 import json
+import math
 import os
 import shlex
 import shutil
@@ -117,3 +119,19 @@ def rank_pids(run_dir: str) -> List[int]:
                 and run_dir.encode() in cmd:
             pids.append(int(d))
     return sorted(pids)
+
+
+def _number(text: Optional[str]) -> float:
+    try:
+        return float(text) if text not in ("", None) else math.nan
+    except ValueError:  # a row still being written
+        return math.nan
+
+
+def read_rows(path: str) -> List[Dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` as floats (NaN where empty); [] if it is missing."""
+    try:
+        with open(path, newline="") as fh:
+            return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    except OSError:
+        return []

@@ -32,7 +32,6 @@ On the 2-core CI machine one run of the default takes about 2 minutes.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -47,7 +46,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, ROOT)
-from benchmarks._common import mpiexec_cmd  # noqa: E402
+from benchmarks._common import mpiexec_cmd, read_rows  # noqa: E402
 
 #: Config overrides of each variant on top of the embedded default.
 VARIANTS: Dict[str, List[str]] = {
@@ -111,12 +110,6 @@ def late_eval(rows: Sequence[Dict[str, float]]) -> float:
     late = np.concatenate([evals[ok & (steps >= steps[ok].max() * 3 // 4)],
                            final[np.isfinite(final)]])
     return float(late.mean())
-
-
-def read_rows(path: str) -> List[Dict[str, float]]:
-    with open(path, newline="") as fh:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()}
-                for r in csv.DictReader(fh)]
 
 
 def column(rows: Sequence[Dict[str, float]], key: str) -> np.ndarray:

@@ -17,8 +17,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, os.path.dirname(HERE))
-from benchmarks._common import mpiexec_cmd, rank_pids, write_result  # noqa: E402
+from benchmarks._common import mpiexec_cmd, rank_pids, read_rows, write_result  # noqa: E402
 from benchmarks.soak import rss_bytes  # noqa: E402
 
 #: A short run of the default task: enough learner steps to be past start-up.
@@ -42,13 +42,9 @@ SETTINGS = ("learner.max_steps=50", "logging.tensorboard=false", "logging.eval_i
 
 def first_learner_step_s(run_dir: str) -> Optional[float]:
     """``wall_time_s`` of the first metrics row with a learner step, if any."""
-    try:
-        with open(os.path.join(run_dir, "metrics.csv"), newline="") as fh:
-            for row in csv.DictReader(fh):
-                if float(row.get("learner_step") or 0) > 0:
-                    return float(row["wall_time_s"])
-    except (OSError, ValueError, KeyError):
-        return None
+    for row in read_rows(os.path.join(run_dir, "metrics.csv")):
+        if row.get("learner_step", 0.0) > 0 and not math.isnan(row.get("wall_time_s", math.nan)):
+            return row["wall_time_s"]
     return None
 
 

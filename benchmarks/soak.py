@@ -26,8 +26,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, os.path.dirname(HERE))
-from benchmarks._common import mpiexec_cmd, rank_pids, write_result  # noqa: E402
+from benchmarks._common import mpiexec_cmd, rank_pids, read_rows, write_result  # noqa: E402
 
 #: The job: the embedded default with two shards and a replay that evicts early.
 SOAK_SETTINGS = ("topology.replay_shards=2", "replay.capacity_observations=20000",
@@ -65,12 +65,8 @@ def rss_bytes(pid: int) -> Optional[int]:
 
 def replay_fill(run_dir: str) -> float:
     """The newest ``replay_fill`` in the run's metrics.csv (0 before there is one)."""
-    try:
-        with open(os.path.join(run_dir, "metrics.csv"), newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError:
-        return 0.0
-    fills = [float(r["replay_fill"]) for r in rows if r.get("replay_fill") not in ("", "nan")]
+    fills = [r["replay_fill"] for r in read_rows(os.path.join(run_dir, "metrics.csv"))
+             if not math.isnan(r.get("replay_fill", math.nan))]
     return fills[-1] if fills else 0.0
 
 
