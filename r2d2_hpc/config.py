@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ KNOWN_ENVS = ("cartpole_masked", "cartpole", "counter", "atari")
 LOSS_REDUCTIONS = ("sum", "mean")
 #: Network torsos (``network.torso``).
 TORSOS = ("auto", "atari", "universe", "mlp")
+#: Recurrent cores (``network.core``).
+CORES = ("lstm", "feedforward", "gtrxl")
+#: Values of ``network.gtrxl_start_state``: R2D2's stored-state and zero-state strategies.
+GTRXL_START_STATES = ("stored", "zero")
 #: Values of ``learner.mixed_precision``.
 MIXED_PRECISION = ("none", "bf16", "fp16")
 
@@ -84,9 +89,23 @@ class NetworkConfig:
     mlp_hidden: Tuple[int, ...] = (256, 256)
     """MLP torso layer widths for vector observations (ours)."""
     core: str = "lstm"
-    """lstm (R2D2) | feedforward (same width, no recurrence; the paper's LSTM ablation)."""
+    """lstm (R2D2) | feedforward (same width, no recurrence; the paper's LSTM ablation) |
+    gtrxl (Gated Transformer-XL, Parisotto et al., 2019; ours in R2D2, as DI-engine offers)."""
     lstm_size: int = 512
-    """LSTM units (paper: 512)."""
+    """LSTM units (paper: 512); also the width of the feedforward core."""
+    gtrxl_layers: int = 2
+    """Transformer layers of the gtrxl core (ours; Parisotto et al. 2019 on DMLab-30: 12)."""
+    gtrxl_heads: int = 4
+    """Attention heads per gtrxl layer; must divide gtrxl_dim (ours; Parisotto et al.: 8)."""
+    gtrxl_dim: int = 64
+    """Width of the gtrxl embedding, memory and output (ours; Parisotto et al.: 256)."""
+    gtrxl_memory_length: int = 16
+    """Past steps each gtrxl layer remembers and attends to (ours; Parisotto et al.: 512)."""
+    gtrxl_gate_bias: float = 2.0
+    """Initial b_g of the GRU-type gates, > 0 starts each layer near the identity (Parisotto et al.: 2)."""
+    gtrxl_start_state: str = "stored"
+    """stored | zero: the replay keeps the gtrxl memory at each sequence start, or nothing and the
+    learner starts from an empty memory rebuilt during burn-in (R2D2 section 3's two strategies)."""
     use_prev_action: bool = True
     """Feed the one-hot previous action to the core (paper, Section 2)."""
     use_prev_reward: bool = True
@@ -97,6 +116,27 @@ class NetworkConfig:
     """Hidden width of the (dueling) head (Ape-X/R2D2: 512)."""
     res_link: bool = False
     """DI-engine's residual link around the core (not in the paper; off by default)."""
+
+    @property
+    def core_state_size(self) -> int:
+        """Width of each of the core's state tensors ``h`` and ``c`` while it runs.
+
+        LSTM: ``lstm_size``. gtrxl: the memory (``layers x memory_length x dim``) and
+        its ``memory_length`` validity flags, one flat vector split in two halves
+        (``agent.gtrxl.pack_memory``): ``ceil((L*M*D + M) / 2)``.
+        """
+        if self.core != "gtrxl":
+            return self.lstm_size
+        flat = self.gtrxl_memory_length * (self.gtrxl_layers * self.gtrxl_dim + 1)
+        return (flat + 1) // 2
+
+    @property
+    def stored_state_size(self) -> int:
+        """Width of ``state_h``/``state_c`` in the replay: the core's, or 1 (zeros) for
+        gtrxl's ``zero`` start state, where the learner starts from an empty memory."""
+        if self.core == "gtrxl" and self.gtrxl_start_state == "zero":
+            return 1
+        return self.core_state_size
 
 
 @dataclass(frozen=True)
@@ -444,8 +484,14 @@ def _validate(cfg: Config) -> List[str]:
     unit(e, "env", "sticky_action_prob")
 
     choice(n, "network", "torso", TORSOS)
-    choice(n, "network", "core", ("lstm", "feedforward"))
-    positive(n, "network", "lstm_size", "head_hidden")
+    choice(n, "network", "core", CORES)
+    positive(n, "network", "lstm_size", "head_hidden", "gtrxl_layers", "gtrxl_heads",
+             "gtrxl_dim", "gtrxl_memory_length")
+    if n.gtrxl_heads > 0 and n.gtrxl_dim % n.gtrxl_heads:
+        errors.append(f"network.gtrxl_heads: {n.gtrxl_heads} heads do not divide "
+                      f"network.gtrxl_dim {n.gtrxl_dim}; choose heads that divide the width "
+                      f"(e.g. gtrxl_heads: {math.gcd(n.gtrxl_heads, n.gtrxl_dim)})")
+    choice(n, "network", "gtrxl_start_state", GTRXL_START_STATES)
     need(len(n.mlp_hidden) > 0 and all(w > 0 for w in n.mlp_hidden), "network.mlp_hidden",
          f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)}")
 

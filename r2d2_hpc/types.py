@@ -67,7 +67,8 @@ class JobSpec(NamedTuple):
       frame_shape: one stored frame (``obs_shape[1:]`` when frames are stacked).
       obs_dtype: numpy dtype name of observations.
       num_actions: size of the action set.
-      state_size: LSTM units (h and c each).
+      state_size: width of each stored state half, ``state_h`` and ``state_c``
+        (``NetworkConfig.stored_state_size``: LSTM units, or the packed gtrxl memory).
       num_params: length of the flat parameter vector.
       frame_stack: frames per observation.
     """

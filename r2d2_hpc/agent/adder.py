@@ -314,7 +314,7 @@ class SequenceAdder:
         r, lrn = cfg.replay, cfg.learner
         return cls(num_streams, burn_in=r.burn_in, trace_length=r.trace_length,
                    sequence_period=r.sequence_period, n_step=lrn.n_step,
-                   discount=lrn.discount, state_size=cfg.network.lstm_size,
+                   discount=lrn.discount, state_size=cfg.network.stored_state_size,
                    stream_id_offset=stream_id_offset, frame_stack=cfg.env.frame_stack,
                    eta=r.priority_eta, value_rescaling_eps=lrn.value_rescaling_epsilon,
                    first_step_index=first_step_index, emit_period=emit_period)

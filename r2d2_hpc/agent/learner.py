@@ -339,10 +339,13 @@ class Learner:
           batch: a ``SequenceBatch`` of numpy arrays, ``[T, B, ...]``.
 
         Returns:
-          The same record of tensors (``keys`` and ``probs`` included).
+          The same record of tensors (``keys`` and ``probs`` included), the stored
+          ``state_h/c`` turned into the core's start state (``R2D2Network.start_state``).
         """
-        return SequenceBatch(*(self._to_device(name, np.asarray(value))
-                               for name, value in zip(SequenceBatch._fields, batch)))
+        tb = SequenceBatch(*(self._to_device(name, np.asarray(value))
+                             for name, value in zip(SequenceBatch._fields, batch)))
+        h, c = self.online.start_state((tb.state_h, tb.state_c))
+        return tb._replace(state_h=h, state_c=c)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -9,7 +9,8 @@ Layout, time first (``[T, B, ...]``) as everywhere in ``r2d2_hpc``::
   stacks, or an MLP for vector observations;
 * core: an LSTM with 512 units (paper: "LSTM with 512 units"), or, for the paper's
   feed-forward ablation, a Linear+ReLU of the same width whose recurrent state is
-  passed through untouched;
+  passed through untouched, or a Gated Transformer-XL (``agent.gtrxl``; Parisotto
+  et al., 2019) whose memory is packed into the same ``(h, c)`` pair;
 * head: dueling (Wang et al., 2016), ``Q = V + A - mean_a A``, or a plain linear layer.
 
 Episode boundaries inside an unrolled sequence are handled by ``first``: where
@@ -22,6 +23,12 @@ when no reset happens after ``t = 0``)::
     first b0 F  F  F  T  F  F  F  F
     first b1 T  F  F  F  F  T  F  F
     segments [0 ...... 3)[3 ... 5)[5 .. 8)     (3 nn.LSTM calls)
+
+The GTrXL masks attention across ``first`` instead, in one call.
+
+What the replay keeps of the state at a sequence start is ``stored_state`` of the
+core's state (the state itself, or, for gtrxl's ``zero`` start state, a ``[B, 1]``
+zero); the learner turns it back into the core's start state with ``start_state``.
 """
 from __future__ import annotations
 
@@ -31,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r2d2_hpc.config import TORSOS, NetworkConfig
+from r2d2_hpc.agent.gtrxl import GTrXLCore
+from r2d2_hpc.config import CORES, TORSOS, NetworkConfig
 
 #: Recurrent state of the core as torch tensors, ``(h, c)``, each ``<float32>[B, H]``
 #: (the numpy counterpart is ``r2d2_hpc.types.RecurrentState``).
@@ -255,7 +263,11 @@ class R2D2Network(nn.Module):
       num_actions: size of the action set.
       torso: ``AtariTorso``, ``UniverseTorso`` or ``MLPTorso``.
       core_input_size: torso width + ``num_actions`` (prev action) + 1 (prev reward).
-      state_size: ``H``, the width of ``h`` and ``c`` (``cfg.lstm_size``).
+      core_output_size: width of the core's output (``lstm_size`` or ``gtrxl_dim``).
+      core_state_size: width of each of ``h`` and ``c`` while the core runs
+        (``cfg.core_state_size``).
+      state_size: ``H``, the width of the stored ``state_h``/``state_c`` the replay
+        keeps (``cfg.stored_state_size``; the core's unless gtrxl's ``zero`` start state).
     """
 
     def __init__(self, obs_shape: Tuple[int, ...], num_actions: int,
@@ -275,10 +287,14 @@ class R2D2Network(nn.Module):
             errors.append(f"num_actions must be >= 1, got {num_actions}")
         if cfg.torso not in TORSOS:
             errors.append(f"torso must be one of {', '.join(TORSOS)}, got {cfg.torso!r}")
-        if cfg.core not in ("lstm", "feedforward"):
-            errors.append(f"core must be 'lstm' or 'feedforward', got {cfg.core!r}")
+        if cfg.core not in CORES:
+            errors.append(f"core must be one of {', '.join(CORES)}, got {cfg.core!r}")
         if cfg.lstm_size < 1:
             errors.append(f"lstm_size must be >= 1, got {cfg.lstm_size}")
+        if cfg.core == "gtrxl" and (min(cfg.gtrxl_layers, cfg.gtrxl_heads, cfg.gtrxl_dim,
+                                        cfg.gtrxl_memory_length) < 1
+                                    or cfg.gtrxl_dim % cfg.gtrxl_heads):
+            errors.append("gtrxl sizes must be >= 1 with gtrxl_heads dividing gtrxl_dim")
         if cfg.dueling and cfg.head_hidden < 1:
             errors.append(f"head_hidden must be >= 1, got {cfg.head_hidden}")
         if errors:
@@ -302,46 +318,87 @@ class R2D2Network(nn.Module):
 
         self.core_input_size = (torso_size + (self.num_actions if cfg.use_prev_action else 0)
                                 + (1 if cfg.use_prev_reward else 0))
-        self.state_size = int(cfg.lstm_size)
+        self.core_state_size = int(cfg.core_state_size)
+        self.state_size = int(cfg.stored_state_size)
+        self._empty_start = cfg.core == "gtrxl" and cfg.gtrxl_start_state == "zero"
         self.lstm: Optional[nn.LSTM] = None
         self.feedforward: Optional[nn.Linear] = None
+        self.gtrxl: Optional[GTrXLCore] = None
         if cfg.core == "lstm":
-            self.lstm = nn.LSTM(self.core_input_size, self.state_size)
+            self.lstm = nn.LSTM(self.core_input_size, self.core_state_size)
+        elif cfg.core == "gtrxl":
+            self.gtrxl = GTrXLCore(self.core_input_size, cfg.gtrxl_layers, cfg.gtrxl_heads,
+                                   cfg.gtrxl_dim, cfg.gtrxl_memory_length, cfg.gtrxl_gate_bias,
+                                   self.core_state_size)
         else:
-            self.feedforward = nn.Linear(self.core_input_size, self.state_size)
+            self.feedforward = nn.Linear(self.core_input_size, self.core_state_size)
+        self.core_output_size = int(cfg.gtrxl_dim if cfg.core == "gtrxl" else cfg.lstm_size)
+        width = self.core_output_size
 
         self.res_proj: Optional[nn.Linear] = None
-        if cfg.res_link and torso_size != self.state_size:
-            self.res_proj = nn.Linear(torso_size, self.state_size, bias=False)
+        if cfg.res_link and torso_size != width:
+            self.res_proj = nn.Linear(torso_size, width, bias=False)
 
         if cfg.dueling:
             self.value_head: Optional[nn.Sequential] = nn.Sequential(
-                nn.Linear(self.state_size, cfg.head_hidden), nn.ReLU(),
+                nn.Linear(width, cfg.head_hidden), nn.ReLU(),
                 nn.Linear(cfg.head_hidden, 1))
             self.advantage_head: Optional[nn.Sequential] = nn.Sequential(
-                nn.Linear(self.state_size, cfg.head_hidden), nn.ReLU(),
+                nn.Linear(width, cfg.head_hidden), nn.ReLU(),
                 nn.Linear(cfg.head_hidden, self.num_actions))
             self.q_head: Optional[nn.Linear] = None
         else:
             self.value_head = None
             self.advantage_head = None
-            self.q_head = nn.Linear(self.state_size, self.num_actions)
+            self.q_head = nn.Linear(width, self.num_actions)
 
     def initial_state(self, batch_size: int,
                       device: Optional[torch.device | str] = None) -> TorchState:
-        """Zero recurrent state.
+        """Zero recurrent state (for gtrxl: the empty memory).
 
         Args:
           batch_size: ``B``.
           device: where to allocate (default: the device of the parameters).
 
         Returns:
-          ``(h, c)``, each ``<float32>[B, H]`` of zeros.
+          ``(h, c)``, each ``<float32>[B, core_state_size]`` of zeros.
         """
         if device is None:
             device = next(self.parameters()).device
-        zeros = torch.zeros(batch_size, self.state_size, device=device)
+        zeros = torch.zeros(batch_size, self.core_state_size, device=device)
         return zeros, zeros.clone()
+
+    def stored_state(self, state: TorchState) -> TorchState:
+        """What the replay keeps of the core's state at a sequence start.
+
+        The state itself (R2D2's stored state), or, for gtrxl with
+        ``gtrxl_start_state: zero``, ``[B, 1]`` zeros: nothing of the memory is
+        kept, and ``start_state`` starts the learner from an empty one.
+
+        Args:
+          state: ``(h, c)``, each ``<float32>[B, core_state_size]``.
+
+        Returns:
+          ``(h, c)``, each ``<float32>[B, state_size]``.
+        """
+        if not self._empty_start:
+            return state
+        zeros = state[0].new_zeros(state[0].shape[0], self.state_size)
+        return zeros, zeros.clone()
+
+    def start_state(self, stored: TorchState) -> TorchState:
+        """The core's state to unroll a replayed sequence from (inverse of ``stored_state``).
+
+        Args:
+          stored: ``(state_h, state_c)``, each ``<float32>[B, state_size]``.
+
+        Returns:
+          ``(h, c)``, each ``<float32>[B, core_state_size]``: ``stored`` itself, or
+          the empty memory for gtrxl's ``zero`` start state.
+        """
+        if not self._empty_start:
+            return stored
+        return self.initial_state(stored[0].shape[0], device=stored[0].device)
 
     def embed(self, obs: torch.Tensor, prev_action: Optional[torch.Tensor],
               prev_reward: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -376,18 +433,23 @@ class R2D2Network(nn.Module):
 
         ``state_t = 0 if first_t else state_{t-1}`` before step ``t``; the LSTM runs
         once per segment (see ``segment_starts``). The feed-forward core ignores the
-        state and returns it unchanged.
+        state and returns it unchanged. The GTrXL masks its memory at ``first``
+        (``gtrxl.attention_mask``), which is the same as zeroing its state there.
 
         Args:
           core_in: ``<float32>[T, B, core_input_size]``.
           first: ``<bool>[T, B]`` or None (no resets).
-          state: ``(h, c)``, each ``<float32>[B, H]``, the state before step 0.
+          state: ``(h, c)``, each ``<float32>[B, core_state_size]``, the state
+            before step 0.
 
         Returns:
-          ``(core_out <float32>[T, B, H], (h, c))`` with the state after step ``T-1``.
+          ``(core_out <float32>[T, B, core_output_size], (h, c))`` with the state
+          after step ``T-1``.
         """
         if self.feedforward is not None:
             return F.relu(self.feedforward(core_in)), state
+        if self.gtrxl is not None:
+            return self.gtrxl(core_in, first, state)
         assert self.lstm is not None
         if first is None:
             starts = [0]
@@ -411,7 +473,7 @@ class R2D2Network(nn.Module):
         """Value and advantage streams of the dueling head.
 
         Args:
-          x: ``<float32>[..., H]`` core output (after the residual link).
+          x: ``<float32>[..., core_output_size]`` core output (after the residual link).
 
         Returns:
           ``(V <float32>[..., 1], A <float32>[..., num_actions])``.
@@ -424,7 +486,7 @@ class R2D2Network(nn.Module):
         """Q-values from the core output.
 
         Args:
-          x: ``<float32>[..., H]``.
+          x: ``<float32>[..., core_output_size]``.
 
         Returns:
           ``<float32>[..., num_actions]``: ``V + A - mean_a A`` (dueling) or ``W x + b``.
@@ -451,7 +513,8 @@ class R2D2Network(nn.Module):
             ``cfg.use_prev_reward``).
           first: ``<bool>[T, B]``, True where step ``t`` starts an episode: the state
             is zeroed before step ``t``. None means no resets.
-          state: ``(h, c)``, each ``<float32>[B, H]``, before step 0; None means zeros.
+          state: ``(h, c)``, each ``<float32>[B, core_state_size]``, before step 0;
+            None means zeros.
           core_float32: run the core with autocast disabled, on its input and
             state cast to float32 (inside an autocast region; outside one it
             changes nothing).

@@ -47,8 +47,9 @@ class ActOutput(NamedTuple):
       action: ``<int64>[N]`` epsilon-greedy action ``a_t``.
       q: ``<float32>[N, A]`` ``Q(o_t, ·)``.
       state_h: ``<float32>[N, H]`` LSTM ``h`` used to process ``o_t`` (before
-        this step's update; zeros where ``first``): what the sequence adder
-        stores at a sequence start.
+        this step's update; zeros where ``first``) as the replay keeps it
+        (``R2D2Network.stored_state``): what the sequence adder stores at a
+        sequence start.
       state_c: ``<float32>[N, H]`` LSTM ``c``, likewise.
       prev_action: ``<int64>[N]`` ``a_{t-1}`` fed to the core (0 where ``first``).
       prev_reward: ``<float32>[N]`` ``r_{t-1}`` fed to the core (0 where ``first``).
@@ -157,8 +158,9 @@ class ActorPolicy:
                 action[i] = random_action
                 greedy[i] = False
 
-        out = ActOutput(action=action, q=q_np, state_h=h.numpy().copy(),
-                        state_c=c.numpy().copy(), prev_action=prev_action,
+        store_h, store_c = self.network.stored_state((h, c))
+        out = ActOutput(action=action, q=q_np, state_h=store_h.numpy().copy(),
+                        state_c=store_c.numpy().copy(), prev_action=prev_action,
                         prev_reward=prev_reward, greedy=greedy)
         self._h, self._c = h_next.clone(), c_next.clone()
         self._prev_action = action.copy()
