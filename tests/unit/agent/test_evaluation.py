@@ -15,10 +15,12 @@ from r2d2_hpc.presets import load_preset
 from tests.helpers.fakes import tiny_config
 
 
-def counter_config(max_episode_steps: int = 500, epsilon: float = 0.0, episodes: int = 3):
+def counter_config(max_episode_steps: int = 500, epsilon: float = 0.0, episodes: int = 3,
+                   core: str = "lstm"):
     cfg = tiny_config()
     return dataclasses.replace(
         cfg, env=EnvConfig(name="counter", frame_stack=1, max_episode_steps=max_episode_steps),
+        network=dataclasses.replace(cfg.network, core=core),
         logging=LoggingConfig(eval_episodes=episodes, eval_epsilon=epsilon))
 
 
@@ -33,14 +35,15 @@ def fixed_action_params(cfg, obs_shape, num_actions: int, action: int) -> np.nda
 
 
 # Counter env i terminates after 5 + 5 (i mod 8) steps; action a earns 1 + a.
+@pytest.mark.parametrize("core", ["lstm", "gtrxl"])
 @pytest.mark.parametrize("action, episodes, cap, returns, lengths", [
     (1, 3, 500, [10, 20, 30], [5, 10, 15]),    # reward 2 per step
     (0, 3, 500, [5, 10, 15], [5, 10, 15]),     # reward 1 per step
     (1, 2, 7, [10, 14], [5, 7]),               # env 1 truncated at 7 steps
     (0, 1, 500, [5], [5]),
 ])
-def test_counter_returns_are_hand_computed(action, episodes, cap, returns, lengths):
-    cfg = counter_config(max_episode_steps=cap, episodes=episodes)
+def test_counter_returns_are_hand_computed(action, episodes, cap, returns, lengths, core):
+    cfg = counter_config(max_episode_steps=cap, episodes=episodes, core=core)
     ev = Evaluator(cfg, (2,), 2, seed=3)
     res = ev.evaluate(fixed_action_params(cfg, (2,), 2, action), params_version=17)
     np.testing.assert_array_equal(res.returns, returns)

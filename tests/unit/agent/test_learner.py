@@ -316,10 +316,14 @@ def _walk(node: object, path: str = "") -> List[str]:
     return [] if isinstance(node, (np.ndarray, int, float)) else [path]
 
 
-def test_state_round_trip_gives_bit_identical_steps() -> None:
+@pytest.mark.parametrize("core", ["lstm", "gtrxl"])
+def test_state_round_trip_gives_bit_identical_steps(core: str) -> None:
     cfg = tiny_config(target_update_period=3, learning_rate=1e-2)
-    batch_a = random_sequence_batch(cfg, seed=10)
-    batch_b = random_sequence_batch(cfg, seed=11)
+    cfg = cfg.replace(network=dataclasses.replace(cfg.network, core=core, gtrxl_dim=8,
+                                                  gtrxl_heads=2, gtrxl_memory_length=3))
+    width = cfg.network.stored_state_size
+    batch_a = random_sequence_batch(cfg, seed=10, state_size=width)
+    batch_b = random_sequence_batch(cfg, seed=11, state_size=width)
     original = make_learner(cfg, seed=0)
     original.step(batch_a, ones())
     original.step(batch_a, ones())

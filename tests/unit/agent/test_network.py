@@ -29,7 +29,8 @@ NUM_ACTIONS = 3
 
 def small_cfg(**overrides) -> NetworkConfig:
     """A tiny configuration; everything not overridden keeps the dataclass default."""
-    base = NetworkConfig(mlp_hidden=(12,), lstm_size=16, head_hidden=8)
+    base = NetworkConfig(mlp_hidden=(12,), lstm_size=16, head_hidden=8, gtrxl_dim=8,
+                         gtrxl_heads=2, gtrxl_memory_length=3)
     return dataclasses.replace(base, **overrides)
 
 
@@ -200,7 +201,7 @@ def test_default_config_uses_paper_sizes():
 # --------------------------------------------------------------------------- shapes
 
 @pytest.mark.parametrize("torso, core, dueling, res_link, prev", list(itertools.product(
-    ["atari", "universe", "mlp"], ["lstm", "feedforward"], [True, False], [True, False],
+    ["atari", "universe", "mlp"], ["lstm", "feedforward", "gtrxl"], [True, False], [True, False],
     [True, False])))
 def test_output_shapes_and_dtypes(torso, core, dueling, res_link, prev):
     obs_shape = VECTOR_SHAPE if torso == "mlp" else ATARI_SHAPE
@@ -213,7 +214,8 @@ def test_output_shapes_and_dtypes(torso, core, dueling, res_link, prev):
     q, (h, c) = net(obs, pa if prev else None, pr if prev else None, first,
                     net.initial_state(batch))
     assert q.shape == (t_len, batch, NUM_ACTIONS) and q.dtype == torch.float32
-    assert h.shape == (batch, 16) and c.shape == (batch, 16)
+    width = 16 if core != "gtrxl" else net.cfg.core_state_size
+    assert h.shape == (batch, width) and c.shape == (batch, width)
     assert h.dtype == torch.float32 and c.dtype == torch.float32
     assert torch.isfinite(q).all()
     torso_size = {"atari": 512, "universe": 32 * 3 * 3, "mlp": 12}[torso]
@@ -294,7 +296,7 @@ def test_first_none_equals_all_false_and_state_none_equals_zeros():
 
 
 @pytest.mark.parametrize("core, res_link", [("lstm", False), ("lstm", True),
-                                            ("feedforward", True)])
+                                            ("feedforward", True), ("gtrxl", True)])
 def test_core_float32_changes_nothing_outside_autocast(core, res_link):
     net = make_net(core=core, res_link=res_link)
     obs, pa, pr = make_inputs(VECTOR_SHAPE, 6, 3)

@@ -1,6 +1,7 @@
 """Tests for r2d2_hpc.agent.policy: state carry, resets, epsilon-greedy, parameter loads."""
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Tuple
 
 import numpy as np
@@ -19,10 +20,17 @@ torch.set_num_threads(1)
 NUM_ENVS = 4
 
 
+def core_config(core: str = "lstm"):
+    """``tiny_config`` with the given core (gtrxl: 2 layers of width 8, memory 3)."""
+    cfg = tiny_config()
+    return cfg.replace(network=dataclasses.replace(
+        cfg.network, core=core, gtrxl_dim=8, gtrxl_heads=2, gtrxl_memory_length=3))
+
+
 def make_policy(epsilon: float | np.ndarray = 0.0, seed: int = 0,
-                num_envs: int = NUM_ENVS) -> ActorPolicy:
+                num_envs: int = NUM_ENVS, core: str = "lstm") -> ActorPolicy:
     eps = np.broadcast_to(np.asarray(epsilon, dtype=np.float64), (num_envs,)).copy()
-    return ActorPolicy(tiny_config(), OBS_SHAPE, NUM_ACTIONS, eps, seed=seed)
+    return ActorPolicy(core_config(core), OBS_SHAPE, NUM_ACTIONS, eps, seed=seed)
 
 
 def random_inputs(t_len: int, num_envs: int = NUM_ENVS,
@@ -53,9 +61,10 @@ def run(policy: ActorPolicy, obs: np.ndarray, reward: np.ndarray,
     return outs
 
 
-def test_greedy_actions_match_one_unroll_over_the_sequence() -> None:
+@pytest.mark.parametrize("core", ["lstm", "gtrxl"])
+def test_greedy_actions_match_one_unroll_over_the_sequence(core: str) -> None:
     """ε = 0: T calls of act == one forward over [T, N] with the same inputs."""
-    policy = make_policy(0.0)
+    policy = make_policy(0.0, core=core)
     obs, reward, first = random_inputs(t_len=8)
     outs = run(policy, obs, reward, first)
     prev_action = np.stack([o.prev_action for o in outs])
@@ -79,8 +88,9 @@ def test_greedy_actions_match_one_unroll_over_the_sequence() -> None:
     assert actions.dtype == np.int64 and q_steps.dtype == np.float32
 
 
-def test_returned_state_is_the_state_before_the_step() -> None:
-    policy = make_policy(0.0)
+@pytest.mark.parametrize("core", ["lstm", "gtrxl"])
+def test_returned_state_is_the_state_before_the_step(core: str) -> None:
+    policy = make_policy(0.0, core=core)
     obs, reward, first = random_inputs(t_len=6)
     outs = run(policy, obs, reward, first)
     hidden = policy.network.state_size
@@ -110,12 +120,13 @@ def test_returned_state_is_the_state_before_the_step() -> None:
     np.testing.assert_allclose(policy.state[0], h_all.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_first_resets_one_env_like_a_fresh_policy() -> None:
+@pytest.mark.parametrize("core", ["lstm", "gtrxl"])
+def test_first_resets_one_env_like_a_fresh_policy(core: str) -> None:
     """After a reset at first, env i acts exactly as a fresh policy on the same inputs."""
     obs, reward, first = random_inputs(t_len=8)
-    policy = make_policy(0.0)
+    policy = make_policy(0.0, core=core)
     outs = run(policy, obs, reward, first)
-    fresh = make_policy(0.0)
+    fresh = make_policy(0.0, core=core)
     # Env 1 restarts at t = 3: feed a fresh policy obs[3:] of env 1 in every slot.
     sub_obs = np.repeat(obs[3:, 1:2], NUM_ENVS, axis=1)
     sub_reward = np.repeat(reward[3:, 1:2], NUM_ENVS, axis=1)
@@ -177,20 +188,22 @@ def test_exploration_draws_do_not_depend_on_the_parameters(seed: int, eps: float
         np.testing.assert_array_equal(out_a.action[explored], out_b.action[explored])
 
 
-def test_load_flat_params_from_a_learner_gives_the_learners_greedy_actions() -> None:
-    cfg = tiny_config()
+@pytest.mark.parametrize("core", ["lstm", "gtrxl"])
+def test_load_flat_params_from_a_learner_gives_the_learners_greedy_actions(core: str) -> None:
+    cfg = core_config(core)
     torch.manual_seed(123)
     learner = Learner(cfg, OBS_SHAPE, NUM_ACTIONS, device="cpu")
     # Freshly initialised tiny networks are bias-dominated (one action everywhere);
     # unit-scale weights make the greedy action depend on the inputs.
     rng = np.random.default_rng(0)
     learner.load_flat_params(rng.standard_normal(learner.num_params).astype(np.float32))
-    learner.step(random_sequence_batch(cfg, seed=0), np.ones(5, dtype=np.float32))
+    learner.step(random_sequence_batch(cfg, seed=0, state_size=cfg.network.stored_state_size),
+                 np.ones(5, dtype=np.float32))
     num_envs = 16
     obs, reward, first = random_inputs(t_len=4, num_envs=num_envs, seed=7)
 
-    before = run(make_policy(0.0, seed=0, num_envs=num_envs), obs, reward, first)
-    policy = make_policy(0.0, seed=0, num_envs=num_envs)
+    before = run(make_policy(0.0, seed=0, num_envs=num_envs, core=core), obs, reward, first)
+    policy = make_policy(0.0, seed=0, num_envs=num_envs, core=core)
     assert policy.params_version == 0
     policy.load_flat_params(learner.flat_params(), version=learner.params_version + 5)
     assert policy.params_version == 6
