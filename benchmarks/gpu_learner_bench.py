@@ -79,7 +79,7 @@ QUICK = {"batch_size": 4, "burn_in": 2, "trace_length": 6, "steps": 3, "warmup":
 
 
 def bench_config(batch_size: int, burn_in: int, trace_length: int, device: str,
-                 mixed_precision: str = "none") -> Any:
+                 mixed_precision: str = "none", **network: Any) -> Any:
     """The paper's learner config (Atari network) at the given sizes.
 
     Args:
@@ -88,6 +88,7 @@ def bench_config(batch_size: int, burn_in: int, trace_length: int, device: str,
       trace_length: trace steps (paper: 80).
       device: ``learner.device``.
       mixed_precision: ``learner.mixed_precision``.
+      network: other ``NetworkConfig`` fields (e.g. ``core="gtrxl"``).
 
     Returns:
       A validated ``Config``.
@@ -95,7 +96,8 @@ def bench_config(batch_size: int, burn_in: int, trace_length: int, device: str,
     from r2d2_hpc.config import Config, ConfigError, LearnerConfig, NetworkConfig, ReplayConfig
 
     cfg = Config(
-        network=NetworkConfig(torso="atari", lstm_size=512, head_hidden=512),
+        network=NetworkConfig(**{"torso": "atari", "lstm_size": 512, "head_hidden": 512,
+                                 **network}),
         replay=ReplayConfig(burn_in=burn_in, trace_length=trace_length,
                             sequence_period=max(1, min(40, trace_length))),
         learner=LearnerConfig(batch_size=batch_size, device=device,
@@ -111,7 +113,7 @@ def synthetic_batch(cfg: Any, seed: int, episode_length: float) -> Tuple[Any, np
     """One random, valid Atari-shaped ``SequenceBatch`` and its importance weights.
 
     Args:
-      cfg: gives ``T = burn_in + trace_length``, ``B`` and the LSTM size.
+      cfg: gives ``T = burn_in + trace_length``, ``B`` and the stored state's size.
       seed: numpy seed.
       episode_length: mean episode length in agent steps; a sequence holds an
         episode boundary with probability ``min(1, T / episode_length)``.
@@ -123,7 +125,7 @@ def synthetic_batch(cfg: Any, seed: int, episode_length: float) -> Tuple[Any, np
 
     rng = np.random.default_rng(seed)
     t_len, b = cfg.replay.sequence_length, cfg.learner.batch_size
-    hidden = cfg.network.lstm_size
+    hidden = cfg.network.stored_state_size
     obs = rng.integers(0, 256, size=(t_len, b, *ATARI_OBS_SHAPE), dtype=np.uint8)
     action = rng.integers(0, ATARI_NUM_ACTIONS, size=(t_len, b)).astype(np.int64)
     reward = rng.standard_normal((t_len, b)).astype(np.float32)

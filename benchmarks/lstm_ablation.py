@@ -9,13 +9,17 @@ default: CartPole with the velocities hidden) once per variant and seed:
 * ``lstm_burnin0``: the LSTM with ``replay.burn_in=0`` (the trace starts from
   the stored state directly; ``trace_length`` unchanged), to compare the
   recurrent-state staleness ``delta_q`` (paper section 3, ``Learner.q_staleness``)
-  with and without burn-in.
+  with and without burn-in;
+* ``gtrxl``: ``network.core=gtrxl`` (Gated Transformer-XL, ``network.gtrxl_*``
+  defaults), its memory stored at each sequence start;
+* ``gtrxl_zero``: the same from an empty memory rebuilt during burn-in
+  (``network.gtrxl_start_state=zero``; ``delta_q`` is 0 by construction).
 
 Writes, into ``--out`` (default ``benchmarks/results/lstm_ablation``):
 
 * ``lstm_vs_feedforward.png``: greedy evaluation return and training return vs
-  env steps (left) and vs wall time (right), LSTM and feedforward in one figure
-  (every seed, thin lines);
+  env steps (left) and vs wall time (right), LSTM, feedforward and the gtrxl
+  variants that ran in one figure (every seed, thin lines);
 * ``lstm_ablation.json``: per run the final greedy evaluation return (mean over
   ``logging.final_eval_episodes`` episodes, epsilon 0.001), wall time, env and
   learner steps, the mean ``delta_q`` over the second half of the run, and
@@ -24,7 +28,8 @@ Writes, into ``--out`` (default ``benchmarks/results/lstm_ablation``):
 
 Usage::
 
-    python benchmarks/lstm_ablation.py [--seeds 0 1 2] [--variants lstm feedforward lstm_burnin0]
+    python benchmarks/lstm_ablation.py [--seeds 0 1 2]
+        [--variants lstm feedforward lstm_burnin0 gtrxl gtrxl_zero]
         [--np 4] [--set section.field=value ...] [--out DIR]
 
 On the 2-core CI machine one run of the default takes about 2 minutes.
@@ -53,8 +58,13 @@ VARIANTS: Dict[str, List[str]] = {
     "lstm": [],
     "feedforward": ["network.core=feedforward"],
     "lstm_burnin0": ["replay.burn_in=0"],
+    "gtrxl": ["network.core=gtrxl"],
+    "gtrxl_zero": ["network.core=gtrxl", "network.gtrxl_start_state=zero"],
 }
-COLORS = {"lstm": "tab:red", "feedforward": "tab:blue", "lstm_burnin0": "tab:orange"}
+COLORS = {"lstm": "tab:red", "feedforward": "tab:blue", "lstm_burnin0": "tab:orange",
+          "gtrxl": "tab:green", "gtrxl_zero": "tab:olive"}
+#: Variants drawn in the figure.
+PLOTTED = ("lstm", "feedforward", "gtrxl", "gtrxl_zero")
 
 
 def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
@@ -124,7 +134,7 @@ def plot(out_png: str, runs: Dict[str, List[Dict[str, Any]]]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for variant, results in runs.items():
-        if variant not in ("lstm", "feedforward"):
+        if variant not in PLOTTED:
             continue
         for i, res in enumerate(results):
             rows = read_rows(os.path.join(ROOT, res["run_dir"], "metrics.csv"))
@@ -143,7 +153,8 @@ def plot(out_png: str, runs: Dict[str, List[Dict[str, Any]]]) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.suptitle("R2D2 on CartPole with hidden velocities: LSTM core vs feedforward core")
+    fig.suptitle("R2D2 on CartPole with hidden velocities: "
+                 + " vs ".join(v for v in PLOTTED if runs.get(v)) + " core")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
@@ -192,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     with open(os.path.join(args.out, "lstm_ablation.json"), "w") as fh:
         json.dump(report, fh, indent=1)
-    if "lstm" in runs or "feedforward" in runs:
+    if any(v in runs for v in PLOTTED):
         plot(os.path.join(args.out, "lstm_vs_feedforward.png"), runs)
     for v, rs in runs.items():
         s = aggregate(rs)

@@ -19,7 +19,7 @@ import pytest
 import numpy as np
 
 from benchmarks import (actor_bench, allreduce_bench, atari_actor_bench, gpu_learner_bench,
-                        learner_bench, replay_bench, transport_bench)
+                        gtrxl_bench, learner_bench, replay_bench, transport_bench)
 
 
 def positive(x) -> bool:
@@ -274,6 +274,24 @@ def test_gpu_learner_bench_quick(tmp_path):
         assert r["losses_finite"] and r["params_float32"]
     assert res["best"]["mode"] in res["modes"]
     assert res["goal_met"] is None  # judged on CUDA only
+
+
+def test_gtrxl_bench_quick(tmp_path):
+    out = tmp_path / "gtrxl.json"
+    res = gtrxl_bench.main(["--quick", "--time", "lstm,gtrxl_default", "--out", str(out)])
+    check_written(out, res)
+    assert set(res["cores"]) == {"lstm", "gtrxl", "gtrxl_default", "gtrxl_paper"}
+    for name in ("lstm", "gtrxl_default"):
+        r = res["cores"][name]
+        assert positive(r["updates_per_s"]) and r["losses_finite"], name
+    lstm = res["cores"]["lstm"]
+    assert lstm["replay_bytes_per_sequence_stored"] == lstm["replay_bytes_per_sequence_zero"]
+    for name in ("gtrxl", "gtrxl_default", "gtrxl_paper"):
+        r = res["cores"][name]
+        assert r["stored_state_size_zero"] == 1
+        # the stored memory is the only difference: 2 halves of float32 per sequence
+        assert r["replay_bytes_per_sequence_stored"] - r["replay_bytes_per_sequence_zero"] == \
+            pytest.approx(8 * (r["stored_state_size_stored"] - 1))
 
 
 # --------------------------------------------------------------------------- #
