@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from r2d2_hpc.agent import losses
 from r2d2_hpc.agent.adder import SequenceAdder
 from r2d2_hpc.agent.gtrxl import (
     GRUGate,
@@ -26,6 +27,7 @@ from r2d2_hpc.agent.learner import Learner
 from r2d2_hpc.agent.network import R2D2Network, TorchState
 from r2d2_hpc.agent.policy import ActorPolicy
 from r2d2_hpc.config import Config, ConfigError, NetworkConfig
+from r2d2_hpc.types import SequenceBatch
 from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, tiny_config
 
 torch.set_num_threads(1)
@@ -266,6 +268,42 @@ def test_zero_start_state_stores_a_zero_and_starts_from_the_empty_memory() -> No
     assert torch.equal(start[0], net.initial_state(2)[0])
     kept = make_net()
     assert kept.stored_state(state) is state and kept.start_state(state) is state
+
+
+def test_burn_in_refreshes_the_memory_without_gradient() -> None:
+    """The loss's burn-in unroll (no grad) builds the memory the trace attends to."""
+    online, target = make_net(seed=0), make_net(seed=1)
+    t_len, batch, burn_in = 9, 3, 4
+    obs, pa, pr = make_inputs(t_len, batch)
+    gen = torch.Generator().manual_seed(5)
+
+    def loss_of(observations: torch.Tensor) -> torch.Tensor:
+        seq = SequenceBatch(
+            obs=observations, action=torch.randint(0, NUM_ACTIONS, (t_len, batch), generator=gen),
+            reward=torch.randn(t_len, batch, generator=gen), discount=torch.ones(t_len, batch),
+            first=torch.zeros(t_len, batch, dtype=torch.bool),
+            mask=torch.ones(t_len, batch, dtype=torch.bool), prev_action=pa, prev_reward=pr,
+            state_h=state[0], state_c=state[1], keys=torch.arange(batch),
+            probs=torch.full((batch,), 1.0 / batch))
+        return losses.sequence_loss(online, target, seq, torch.ones(batch), burn_in=burn_in,
+                                    n=2, gamma=0.9).loss
+
+    state = warm_state(online, batch)
+    leaf = obs.clone().requires_grad_(True)
+    gen.manual_seed(5)
+    loss = loss_of(leaf)
+    loss.backward()
+    assert torch.count_nonzero(leaf.grad[:burn_in]) == 0
+    assert torch.count_nonzero(leaf.grad[burn_in:]) > 0
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0
+               for p in online.gtrxl.parameters())
+    assert all(p.grad is None for p in target.parameters())
+    # ... yet the burn-in is unrolled into the memory: it changes the loss.
+    changed = obs.clone()
+    changed[burn_in - 1] += 2.0
+    gen.manual_seed(5)
+    with torch.no_grad():
+        assert abs(loss_of(changed).item() - loss.item()) > 1e-6
 
 
 # --------------------------------------------------------------------------- configuration
