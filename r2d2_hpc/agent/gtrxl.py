@@ -128,6 +128,25 @@ def attention_mask(first: torch.Tensor,
     return allowed, valid_out
 
 
+def key_distances(steps: int, memory_length: int, device: torch.device) -> torch.Tensor:
+    """Distance from each step to each key of its timeline, clamped to ``[0, M]``.
+
+    ``d(t, p) = M + t - p`` (``relative_positions`` row); outside the window
+    ``attention_mask`` masks the key anyway.
+
+    Args:
+      steps: ``T``.
+      memory_length: ``M``.
+      device: where to allocate.
+
+    Returns:
+      ``<int64>[T, M+T]``.
+    """
+    step = torch.arange(steps, device=device).unsqueeze(1)
+    key = torch.arange(memory_length + steps, device=device).unsqueeze(0)
+    return (step + memory_length - key).clamp(0, memory_length)
+
+
 def pack_memory(memory: torch.Tensor, valid: torch.Tensor, state_size: int) -> TorchState:
     """The memory and its validity flags as one ``(h, c)`` pair.
 
@@ -237,11 +256,12 @@ class GTrXLLayer(nn.Module):
         self.mlp_gate = GRUGate(dim, gate_bias)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+                distance: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Args:
           x: ``<float>[T, B, D]`` the layer's input over the sequence.
           memory: ``<float>[M, B, D]`` its inputs at the ``M`` steps before.
           allowed: ``<bool>[B, T, M+T]`` from ``attention_mask``.
+          distance: ``<int64>[T, M+T]`` from ``key_distances``.
           positions: ``<float>[M+1, D]`` ``relative_positions(M, D)``.
 
         Returns:
@@ -256,9 +276,6 @@ class GTrXLLayer(nn.Module):
         r = self.position(positions.to(q.dtype)).view(mem + 1, heads, head_dim)
         content = torch.einsum("tbhd,kbhd->bhtk", q + self.content_bias, k)
         by_distance = torch.einsum("tbhd,rhd->bhtr", q + self.position_bias, r)
-        # distance(t, p) = M + t - p, clamped where the window masks it anyway
-        distance = (torch.arange(steps, device=x.device).unsqueeze(1) + mem
-                    - torch.arange(mem + steps, device=x.device).unsqueeze(0)).clamp(0, mem)
         position = by_distance.gather(3, distance.expand(batch, heads, steps, mem + steps))
         scores = (content + position) * (1.0 / math.sqrt(head_dim))
         scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
@@ -316,11 +333,12 @@ class GTrXLCore(nn.Module):
             first = torch.zeros(steps, batch, dtype=torch.bool, device=core_in.device)
         memory, valid = unpack_memory(state, self.layers, self.memory_length, self.dim)
         allowed, valid_out = attention_mask(first, valid)
+        distance = key_distances(steps, self.memory_length, core_in.device)
         x = self.embedding(core_in)
         carried: List[torch.Tensor] = []
         keep = valid_out.t().unsqueeze(-1)                                      # [M, B, 1]
         for block, mem in zip(self.blocks, memory.to(x.dtype).unbind(0)):
             timeline = torch.cat([mem, x], dim=0)[steps:]
             carried.append(torch.where(keep, timeline, torch.zeros_like(timeline)))
-            x = block(x, mem, allowed, self.positions)
+            x = block(x, mem, allowed, distance, self.positions)
         return x, pack_memory(torch.stack(carried), valid_out, self.state_size)

@@ -19,6 +19,7 @@ from r2d2_hpc.agent.gtrxl import (
     GRUGate,
     GTrXLCore,
     attention_mask,
+    key_distances,
     pack_memory,
     relative_positions,
     unpack_memory,
@@ -121,6 +122,14 @@ def test_attention_mask_table(name, mem, t_len, valid, first, allowed, valid_out
     assert got.shape == (1, t_len, mem + t_len)
     assert got[0].tolist() == allowed
     assert got_valid[0].tolist() == valid_out
+
+
+def test_key_distances_table() -> None:
+    # M = 2, T = 3: step t sits at key position 2 + t; d = 2 + t - p, clamped to [0, 2]
+    assert key_distances(3, 2, torch.device("cpu")).tolist() == [
+        [2, 1, 0, 0, 0],
+        [2, 2, 1, 0, 0],
+        [2, 2, 2, 1, 0]]
 
 
 def test_pack_round_trip_and_zeros_are_the_empty_memory() -> None:
