@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -444,6 +443,11 @@ def _build(cls: type, data: Any, prefix: str) -> Tuple[Any, List[str]]:
 # --------------------------------------------------------------------------- #
 # Validation.
 
+def _nearest_divisor(number: int, at_most: int) -> int:
+    """The largest divisor of ``number`` (> 0) not above ``at_most``, e.g. (64, 3) -> 2."""
+    return max(d for d in range(1, max(1, min(at_most, number)) + 1) if number % d == 0)
+
+
 def _validate(cfg: Config) -> List[str]:
     errors: List[str] = []
 
@@ -490,7 +494,7 @@ def _validate(cfg: Config) -> List[str]:
     if n.gtrxl_heads > 0 and n.gtrxl_dim % n.gtrxl_heads:
         errors.append(f"network.gtrxl_heads: {n.gtrxl_heads} heads do not divide "
                       f"network.gtrxl_dim {n.gtrxl_dim}; choose heads that divide the width "
-                      f"(e.g. gtrxl_heads: {math.gcd(n.gtrxl_heads, n.gtrxl_dim)})")
+                      f"(e.g. gtrxl_heads: {_nearest_divisor(n.gtrxl_dim, n.gtrxl_heads)})")
     choice(n, "network", "gtrxl_start_state", GTRXL_START_STATES)
     need(len(n.mlp_hidden) > 0 and all(w > 0 for w in n.mlp_hidden), "network.mlp_hidden",
          f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)}")

@@ -324,7 +324,8 @@ def network_errors(**network: object) -> list:
 
 
 @pytest.mark.parametrize("network, field, fix", [
-    ({"gtrxl_heads": 3, "gtrxl_dim": 64}, "network.gtrxl_heads", "choose heads that divide"),
+    ({"gtrxl_heads": 3, "gtrxl_dim": 64}, "network.gtrxl_heads", "(e.g. gtrxl_heads: 2)"),
+    ({"gtrxl_heads": 12, "gtrxl_dim": 100}, "network.gtrxl_heads", "(e.g. gtrxl_heads: 10)"),
     ({"gtrxl_memory_length": 0}, "network.gtrxl_memory_length", "must be > 0"),
     ({"gtrxl_layers": 0}, "network.gtrxl_layers", "must be > 0"),
     ({"gtrxl_dim": -8}, "network.gtrxl_dim", "must be > 0"),
