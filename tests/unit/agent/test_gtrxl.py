@@ -12,6 +12,8 @@ from typing import Tuple
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r2d2_hpc.agent import losses
 from r2d2_hpc.agent.adder import SequenceAdder
@@ -208,6 +210,34 @@ def test_two_parts_carrying_the_state_equal_one_unroll(split: int) -> None:
         q_b, end = net(obs[split:], pa[split:], pr[split:], first[split:], mid)
     torch.testing.assert_close(torch.cat([q_a, q_b]), q_all, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(end[0], end_all[0], rtol=1e-5, atol=1e-5)
+
+
+_HYPOTHESIS_NET = make_net()
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_any_split_and_boundaries_give_the_one_unroll(data) -> None:
+    """Random ``first`` flags, a random incoming memory and a random cut into two parts
+    and into single steps: all the same function."""
+    t_len = data.draw(st.integers(2, 9), label="T")
+    batch = data.draw(st.integers(1, 3), label="B")
+    split = data.draw(st.integers(1, t_len - 1), label="split")
+    flags = data.draw(st.lists(st.booleans(), min_size=t_len * batch, max_size=t_len * batch))
+    warm = data.draw(st.booleans(), label="warm")
+    net = _HYPOTHESIS_NET
+    first = torch.tensor(flags, dtype=torch.bool).reshape(t_len, batch)
+    obs, pa, pr = make_inputs(t_len, batch, seed=t_len * 10 + batch)
+    state = warm_state(net, batch) if warm else net.initial_state(batch)
+    with torch.no_grad():
+        q, end = net(obs, pa, pr, first, state)
+        q_steps, end_steps = step_by_step(net, obs, pa, pr, first, state)
+        q_a, mid = net(obs[:split], pa[:split], pr[:split], first[:split], state)
+        q_b, end_b = net(obs[split:], pa[split:], pr[split:], first[split:], mid)
+    for other, other_end in ((q_steps, end_steps), (torch.cat([q_a, q_b]), end_b)):
+        torch.testing.assert_close(other, q, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other_end[0], end[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(other_end[1], end[1], rtol=1e-5, atol=1e-5)
 
 
 def test_observations_before_a_boundary_change_no_output_after_it() -> None:
