@@ -174,6 +174,12 @@ class ReplayConfig:
     """Sequences a shard holds before it serves samples (ours: 250k observations)."""
     samples_per_insert: float = 0.0
     """Target sampled/inserted sequences, as Reverb's SampleToInsertRatio (both sides wait); 0 = off."""
+    demo_files: Tuple[str, ...] = ()
+    """R2D3 (Paine et al., 2019): demonstration files (``r2d2-record``; format in
+    ``r2d2_hpc.replay.demos``) loaded at start into demo tables beside the agent's replay."""
+    demo_ratio: float = 0.0
+    """R2D3's rho: each batch element is a demonstration with this probability (R2D3 paper:
+    1/256 = 0.0039; DI-engine's r2d3 found 0.25 best on Pong); needs ``demo_files``."""
 
     @property
     def sequence_length(self) -> int:
@@ -517,6 +523,15 @@ def _validate(cfg: Config) -> List[str]:
             f"replay.capacity_observations: {r.capacity_observations} cannot hold one "
             f"sequence of {r.sequence_length} steps per shard ({t.replay_shards} shard(s)); "
             f"raise it")
+    unit(r, "replay", "demo_ratio")
+    if r.demo_ratio > 0 and not r.demo_files:
+        errors.append(f"replay.demo_ratio: {r.demo_ratio:g} draws demonstrations, but "
+                      f"replay.demo_files is empty; list demonstration files (r2d2-record "
+                      f"writes them) or set demo_ratio: 0")
+    if r.demo_files and not r.demo_ratio > 0:
+        errors.append("replay.demo_files: given, but replay.demo_ratio is 0 so none would be "
+                      "sampled; set replay.demo_ratio (R2D3 paper: 0.0039, DI-engine on "
+                      "Pong: 0.25)")
     if r.min_fill_sequences > r.capacity_sequences:
         errors.append(
             f"replay.min_fill_sequences: {r.min_fill_sequences} exceeds the replay's "

@@ -22,6 +22,7 @@ ROLE_CODES: Dict[str, int] = {
     "learner": 3,      # index: learner number; its multinomial batch allocation
     "evaluator": 4,    # index: EVALUATOR_PERIODIC or EVALUATOR_FINAL
     "evaluation": 5,   # index: evaluation number j of one Evaluator (base: its seed)
+    "demo": 6,         # index: shard number; its demonstration table's sampling (R2D3)
 }
 #: ``derive_seed(cfg.seed, "evaluator", ...)`` index of the periodic evaluator.
 EVALUATOR_PERIODIC = 0

@@ -84,6 +84,7 @@ import torch
 
 from r2d2_hpc.agent.losses import n_step_double_q_targets, sequence_priorities
 from r2d2_hpc.config import Config
+from r2d2_hpc.replay.layout import sequence_windows  # re-exported: the adder's windows
 
 __all__ = ["StreamChunk", "SequenceAdder", "insert_chunk", "sequence_windows"]
 
@@ -182,27 +183,6 @@ def insert_chunk(shard: _ShardLike, chunk: StreamChunk) -> np.ndarray:
     return shard.add_sequences(chunk.stream_id, chunk.seq_start, chunk.seq_length,
                                chunk.state_h, chunk.state_c, chunk.seq_prev_action,
                                chunk.seq_prev_reward, chunk.priority)
-
-
-def sequence_windows(episode_start: int, last_step: int, sequence_length: int,
-                     period: int) -> List[Tuple[int, int]]:
-    """All windows of one episode as ``(start, valid length)``, in start order.
-
-    ``start = episode_start + k period`` for every ``start <= last_step``;
-    ``length = min(sequence_length, last_step - start + 1)``. (No drop rule
-    applied; a reference for tests and the module docstring's picture.)
-
-    Args:
-      episode_start: number of the episode's first step.
-      last_step: number of its last step.
-      sequence_length: ``L = burn_in + trace_length``.
-      period: ``sequence_period``.
-
-    Returns:
-      ``[(start, length), ...]``.
-    """
-    return [(s, min(sequence_length, last_step - s + 1))
-            for s in range(episode_start, last_step + 1, period)]
 
 
 class _Pending(NamedTuple):

@@ -14,6 +14,8 @@ the run directory::
         shard-0/index.h5             replay shard 0's snapshot (r2d2_hpc.replay.snapshot):
         shard-0/steps_00000_...h5      small index + immutable segment files
         shard-1/...
+        demo-0/index.h5              replay shard 0's demonstration table (R2D3, only
+        demo-0/steps_00000_...h5       with replay.demo_files), a snapshot like shard-0
       ckpt-000000012500.1/           a second checkpoint at the same step (rare)
       .partial-ckpt-000000015000/    being written; readers ignore it
       .trash-ckpt-000000002500/      being deleted by pruning; readers ignore it
@@ -90,6 +92,7 @@ from r2d2_hpc.checkpoint.records import (ACTORS_FILE, FORMAT, LEARNER_FILE, MANI
                                          manifest_crc, open_h5, read_meta)
 from r2d2_hpc.checkpoint.state_files import write_actors_file, write_learner_file
 from r2d2_hpc.config import Config
+from r2d2_hpc.replay.layout import demo_table_index
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, live_sequences, read_index_meta,
                                       save_snapshot)
@@ -97,7 +100,10 @@ from r2d2_hpc.storage.files import crc32_file, fsync_path, write_json_atomic
 from r2d2_hpc.storage.h5tree import Tree
 from r2d2_hpc.types import ActorState, JobSpec
 
-__all__ = ["CheckpointLayout", "shard_fill"]
+__all__ = ["CheckpointLayout", "TABLES", "shard_fill"]
+
+#: A replay rank's tables in a checkpoint: ``shard-<i>`` and (R2D3) ``demo-<i>``.
+TABLES = ("shard", "demo")
 
 
 class CheckpointLayout:
@@ -218,20 +224,22 @@ class CheckpointLayout:
         _, crc = write_actors_file(file, actors, fsync=self.fsync)
         return self._remember(file, crc)
 
-    def _link_source(self, index: int, uid: str) -> str:
-        """The newest committed ``shard-<index>`` whose snapshot is the shard's current one."""
+    def _link_source(self, name: str, uid: str) -> str:
+        """The newest committed ``<name>`` (``shard-<i>``, ``demo-<i>``) whose snapshot
+        is the table's current one."""
         if not uid:
             return ""
         for ckpt in reversed(self.checkpoints()):
-            d = os.path.join(ckpt, f"shard-{index}")
+            d = os.path.join(ckpt, name)
             meta = read_index_meta(d)
             if meta is not None and meta.get("snapshot_uid") == uid:
                 return d
         return ""
 
     def write_shard(self, path: str, index: int, shard: ReplayShard, *,
-                    full: bool = False) -> ShardWriteReport:
-        """Replay shard rank: writes the shard's snapshot into ``path/shard-<index>``.
+                    full: bool = False, table: str = "shard") -> ShardWriteReport:
+        """Replay shard rank: writes the shard's snapshot into ``path/shard-<index>``
+        (``table="demo"``: its demonstration table into ``path/demo-<index>``).
 
         Hard-links the shard's previous snapshot in first so that only the
         segments changed since then are written (module docstring).
@@ -250,17 +258,19 @@ class CheckpointLayout:
         Raises:
           ValueError: if ``index`` is not the shard's own index.
         """
-        if index != shard.shard_index:
-            raise ValueError(f"write_shard: index: shard {shard.shard_index} cannot be written "
-                             f"as shard-{index}")
+        name = f"{table}-{index}"
+        own = demo_table_index(index) if table == "demo" else index
+        if table not in TABLES or own != shard.shard_index:
+            raise ValueError(f"write_shard: index: table {shard.shard_index} cannot be written "
+                             f"as {name}")
         t0 = time.perf_counter()
-        target = os.path.join(path, f"shard-{index}")
+        target = os.path.join(path, name)
         if os.path.exists(target):  # a retry into the same partial dir
             shutil.rmtree(target)
         os.makedirs(target)
         full = full or not self.link
         uid = str(shard.state().counters.get("snapshot_uid", ""))
-        source = "" if full else self._link_source(index, uid)
+        source = "" if full else self._link_source(name, uid)
         linked, copied = 0, 0
         if source:
             for name in sorted(os.listdir(source)):
@@ -290,7 +300,8 @@ class CheckpointLayout:
         return FileEntry(rel, st.st_size, crc32_file(full))
 
     def commit(self, path: str, step: int, num_shards: int,
-               extra: Optional[Mapping[str, Any]] = None) -> CheckpointInfo:
+               extra: Optional[Mapping[str, Any]] = None,
+               demo_tables: bool = False) -> CheckpointInfo:
         """Lead, after every rank wrote its part: manifest, atomic rename, prune.
 
         Args:
@@ -299,6 +310,7 @@ class CheckpointLayout:
           num_shards: replay shards of the running job; each must have written
             ``shard-<i>/``.
           extra: more JSON data for the manifest (e.g. ``{"reason": "signal"}``).
+          demo_tables: each shard also wrote ``demo-<i>/`` (R2D3).
 
         Returns:
           The committed checkpoint (``deep_verified`` False: nothing was re-read).
@@ -311,11 +323,13 @@ class CheckpointLayout:
         for rel in (LEARNER_FILE, ACTORS_FILE):
             if not os.path.isfile(os.path.join(path, rel)):
                 problems.append(f"{rel} was not written")
+        tables = [f"{t}-{i}" for t in (TABLES if demo_tables else TABLES[:1])
+                  for i in range(num_shards)]
         shard_meta: List[Optional[Dict[str, Any]]] = []
-        for i in range(num_shards):
-            meta = read_index_meta(os.path.join(path, f"shard-{i}"))
+        for d in tables:
+            meta = read_index_meta(os.path.join(path, d))
             if meta is None:
-                problems.append(f"shard-{i}/{INDEX_FILE} was not written or is unreadable")
+                problems.append(f"{d}/{INDEX_FILE} was not written or is unreadable")
             shard_meta.append(meta)
         if problems:
             raise CheckpointError(f"{path}: cannot commit: " + "; ".join(problems))
@@ -330,19 +344,20 @@ class CheckpointLayout:
         files: Dict[str, Dict[str, int]] = {}
         for rel in (LEARNER_FILE, ACTORS_FILE):
             files[rel] = self._entry(path, rel).to_dict()
-        shards = []
-        for i, meta in enumerate(shard_meta):
+        shards, demos = [], []
+        for d, meta in zip(tables, shard_meta):
             assert meta is not None
-            d = f"shard-{i}"
             files[f"{d}/{INDEX_FILE}"] = self._entry(path, f"{d}/{INDEX_FILE}").to_dict()
             for e in list(meta["steps"]) + list(meta["seqs"]):
                 files[f"{d}/{e['file']}"] = {"nbytes": int(e["nbytes"]), "crc32": int(e["crc32"])}
-            shards.append(shard_fill(meta, os.path.join(path, d)))
+            (demos if d.startswith("demo-") else shards).append(
+                shard_fill(meta, os.path.join(path, d)))
         body = {"format": FORMAT, "step": int(step),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "num_shards": int(num_shards), "num_actors": int(ameta["num_actors"]),
                 "counters": lmeta["counters"], "config": lmeta["config"],
-                "job_spec": lmeta["job_spec"], "shards": shards, "files": files,
+                "job_spec": lmeta["job_spec"], "shards": shards, "demo_tables": demos,
+                "files": files,
                 "extra": dict(extra or {})}
         manifest = dict(body, body_crc32=manifest_crc(body))
         write_json_atomic(os.path.join(path, MANIFEST), manifest, self.fsync, sort_keys=True)

@@ -189,6 +189,14 @@ class CheckpointInfo:
         return os.path.join(self.path, f"shard-{index}")
 
     @property
+    def num_demo_tables(self) -> int:
+        """Demonstration tables saved (R2D3): one per shard, or 0."""
+        return len(self.manifest.get("demo_tables", []))
+
+    def demo_dir(self, index: int) -> str:
+        return os.path.join(self.path, f"demo-{index}")
+
+    @property
     def learner_path(self) -> str:
         return os.path.join(self.path, LEARNER_FILE)
 

@@ -4,6 +4,8 @@ A replay shard is restored exactly (contents, priorities, RNG: sampling
 continues bit-identically) when the job has as many shards as the checkpoint,
 and otherwise re-sharded by the rule the actors route by
 (:func:`r2d2_hpc.replay.routing.shard_for_stream`), keeping every sequence.
+A demonstration table (R2D3) is restored exactly when the shard count is
+unchanged; otherwise the run loads its demonstration files afresh.
 """
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ from typing import List, Optional, Union
 from r2d2_hpc.checkpoint.records import (ACTORS_FILE, LEARNER_FILE, CheckpointError,
                                          CheckpointInfo, LearnerCheckpoint)
 from r2d2_hpc.checkpoint.state_files import read_actors_file, read_learner_file
-from r2d2_hpc.replay.layout import ShardSpec
+from r2d2_hpc.replay.layout import ShardSpec, demo_table_index
 from r2d2_hpc.replay.shard import ReplayShard
 from r2d2_hpc.replay.snapshot import (INDEX_FILE, SnapshotError, load_resharded, load_snapshot,
                                       read_index_meta)
 from r2d2_hpc.types import ActorState
 
-__all__ = ["read_actors", "read_learner", "restore_shard"]
+__all__ = ["read_actors", "read_learner", "restore_demo_table", "restore_shard"]
 
 #: Replay layout fields that must agree for the replay to be restored at all.
 _RESHARD_FROZEN = ("frame_shape", "obs_dtype", "frame_stack", "stack_fill", "sequence_length",
@@ -112,5 +114,23 @@ def restore_shard(info: CheckpointInfo, shard_index: int, num_shards: int, *,
             capacity_observations=spec.capacity_observations if spec else None,
             capacity_sequences=spec.capacity_sequences if spec else None,
             seed=seed, strict=strict, verify=check)
+    except SnapshotError as exc:
+        raise CheckpointError(f"{info.name}: {exc}") from None
+
+
+def restore_demo_table(info: CheckpointInfo, shard_index: int,
+                       num_shards: int) -> Optional[ReplayShard]:
+    """Shard ``shard_index``'s demonstration table (R2D3) from checkpoint ``info``,
+    exactly (priorities, generator), or None when the checkpoint has none for
+    ``num_shards`` shards (the caller loads the files afresh then).
+
+    Raises:
+      CheckpointError: a demo table file is missing or corrupted.
+    """
+    if info.num_demo_tables != num_shards or info.num_shards != num_shards:
+        return None
+    try:
+        return load_snapshot(info.demo_dir(shard_index), verify=not info.deep_verified,
+                             shard_index=demo_table_index(shard_index))
     except SnapshotError as exc:
         raise CheckpointError(f"{info.name}: {exc}") from None

@@ -27,9 +27,12 @@ from r2d2_hpc.config import Config, ConfigError, load_config, save_config
 from r2d2_hpc.job.metrics import wandb_errors
 from r2d2_hpc.job.memory import NodeMemory, check_serial_memory, gather_nodes, memory_problem
 from r2d2_hpc.job.plan import plan_lines, print_plan
+from r2d2_hpc.job.replay import demo_table_bytes, read_run_demos
 from r2d2_hpc.job.role import job_spec
 from r2d2_hpc.job.runner import RunHooks, run_mpi, run_serial
 from r2d2_hpc.presets import config_path, load_preset, preset_names
+from r2d2_hpc.replay.demo_table import episode_windows, episodes_for_shard
+from r2d2_hpc.replay.demos import DemoFileError
 from r2d2_hpc.types import JobSpec
 
 #: Exit code for bad input (config, ranks, files): nothing was started.
@@ -151,16 +154,36 @@ def _resume_point(run_dir: str, cfg: Config, spec: JobSpec,
     return info
 
 
+def _demo_errors(cfg: Config, spec: JobSpec) -> Tuple[List[str], int]:
+    """The demonstration files (R2D3) checked against the run before anything starts:
+    (errors, bytes of the largest shard's demo table)."""
+    if not cfg.replay.demo_files:
+        return [], 0
+    try:
+        demos = read_run_demos(cfg, spec)
+    except DemoFileError as exc:
+        return [f"replay.demo_files: {exc}; record demonstrations for this run's env with "
+                f"r2d2-record"], 0
+    r = cfg.replay
+    if not any(episode_windows(int(e[1].shape[0]), r.burn_in, r.trace_length,
+                               r.sequence_period)
+               for e in episodes_for_shard(demos, 0, 1).episodes):
+        return [f"replay.demo_files: no episode is longer than replay.burn_in={r.burn_in} "
+                f"steps, so no demonstration sequence has a trace step to learn from; "
+                f"record longer episodes or lower replay.burn_in"], 0
+    return [], demo_table_bytes(cfg, spec, demos)
+
+
 def _memory_errors(args: argparse.Namespace, cfg: Config, spec: JobSpec, world_size: int,
-                   nodes: Optional[List[NodeMemory]]) -> List[str]:
+                   nodes: Optional[List[NodeMemory]], demo_bytes: int = 0) -> List[str]:
     """The memory check (``--no-memory-check`` skips it): nodes of an MPI job, or
     this process for ``--serial``."""
     if args.no_memory_check:
         return []
     if nodes is None:
-        problem = check_serial_memory(cfg, spec, args.serial_actors)
+        problem = check_serial_memory(cfg, spec, args.serial_actors, demo_bytes)
     else:
-        problem = memory_problem(cfg, spec, nodes, world_size)
+        problem = memory_problem(cfg, spec, nodes, world_size, demo_bytes)
     return [problem + " (--no-memory-check starts anyway)"] if problem else []
 
 
@@ -201,13 +224,16 @@ def _root_setup(args: argparse.Namespace, world_size: int,
         run_dir = (args.resume or args.run_dir or cfg.logging.run_dir
                    or default_run_dir(cfg))
         resume = None
+        demo_bytes = 0
         if spec is not None:
             try:
                 resume = _resume_point(run_dir, cfg, spec, required=bool(args.resume))
             except ConfigError as exc:
                 errors += exc.errors
+            demo_errors, demo_bytes = _demo_errors(cfg, spec)
+            errors += demo_errors
         if not errors and spec is not None:  # before any rank allocates its replay
-            errors += _memory_errors(args, cfg, spec, world_size, nodes)
+            errors += _memory_errors(args, cfg, spec, world_size, nodes, demo_bytes)
         if not errors:  # create nothing when the job cannot start
             try:
                 prepare_run_dir(run_dir)

@@ -18,19 +18,23 @@ STEP_CHUNK      101  actor -> its replay shard  stream_id i64, first_step_index 
                                                 seq_state_h f32[m, H], seq_state_c f32[m, H],
                                                 seq_prev_action i64[m], seq_prev_reward f32[m],
                                                 seq_priority f64[m]
-SAMPLE_REQUEST  102  learner -> shard           request_id i64, num_sequences i64
-SAMPLE_REPLY    103  shard -> learner           request_id i64, num_sequences i64; a SequenceBatch:
+SAMPLE_REQUEST  102  learner -> shard           request_id i64, num_sequences i64, num_demo i64
+SAMPLE_REPLY    103  shard -> learner           request_id i64, num_sequences i64, num_demo i64;
+                                                a SequenceBatch (agent rows, then num_demo demo rows):
                                                 obs obs_dtype[T, k, *obs], action i64[T, k],
                                                 reward f32[T, k], discount f32[T, k], first bool[T, k],
                                                 mask bool[T, k], prev_action i64[T, k],
                                                 prev_reward f32[T, k], state_h f32[k, H],
                                                 state_c f32[k, H], keys i64[k], probs f64[k];
                                                 shard stats when sampled: total_priority f64,
-                                                count i64, max_priority f64
+                                                count i64, max_priority f64, and its demo
+                                                table's: demo_total_priority f64,
+                                                demo_count i64, demo_max_priority f64
 PRIORITY_UPDATE 104  learner -> shard           keys i64[k], priorities f64[k]
 SHARD_STATS     105  shard -> every learner     total_priority f64, count i64, max_priority f64,
                                                 inserted_sequences i64, sampled_sequences i64,
-                                                observations_stored i64
+                                                observations_stored i64, demo_total_priority f64,
+                                                demo_count i64, demo_max_priority f64
 PARAMS          106  learner 0 -> actors        version i64, learner_step i64, params f32[P]
 ACTOR_REPORT    107  actor -> learner 0         env_steps i64, params_version i64,
                                                 episode_return f64[e], episode_length i64[e],
@@ -56,7 +60,8 @@ from r2d2_hpc.replay.sampling import ShardStats
 from r2d2_hpc.types import JobSpec, SequenceBatch
 
 __all__ = ["TAGS", "Command", "Messages", "declare_messages", "default_chunk_limits", "job_messages",
-           "sample_reply_arrays", "sequence_batch_of", "shard_stats_of"]
+           "sample_reply_arrays", "sequence_batch_of", "shard_stats_of", "demo_stats_of",
+           "stats_fields", "NO_TABLE"]
 
 #: The MPI tag (= message type id) of every message; unique, declared here only.
 TAGS: Dict[str, int] = {
@@ -204,10 +209,12 @@ def declare_messages(cfg: Config, obs_frame_shape: Sequence[int], obs_dtype: Any
     sample_request = _layout("SAMPLE_REQUEST", [
         Field("request_id", i64),
         Field("num_sequences", i64),        # k, as given by sampling.allocate_batch
+        Field("num_demo", i64),             # of which from the demo table (R2D3)
     ])
     sample_reply = _layout("SAMPLE_REPLY", [
         Field("request_id", i64),
         Field("num_sequences", i64),
+        Field("num_demo", i64),             # the last num_demo rows are demo items
         Field("obs", obs_dt, (T, k, *obs)),
         Field("action", i64, (T, k)),
         Field("reward", f32, (T, k)),
@@ -223,6 +230,9 @@ def declare_messages(cfg: Config, obs_frame_shape: Sequence[int], obs_dtype: Any
         Field("total_priority", f64),       # the shard's stats when it sampled
         Field("count", i64),
         Field("max_priority", f64),
+        Field("demo_total_priority", f64),  # the demo table's (zeros: none)
+        Field("demo_count", i64),
+        Field("demo_max_priority", f64),
     ])
     priority_update = _layout("PRIORITY_UPDATE", [
         Field("keys", i64, (k,)),
@@ -235,6 +245,9 @@ def declare_messages(cfg: Config, obs_frame_shape: Sequence[int], obs_dtype: Any
         Field("inserted_sequences", i64),   # totals since the run started
         Field("sampled_sequences", i64),
         Field("observations_stored", i64),  # currently held
+        Field("demo_total_priority", f64),  # the demo table's (zeros: none)
+        Field("demo_count", i64),
+        Field("demo_max_priority", f64),
     ])
     params = _layout("PARAMS", [
         Field("version", i64),
@@ -268,12 +281,26 @@ def sequence_batch_of(fields: Mapping[str, np.ndarray]) -> SequenceBatch:
     return SequenceBatch(*(fields[name] for name in SequenceBatch._fields))
 
 
+#: A table that does not exist (no demonstrations): what its stats fields carry.
+NO_TABLE = ShardStats(0.0, 0, 0.0)
+
+
+def stats_fields(stats: ShardStats, demo: ShardStats = NO_TABLE) -> Dict[str, Any]:
+    """The stats fields of SHARD_STATS / SAMPLE_REPLY: a shard's and its demo table's."""
+    return dict(total_priority=stats.total_priority, count=stats.count,
+                max_priority=stats.max_priority, demo_total_priority=demo.total_priority,
+                demo_count=demo.count, demo_max_priority=demo.max_priority)
+
+
 def sample_reply_arrays(request_id: int, batch: SequenceBatch, total_priority: float,
-                        count: int, max_priority: float) -> Dict[str, Any]:
-    """Keyword arrays for ``SAMPLE_REPLY.pack`` / ``Endpoint.send("SAMPLE_REPLY", ...)``."""
+                        count: int, max_priority: float, num_demo: int = 0,
+                        demo: ShardStats = NO_TABLE) -> Dict[str, Any]:
+    """Keyword arrays for ``SAMPLE_REPLY.pack`` / ``Endpoint.send("SAMPLE_REPLY", ...)``;
+    ``batch``'s last ``num_demo`` rows are from the demo table whose stats are ``demo``."""
     out: Dict[str, Any] = dict(batch._asdict())
     out.update(request_id=request_id, num_sequences=int(np.shape(batch.keys)[0]),
-               total_priority=total_priority, count=count, max_priority=max_priority)
+               num_demo=int(num_demo),
+               **stats_fields(ShardStats(total_priority, count, max_priority), demo))
     return out
 
 
@@ -281,3 +308,9 @@ def shard_stats_of(fields: Mapping[str, np.ndarray]) -> ShardStats:
     """The :class:`~r2d2_hpc.replay.sampling.ShardStats` in a SHARD_STATS or SAMPLE_REPLY."""
     return ShardStats(float(fields["total_priority"]), int(fields["count"]),
                       float(fields["max_priority"]))
+
+
+def demo_stats_of(fields: Mapping[str, np.ndarray]) -> ShardStats:
+    """The demo table's :class:`ShardStats` in a SHARD_STATS or SAMPLE_REPLY."""
+    return ShardStats(float(fields["demo_total_priority"]), int(fields["demo_count"]),
+                      float(fields["demo_max_priority"]))

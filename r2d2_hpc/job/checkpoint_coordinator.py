@@ -195,7 +195,8 @@ class CheckpointCoordinator:
         assert self.layout is not None  # start needs it
         if not ck.failed:
             try:
-                info = self.layout.commit(ck.path, ck.step, len(self.shard_ranks))
+                info = self.layout.commit(ck.path, ck.step, len(self.shard_ranks),
+                                          demo_tables=bool(self.cfg.replay.demo_files))
             except OSError as exc:
                 ck = dataclasses.replace(ck, failure=f"its manifest could not be written ({exc})")
             else:

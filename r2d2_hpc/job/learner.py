@@ -118,7 +118,8 @@ class LearnerRank(Role):
             ep, info.replay_ranks, cfg.learner.batch_size, cfg.learner.samples_in_flight,
             cfg.replay.importance_sampling_exponent,
             np.random.default_rng(derive_seed(cfg.seed, "learner", info.index)),
-            allocate=self.learner.host_array, name=f"learner {info.index}")
+            allocate=self.learner.host_array, name=f"learner {info.index}",
+            demo_ratio=cfg.replay.demo_ratio)
         g = cfg.logging
         self.evaluator: Optional[Evaluator] = None
         if self.lead and (g.eval_interval_steps > 0 or g.final_eval_episodes > 0):
@@ -264,7 +265,7 @@ class LearnerRank(Role):
         result = self.learner.step(ready.batch, ready.weights)
         self.compute_seconds += time.perf_counter() - t0
         self.sampler.send_priorities(ready.batch.keys, result.priorities)
-        self.metrics.add_step(result.loss, result.priorities)
+        self.metrics.add_step(result.loss, result.priorities, ready.is_demo)
 
     def _lead_after_step(self, ready: ReadyBatch) -> None:
         """Learner 0 after a step: staleness, parameters, evaluation, metrics, budget,
@@ -404,6 +405,8 @@ class LearnerRank(Role):
                "compute_seconds": self.compute_seconds,
                "params_version": self.learner.params_version,
                "priority_keys_sent": list(self.sampler.priority_keys_sent),
+               "rows_sampled": self.sampler.rows_sampled,
+               "demo_rows_sampled": self.sampler.demo_rows_sampled,
                "allreduce_seconds": self.averager.seconds if self.averager else 0.0,
                "allreduce_backend": self.averager.backend if self.averager else "",
                "params_digest": replica_digest(self.learner.state())}

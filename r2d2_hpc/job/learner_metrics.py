@@ -90,6 +90,10 @@ class LearnerMetrics:
         self.priority_sum = 0.0
         self.priority_max = 0.0
         self.priority_n = 0
+        #: R2D3: the interval's demo rows and their new priorities' sum.
+        self.batch_rows = 0
+        self.demo_rows = 0
+        self.demo_priority_sum = 0.0
         self.staleness = math.nan
         self.wall_clock = wall_clock
         self.launch_time = wall_clock() if launch_time is None else float(launch_time)
@@ -172,12 +176,22 @@ class LearnerMetrics:
         self.episode_lengths += np.asarray(lengths).tolist()
         self.episode_eps += np.asarray(epsilons).tolist()
 
-    def add_step(self, loss: float, priorities: np.ndarray) -> None:
-        """One learner step's loss and new priorities."""
+    def add_step(self, loss: float, priorities: np.ndarray,
+                 is_demo: Optional[np.ndarray] = None) -> None:
+        """One learner step's loss and new priorities (``is_demo``: rows from the
+        demonstration tables, kept apart from the agent's in the priority columns)."""
         self.losses.append(loss)
-        self.priority_sum += float(priorities.sum())
-        self.priority_n += len(priorities)
-        self.priority_max = max(self.priority_max, float(priorities.max()))
+        priorities = np.asarray(priorities)
+        demo = (np.zeros(len(priorities), bool) if is_demo is None
+                else np.asarray(is_demo, bool))
+        self.demo_rows += int(demo.sum())
+        self.demo_priority_sum += float(priorities[demo].sum())
+        self.batch_rows += int(priorities.size)
+        agent = priorities[~demo]
+        if agent.size:
+            self.priority_sum += float(agent.sum())
+            self.priority_n += int(agent.size)
+            self.priority_max = max(self.priority_max, float(agent.max()))
 
     def add_evaluation(self, result: EvalResult, final: bool = False) -> None:
         """An evaluation, shown in the next row: a periodic one (kept in
@@ -259,6 +273,9 @@ class LearnerMetrics:
             "mean_priority": self.priority_sum / self.priority_n if self.priority_n
             else math.nan,
             "max_priority": self.priority_max if self.priority_n else math.nan,
+            "demo_fraction": self.demo_rows / self.batch_rows if self.batch_rows else math.nan,
+            "demo_mean_priority": self.demo_priority_sum / self.demo_rows if self.demo_rows
+            else math.nan,
             "delta_q": self.staleness,
             "eval_return": ev.mean_return if ev is not None else math.nan,
             "eval_return_std": float(np.std(ev.returns)) if ev is not None else math.nan,
@@ -276,6 +293,7 @@ class LearnerMetrics:
         self.episode_returns, self.episode_lengths, self.losses = [], [], []
         self.episode_eps = []
         self.priority_sum, self.priority_n, self.priority_max = 0.0, 0, 0.0
+        self.batch_rows, self.demo_rows, self.demo_priority_sum = 0, 0, 0.0
         return row
 
     def _bucket_returns(self) -> Dict[str, float]:

@@ -62,12 +62,16 @@ def sample_batch_bytes(cfg: Config, spec: JobSpec) -> int:
     return cfg.learner.batch_size * cfg.replay.sequence_length * per_obs
 
 
-def rank_bytes(cfg: Config, spec: JobSpec, role: str, num_shards: int) -> Dict[str, int]:
-    """What one rank of ``role`` will hold, by part (see the module docstring)."""
+def rank_bytes(cfg: Config, spec: JobSpec, role: str, num_shards: int,
+               demo_bytes: int = 0) -> Dict[str, int]:
+    """What one rank of ``role`` will hold, by part (see the module docstring;
+    ``demo_bytes``: the largest shard's demonstration table, R2D3)."""
     need = {"base": RANK_BASE_BYTES}
     batch = sample_batch_bytes(cfg, spec)
     if role == "replay":
         need["replay"] = sum(replay_shard_spec(cfg, spec, num_shards).storage_bytes().values())
+        if demo_bytes:
+            need["demo"] = int(demo_bytes)
         need["batches"] = 2 * batch
     elif role == "learner":
         need["params"] = 5 * 4 * spec.num_params
@@ -75,18 +79,20 @@ def rank_bytes(cfg: Config, spec: JobSpec, role: str, num_shards: int) -> Dict[s
     return need
 
 
-def node_needs(cfg: Config, spec: JobSpec, ranks: Sequence[int], size: int) -> Dict[str, int]:
+def node_needs(cfg: Config, spec: JobSpec, ranks: Sequence[int], size: int,
+               demo_bytes: int = 0) -> Dict[str, int]:
     """What the ranks ``ranks`` of a ``size``-rank job need together, by part."""
     total: Dict[str, int] = {}
     for rank in ranks:
         role = assign_role(rank, size, cfg.topology).role
-        for part, n in rank_bytes(cfg, spec, role, cfg.topology.replay_shards).items():
+        for part, n in rank_bytes(cfg, spec, role, cfg.topology.replay_shards,
+                                  demo_bytes).items():
             total[part] = total.get(part, 0) + n
     return total
 
 
 def memory_problem(cfg: Config, spec: JobSpec, nodes: Sequence[NodeMemory],
-                   size: int) -> Optional[str]:
+                   size: int, demo_bytes: int = 0) -> Optional[str]:
     """The message for the first node that cannot hold its ranks, else None.
 
     Args:
@@ -94,24 +100,27 @@ def memory_problem(cfg: Config, spec: JobSpec, nodes: Sequence[NodeMemory],
       spec: the job's shapes.
       nodes: every node of the job.
       size: ranks in the job.
+      demo_bytes: the largest shard's demonstration table (R2D3; 0: none).
     """
     shards = cfg.topology.replay_shards
     per_shard = sum(replay_shard_spec(cfg, spec, shards).storage_bytes().values())
     for node in nodes:
-        need = node_needs(cfg, spec, node.ranks, size)
+        need = node_needs(cfg, spec, node.ranks, size, demo_bytes)
         total = sum(need.values())
         if total <= node.available_bytes:
             continue
         here = sum(1 for r in node.ranks
                    if assign_role(r, size, cfg.topology).role == "replay")
-        other = total - need.get("replay", 0)
-        room = max(0, node.available_bytes - other)
+        other = total - need.get("replay", 0) - need.get("demo", 0)
+        demo = (f", {need['demo'] / GB:.2f} GB of demonstration tables "
+                f"(replay.demo_files)" if need.get("demo") else "")
+        room = max(0, node.available_bytes - other - need.get("demo", 0))
         fits = int(cfg.replay.capacity_observations * room / max(1, here * per_shard)) \
             if here else 0
         msg = (f"the job does not fit in memory on node {node.host}: its {len(node.ranks)} "
                f"rank(s) need {total / GB:.1f} GB ({here} replay shard(s) x "
                f"{per_shard / GB:.2f} GB of replay for replay.capacity_observations="
-               f"{cfg.replay.capacity_observations} over {shards} shard(s), plus "
+               f"{cfg.replay.capacity_observations} over {shards} shard(s){demo}, plus "
                f"{other / GB:.1f} GB for the ranks themselves) but "
                f"{node.available_bytes / GB:.1f} GB is available there. ")
         if here:
@@ -171,11 +180,12 @@ def gather_nodes(world: Any) -> Optional[List[NodeMemory]]:
     return list(nodes.values())
 
 
-def check_serial_memory(cfg: Config, spec: JobSpec, num_actors: int) -> Optional[str]:
+def check_serial_memory(cfg: Config, spec: JobSpec, num_actors: int,
+                        demo_bytes: int = 0) -> Optional[str]:
     """The memory check of a serial run (``--serial``): every role in this one
     process, so one :data:`RANK_BASE_BYTES`, not one per role."""
     size = cfg.topology.learners + cfg.topology.replay_shards + num_actors
     # The node is credited the bases of the roles that are not processes here.
     node = NodeMemory(socket.gethostname(), list(range(size)),
                       available_memory_bytes() + (size - 1) * RANK_BASE_BYTES)
-    return memory_problem(cfg, spec, [node], size)
+    return memory_problem(cfg, spec, [node], size, demo_bytes)

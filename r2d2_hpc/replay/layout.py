@@ -81,7 +81,8 @@ __all__ = [
     "STEP_SEGMENT_BYTES", "SEQUENCE_SEGMENT_BYTES", "ShardSpec",
     "ShardState", "shard_spec", "copy_json", "make_keys", "split_keys", "keys_by_shard",
     "match_keys", "KeyFields", "KeyMatch", "KEY_SHARD_BITS", "KEY_GENERATION_BITS",
-    "KEY_SLOT_BITS", "MAX_SHARDS",
+    "KEY_SLOT_BITS", "MAX_SHARDS", "DEMO_TABLE_BIT", "MAX_REPLAY_SHARDS", "demo_table_index",
+    "is_demo_key", "sequence_windows",
 ]
 
 #: Fields of the step ring, ``[capacity_observations, ...]``.
@@ -101,8 +102,13 @@ RUN_FIELDS: Tuple[str, ...] = ("run_stream", "run_step_lo", "run_abs_lo", "run_n
 KEY_SLOT_BITS = 26
 KEY_GENERATION_BITS = 25
 KEY_SHARD_BITS = 12
-#: Replay shards a job may have (the key's shard field).
+#: Values of the key's shard field (a table's ``shard_index``).
 MAX_SHARDS = 1 << KEY_SHARD_BITS
+#: The shard field's top bit marks a demonstration table (R2D3): replay rank ``s``
+#: owns agent table ``s`` and demo table ``s | DEMO_TABLE_BIT``.
+DEMO_TABLE_BIT = MAX_SHARDS >> 1
+#: Replay shards a job may have.
+MAX_REPLAY_SHARDS = DEMO_TABLE_BIT
 _SLOT_MASK = (1 << KEY_SLOT_BITS) - 1
 _GENERATION_MASK = (1 << KEY_GENERATION_BITS) - 1
 _SHARD_SHIFT = KEY_SLOT_BITS + KEY_GENERATION_BITS
@@ -162,8 +168,19 @@ def split_keys(keys: np.ndarray) -> KeyFields:
                      (k >> KEY_SLOT_BITS) & _GENERATION_MASK)
 
 
+def demo_table_index(shard: int) -> int:
+    """The ``shard_index`` of replay rank ``shard``'s demonstration table."""
+    return int(shard) | DEMO_TABLE_BIT
+
+
+def is_demo_key(keys: np.ndarray) -> np.ndarray:
+    """``<bool>[N]``: which keys a demonstration table issued."""
+    return (split_keys(keys).shard & DEMO_TABLE_BIT) != 0
+
+
 def keys_by_shard(keys: np.ndarray) -> Dict[int, np.ndarray]:
-    """Which keys each shard owns: where a learner sends each new priority.
+    """Which keys each replay rank owns: where a learner sends each new priority
+    (a rank's demonstration table's keys go to that rank too).
 
     Args:
       keys: ``<int64>[B]`` non-negative keys (e.g. a sampled batch's).
@@ -172,8 +189,29 @@ def keys_by_shard(keys: np.ndarray) -> Dict[int, np.ndarray]:
       ``{shard: <int64>[n] positions in keys}`` for every shard named, shards
       increasing, positions in batch order.
     """
-    owner = split_keys(keys).shard
+    owner = split_keys(keys).shard & (DEMO_TABLE_BIT - 1)
     return {int(s): np.flatnonzero(owner == s) for s in np.unique(owner)}
+
+
+def sequence_windows(episode_start: int, last_step: int, sequence_length: int,
+                     period: int) -> List[Tuple[int, int]]:
+    """All windows of one episode as ``(start, valid length)``, in start order.
+
+    ``start = episode_start + k period`` for every ``start <= last_step``;
+    ``length = min(sequence_length, last_step - start + 1)``. (No drop rule
+    applied; a reference for tests and the module docstring's picture.)
+
+    Args:
+      episode_start: number of the episode's first step.
+      last_step: number of its last step.
+      sequence_length: ``L = burn_in + trace_length``.
+      period: ``sequence_period``.
+
+    Returns:
+      ``[(start, length), ...]``.
+    """
+    return [(s, min(sequence_length, last_step - s + 1))
+            for s in range(episode_start, last_step + 1, period)]
 
 
 class KeyMatch(NamedTuple):

@@ -45,13 +45,14 @@ shards (no priority update in between) for the probabilities to be exact.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Sequence, Tuple
 
 import numpy as np
 
 __all__ = [
     "ShardStats",
     "allocate_batch",
+    "allocate_split",
     "global_count",
     "global_max_priority",
     "global_probabilities",
@@ -171,6 +172,34 @@ def split_demo(batch_size: int, demo_ratio: float, rng: np.random.Generator) -> 
     if not 0.0 <= demo_ratio <= 1.0:
         raise ValueError(f"demo_ratio must be in [0, 1]; got {demo_ratio}")
     return int(rng.binomial(int(batch_size), float(demo_ratio)))
+
+
+def allocate_split(stats: Sequence[ShardStats], demo_stats: Sequence[ShardStats],
+                   batch_size: int, demo_ratio: float,
+                   rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """R2D3's batch over agent and demo tables: ``n_demo ~ Binomial(B, rho)``
+    (:func:`split_demo`), then each part allocated over its own tables' masses
+    (:func:`allocate_batch`), so within each table the draws are exactly
+    proportional prioritized sampling over that table's union of shards.
+
+    Args:
+      stats: the agent shards' stats.
+      demo_stats: the demo tables' stats (same order; ignored when ``demo_ratio`` is 0).
+      batch_size: ``B``.
+      demo_ratio: ``rho`` in [0, 1].
+      rng: draws the split and both allocations.
+
+    Returns:
+      ``(agent counts <int64>[S], demo counts <int64>[S])``, summing to ``B`` together.
+
+    Raises:
+      ValueError: a part that must draw has no mass, or invalid arguments.
+    """
+    n_demo = split_demo(batch_size, demo_ratio, rng) if demo_ratio > 0 else 0
+    zeros = np.zeros(len(stats), np.int64)
+    agent = allocate_batch(stats, batch_size - n_demo, rng) if batch_size > n_demo else zeros
+    demo = allocate_batch(demo_stats, n_demo, rng) if n_demo else zeros.copy()
+    return agent, demo
 
 
 def global_probabilities(local_probs: np.ndarray, shard_ids: np.ndarray,

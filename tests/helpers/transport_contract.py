@@ -277,7 +277,8 @@ def body_views_live_until_next_poll(ep: Endpoint, rank: int, size: int, barrier:
         for c in (5, 6):
             ep.send("SHARD_STATS", 1, timeout=TIMEOUT, total_priority=float(c), count=c,
                     max_priority=1.0, inserted_sequences=c, sampled_sequences=0,
-                    observations_stored=10 * c)
+                    observations_stored=10 * c, demo_total_priority=0.0, demo_count=0,
+                    demo_max_priority=0.0)
         assert ep.flush(TIMEOUT)
     elif rank == 1:
         seen: List[int] = []

@@ -16,6 +16,7 @@ from r2d2_hpc.checkpoint.layout import CheckpointLayout
 from r2d2_hpc.checkpoint.records import CheckpointError, list_checkpoints
 from r2d2_hpc.checkpoint.restore import read_actors, read_learner, restore_shard
 from r2d2_hpc.checkpoint.validate import find_latest_valid, open_checkpoint
+from r2d2_hpc.replay.layout import demo_table_index
 from r2d2_hpc.replay.routing import stream_id
 from r2d2_hpc.config import Config
 from r2d2_hpc.types import ActorState
@@ -218,11 +219,18 @@ def test_a_shard_is_written_only_under_its_own_index(tmp_path) -> None:
     """A restore reads ``shard-<i>`` back as shard i, whose keys name i."""
     layout = CheckpointLayout(str(tmp_path / "run"), fsync=False)
     path = layout.begin(5)
-    with pytest.raises(ValueError, match="shard 1 cannot be written as shard-0"):
+    with pytest.raises(ValueError, match="table 1 cannot be written as shard-0"):
         layout.write_shard(path, 0, new_shard(shard_index=1))
     assert not os.path.exists(os.path.join(path, "shard-0"))
     layout.write_shard(path, 1, new_shard(shard_index=1))
     assert os.path.exists(os.path.join(path, "shard-1", "index.h5"))
+    # a demonstration table (R2D3) only as demo-<i> of its own rank
+    with pytest.raises(ValueError, match="table 1 cannot be written as demo-1"):
+        layout.write_shard(path, 1, new_shard(shard_index=1), table="demo")
+    with pytest.raises(ValueError, match="cannot be written as demo-0"):
+        layout.write_shard(path, 0, new_shard(shard_index=demo_table_index(1)), table="demo")
+    layout.write_shard(path, 1, new_shard(shard_index=demo_table_index(1)), table="demo")
+    assert os.path.exists(os.path.join(path, "demo-1", "index.h5"))
 
 
 def test_a_second_checkpoint_at_the_same_step_is_the_newest(tmp_path) -> None:

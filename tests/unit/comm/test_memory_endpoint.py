@@ -146,7 +146,7 @@ def test_a_corrupt_message_is_reported_and_the_others_still_arrive():
     a, b = hub.endpoint(0), hub.endpoint(1)
     a.send("CONTROL", 1, command=1, argument=1)
     bad = messages.SAMPLE_REQUEST.new_buffer()
-    n = messages.SAMPLE_REQUEST.pack(bad, request_id=0, num_sequences=1)
+    n = messages.SAMPLE_REQUEST.pack(bad, request_id=0, num_sequences=1, num_demo=0)
     hub.queue(1, "CONTROL").append((0, bad[:n]))  # a wrong message on the CONTROL queue
     a.send("CONTROL", 1, command=1, argument=2)
     with pytest.raises(MessageError, match="from rank 0.*expected a CONTROL.*got SAMPLE_REQUEST"):

@@ -20,8 +20,8 @@ from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, tiny_config
 COLUMNS = ["learner_step", "env_steps", "wall_time_s", "train_seconds", "updates_per_s",
            "env_steps_per_s", "loss", "episode_return", "episode_length", "episodes",
            "replay_sequences", "replay_observations", "replay_fill", "insert_per_s",
-           "sample_per_s", "param_lag", "mean_priority", "max_priority", "delta_q",
-           "eval_return", "eval_return_std", "eval_episode_length", "final_eval_return",
+           "sample_per_s", "param_lag", "mean_priority", "max_priority", "demo_fraction",
+           "demo_mean_priority", "delta_q", "eval_return", "eval_return_std", "eval_episode_length", "final_eval_return",
            "final_eval_return_std", "return_eps_low", "return_eps_mid", "return_eps_high"]
 
 #: Six envs: the greediest third has epsilons .01 .02, the middle .1 .2, the rest .3 .4.
@@ -82,8 +82,9 @@ def test_metrics_row_by_hand():
     row = m.row(learner_step=8, params_version=10, shard_stats=stats, shard_counters=counters)
     assert list(row) == COLUMNS
     nan = [c for c in COLUMNS if math.isnan(row[c])]
-    assert nan == ["eval_return", "eval_return_std", "eval_episode_length",
-                   "final_eval_return", "final_eval_return_std", "return_eps_mid"]
+    assert nan == ["demo_mean_priority", "eval_return", "eval_return_std",
+                   "eval_episode_length", "final_eval_return", "final_eval_return_std",
+                   "return_eps_mid"]
     expected = {
         "learner_step": 8, "env_steps": 160, "wall_time_s": 7.0, "train_seconds": 4.0,
         "updates_per_s": 2.0,
@@ -93,7 +94,8 @@ def test_metrics_row_by_hand():
         "episodes": 3, "replay_sequences": 42, "replay_observations": 400, "replay_fill": 0.4,
         "insert_per_s": 12.5, "sample_per_s": 6.0,
         "param_lag": 3.0,                    # 10 - mean(8, 6)
-        "mean_priority": 5.0 / 3, "max_priority": 3.0, "delta_q": 0.25,
+        "mean_priority": 5.0 / 3, "max_priority": 3.0, "demo_fraction": 0.0,
+        "delta_q": 0.25,
         "return_eps_low": 4.0,               # episodes of eps .01 and .02: returns 1, 7
         "return_eps_high": 4.0,              # eps .4: return 4
     }
@@ -187,3 +189,16 @@ def test_a_forced_row_repeating_a_step_is_skipped_unless_it_shows_an_evaluation(
     row = m.row(5, 5, [], [])
     assert row["final_eval_return"] == 9.0 and math.isnan(row["eval_return"])
     assert [e.mean_return for e in m.evaluations] == [3.0] and m.final_eval.mean_return == 9.0
+
+
+def test_demo_rows_have_their_own_priority_column_and_fraction():
+    """R2D3: agent and demo rows' new priorities are averaged apart; the fraction counts rows."""
+    m = _metrics(Clock())
+    m.add_step(1.0, np.array([1.0, 2.0, 9.0, 3.0]), np.array([False, False, True, False]))
+    m.add_step(1.0, np.array([4.0, 5.0, 6.0, 7.0]), np.array([True, True, False, False]))
+    row = m.row(learner_step=2, params_version=2, shard_stats=[ShardStats(1.0, 1, 1.0)],
+                shard_counters=[ShardCounters(0, 0, 0)])
+    assert row["demo_fraction"] == pytest.approx(3 / 8)
+    assert row["demo_mean_priority"] == pytest.approx((9 + 4 + 5) / 3)
+    assert row["mean_priority"] == pytest.approx((1 + 2 + 3 + 6 + 7) / 5)
+    assert row["max_priority"] == 7.0  # the agent rows' largest

@@ -56,7 +56,8 @@ def _stats(ep: InMemoryEndpoint, mass: float, count: int, max_p: float,
            inserted: int = 0, sampled: int = 0, observations: int = 0) -> None:
     ep.send("SHARD_STATS", LEARNER, total_priority=mass, count=count, max_priority=max_p,
             inserted_sequences=inserted, sampled_sequences=sampled,
-            observations_stored=observations)
+            observations_stored=observations, demo_total_priority=0.0, demo_count=0,
+            demo_max_priority=0.0)
 
 
 def test_no_request_before_any_shard_has_mass():
