@@ -10,7 +10,8 @@ import pytest
 from r2d2_hpc.comm.memory_endpoint import InMemoryEndpoint, InMemoryHub
 from r2d2_hpc.comm.messages import declare_messages, sample_reply_arrays
 from r2d2_hpc.job.sampler import ShardCounters, ShardedSampler, send_priorities
-from r2d2_hpc.replay.layout import make_keys, split_keys
+from r2d2_hpc.replay.demo_table import concat_batches
+from r2d2_hpc.replay.layout import demo_table_index, make_keys, split_keys
 from r2d2_hpc.replay.sampling import ShardStats
 from r2d2_hpc.types import SequenceBatch
 from tests.helpers.fakes import NUM_ACTIONS, OBS_SHAPE, random_sequence_batch, select_columns, \
@@ -170,3 +171,80 @@ def test_batches_come_out_in_request_order():
     sampler.receive()
     assert sampler.ready() is not None and sampler.ready() is not None
     assert sampler.ready() is None and not sampler.requests
+
+
+class FixedSplit:
+    """An rng whose binomial draw (the demo count) and multinomial draws (agent part,
+    then demo part) are fixed."""
+
+    def __init__(self, num_demo: int, agent: List[int], demo: List[int]) -> None:
+        self.num_demo, self.draws = num_demo, [agent, demo]
+        self.calls: List[Tuple[int, np.ndarray]] = []
+
+    def binomial(self, n: int, p: float) -> int:
+        self.calls.append((n, np.asarray(p)))
+        return self.num_demo
+
+    def multinomial(self, n: int, pvals: np.ndarray) -> np.ndarray:
+        self.calls.append((n, np.asarray(pvals)))
+        counts = self.draws.pop(0)
+        assert n == sum(counts)
+        return np.asarray(counts)
+
+
+def _stats_with_demo(ep: InMemoryEndpoint, agent: ShardStats, demo: ShardStats) -> None:
+    ep.send("SHARD_STATS", LEARNER, total_priority=agent.total_priority, count=agent.count,
+            max_priority=agent.max_priority, inserted_sequences=0, sampled_sequences=0,
+            observations_stored=0, demo_total_priority=demo.total_priority,
+            demo_count=demo.count, demo_max_priority=demo.max_priority)
+
+
+def test_r2d3_split_rows_and_weights_within_each_table_by_hand():
+    """B = 5, rho = .25: the split draws 2 demo rows; agent 3 = (2, 1), demo 2 = (0, 2).
+
+    agent: shard masses 3, 1 (M = 4), N = 10; local p = .5 .5 | .5; P = .375 .375 | .125
+           N P = 3.75 3.75 1.25; beta = .5: w = sqrt(1.25 / N P) = sqrt(1/3) sqrt(1/3) 1
+    demo:  shard masses 0.5, 2 (M = 2.5), N = 7; shard 1's local p = .25 .75:
+           P = .2 .6, N P = 1.4 4.2: w = sqrt(1.4 / N P) = 1, sqrt(1/3)
+    Rows: shard 0's 2 agent rows, then shard 1's agent row and its 2 demo rows.
+    """
+    cfg = tiny_config()
+    messages = declare_messages(cfg, OBS_SHAPE, np.float32, cfg.network.lstm_size,
+                                num_params=4, num_actions=NUM_ACTIONS)
+    hub = InMemoryHub(messages, 3)
+    rng = FixedSplit(2, [2, 1], [0, 2])
+    sampler = ShardedSampler(hub.endpoint(LEARNER), SHARD_RANKS, 5, 1, 0.5,
+                             rng, demo_ratio=0.25)  # type: ignore[arg-type]
+    shards = [hub.endpoint(r) for r in SHARD_RANKS]
+    _stats_with_demo(shards[0], ShardStats(3.0, 4, 1.0), ShardStats(0.0, 0, 0.0))
+    sampler.receive()
+    assert sampler.fill() == 0  # no demo table has mass yet: the split could not be exact
+    _stats_with_demo(shards[0], ShardStats(3.0, 4, 1.0), ShardStats(0.5, 3, 1.0))
+    _stats_with_demo(shards[1], ShardStats(1.0, 6, 1.0), ShardStats(2.0, 4, 1.0))
+    sampler.receive()
+    assert sampler.fill() == 1
+    assert rng.calls[0][0] == 5 and float(rng.calls[0][1]) == 0.25
+    np.testing.assert_allclose(rng.calls[1][1], [0.75, 0.25])  # agent masses
+    np.testing.assert_allclose(rng.calls[2][1], [0.2, 0.8])    # demo masses
+    got = [[(int(m.fields["num_sequences"]), int(m.fields["num_demo"]))
+            for m in ep.poll("SAMPLE_REQUEST")] for ep in shards]
+    assert got == [[(2, 0)], [(3, 2)]]
+    a = _share(0, [0.5, 0.5], seed=1)
+    b_agent = _share(1, [0.5], seed=2)
+    b_demo = _share(demo_table_index(1), [0.25, 0.75], seed=3)
+    b = concat_batches([b_agent, b_demo])
+    shards[0].send("SAMPLE_REPLY", LEARNER, **sample_reply_arrays(
+        0, a, 3.0, 4, 1.0, 0, ShardStats(0.5, 3, 1.0)))
+    shards[1].send("SAMPLE_REPLY", LEARNER, **sample_reply_arrays(
+        0, b, 1.0, 6, 1.0, 2, ShardStats(2.0, 4, 1.0)))
+    sampler.receive()
+    ready = sampler.ready()
+    assert ready is not None
+    np.testing.assert_array_equal(ready.is_demo, [False, False, False, True, True])
+    np.testing.assert_allclose(ready.weights, np.sqrt([1 / 3, 1 / 3, 1, 1, 1 / 3]), rtol=1e-6)
+    assert (sampler.rows_sampled, sampler.demo_rows_sampled) == (5, 2)
+    # the demo keys' priorities go back to the rank that owns their table
+    sampler.send_priorities(ready.batch.keys, np.arange(5.0))
+    (msg,) = shards[1].poll("PRIORITY_UPDATE")
+    np.testing.assert_array_equal(msg.fields["keys"], ready.batch.keys[2:])
+    assert sampler.priority_keys_sent == [2, 3]

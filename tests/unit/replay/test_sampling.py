@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from r2d2_hpc.replay.sampling import (
     ShardStats,
     allocate_batch,
+    allocate_split,
     global_count,
     global_max_priority,
     global_probabilities,
@@ -297,3 +298,34 @@ def test_the_demo_split_is_binomial(ratio):
 def test_the_demo_split_refuses_a_ratio_outside_0_1():
     with pytest.raises(ValueError, match="demo_ratio must be in"):
         split_demo(8, 1.5, np.random.default_rng(0))
+
+
+def test_the_r2d3_split_allocates_each_part_over_its_own_tables():
+    """allocate_split: the demo count fits Binomial(B, rho); given the split, the demo
+    rows spread over the shards by the demo tables' masses and the agent rows by the
+    agent shards' (pooled counts, chi-squared)."""
+    rng, B, rho, batches = np.random.default_rng(5), 16, 0.25, 20000
+    agent = [ShardStats(3.0, 10, 1.0), ShardStats(1.0, 10, 1.0), ShardStats(0.0, 0, 0.0)]
+    demo = [ShardStats(0.5, 4, 1.0), ShardStats(0.0, 0, 0.0), ShardStats(2.0, 9, 1.0)]
+    totals, agent_rows, demo_rows = np.zeros(B + 1, np.int64), np.zeros(3), np.zeros(3)
+    for _ in range(batches):
+        a, d = allocate_split(agent, demo, B, rho, rng)
+        assert a.sum() + d.sum() == B
+        totals[d.sum()] += 1
+        agent_rows += a
+        demo_rows += d
+    pmf = np.array([math.comb(B, k) * rho ** k * (1 - rho) ** (B - k) for k in range(B + 1)])
+    assert chi2_goodness_of_fit(totals, pmf / pmf.sum())[1] > STRICT
+    assert agent_rows[2] == 0 and demo_rows[1] == 0  # no mass, no rows
+    assert chi2_goodness_of_fit(agent_rows[:2].astype(np.int64), np.array([0.75, 0.25]))[1] \
+        > STRICT
+    assert chi2_goodness_of_fit(demo_rows[[0, 2]].astype(np.int64), np.array([0.2, 0.8]))[1] \
+        > STRICT
+
+
+def test_without_demonstrations_the_split_is_the_plain_allocation():
+    agent = [ShardStats(3.0, 10, 1.0), ShardStats(1.0, 10, 1.0)]
+    a, d = allocate_split(agent, [ShardStats(0.0, 0, 0.0)] * 2, 8, 0.0,
+                          np.random.default_rng(3))
+    np.testing.assert_array_equal(a, allocate_batch(agent, 8, np.random.default_rng(3)))
+    assert d.tolist() == [0, 0]
