@@ -11,27 +11,13 @@ from r2d2_hpc.cli.train import EXIT_BAD_INPUT, train_main
 from r2d2_hpc.job.memory import NodeMemory, memory_problem, node_needs
 from r2d2_hpc.job.replay import demo_table_bytes, read_run_demos
 from r2d2_hpc.job.role import job_spec
-from r2d2_hpc.replay.demos import DemoEpisodes, write_demos
+from r2d2_hpc.replay.demos import write_demos
+from tests.helpers.demos import random_demos
 from tests.helpers.launcher import tiny_job_config
 
 SHORT = ["--serial", "--quiet", "--set", "learner.max_steps=3", "--set",
          "replay.min_fill_sequences=20", "--set", "logging.tensorboard=false",
          "--set", "logging.final_eval_episodes=0"]
-
-
-def demos(env="cartpole_masked", frame_shape=(2,), num_actions=2, episodes=(50, 70),
-          action=None, reward=None, seed=0) -> DemoEpisodes:
-    """Masked-CartPole-shaped episodes, built unchecked so bad values reach the file."""
-    rng = np.random.default_rng(seed)
-    n = int(sum(episodes))
-    first = np.zeros(n, bool)
-    first[np.cumsum((0,) + tuple(episodes))[:-1]] = True
-    discount = np.ones(n, np.float32)
-    discount[np.cumsum(episodes) - 1] = 0.0
-    return DemoEpisodes(env, 1, num_actions,
-                        rng.normal(size=(n,) + tuple(frame_shape)).astype(np.float32),
-                        (rng.integers(0, 2, n) if action is None else action).astype(np.int32),
-                        np.ones(n, np.float32) if reward is None else reward, discount, first)
 
 
 def _nan_reward() -> np.ndarray:
@@ -41,13 +27,13 @@ def _nan_reward() -> np.ndarray:
 
 
 BAD_FILES = {
-    "wrong env": (lambda: demos(env="cartpole"), "env: the file has 'cartpole'"),
-    "wrong shape": (lambda: demos(frame_shape=(4,)), "frame_shape: the file has [4]"),
-    "wrong actions": (lambda: demos(num_actions=6), "num_actions: the file has 6"),
-    "action out of range": (lambda: demos(action=np.full(120, 5)), "action: 5 at step 0 is "
+    "wrong env": (lambda: random_demos(env="cartpole"), "env: the file has 'cartpole'"),
+    "wrong shape": (lambda: random_demos(frame_shape=(4,)), "frame_shape: the file has [4]"),
+    "wrong actions": (lambda: random_demos(num_actions=6), "num_actions: the file has 6"),
+    "action out of range": (lambda: random_demos(action=np.full(120, 5)), "action: 5 at step 0 is "
                                                                    "outside [0, 2)"),
-    "nan reward": (lambda: demos(reward=_nan_reward()), "reward: nan at step 33"),
-    "too short": (lambda: demos(episodes=(5, 8)), "no episode is longer than replay.burn_in"),
+    "nan reward": (lambda: random_demos(reward=_nan_reward()), "reward: nan at step 33"),
+    "too short": (lambda: random_demos(episodes=(5, 8)), "no episode is longer than replay.burn_in"),
 }
 
 
@@ -93,7 +79,7 @@ def test_a_missing_or_corrupt_demo_file_exits_2(tmp_path, capsys):
 ])
 def test_a_bad_demo_ratio_exits_2(tmp_path, capsys, sets, needle):
     path = tmp_path / "demos.h5"
-    write_demos(str(path), demos())
+    write_demos(str(path), random_demos())
     args = []
     for s in sets:
         args += ["--set", s.replace("DEMOS", str(path))]
@@ -103,7 +89,7 @@ def test_a_bad_demo_ratio_exits_2(tmp_path, capsys, sets, needle):
 
 def test_a_good_demo_file_runs_and_its_tables_are_reported(tmp_path, capsys):
     path = tmp_path / "demos.h5"
-    write_demos(str(path), demos())
+    write_demos(str(path), random_demos())
     code = _train(tmp_path, "--set", f"replay.demo_files=[{path}]",
                   "--set", "replay.demo_ratio=0.5")
     assert code == 0, capsys.readouterr().err
@@ -114,7 +100,7 @@ def test_a_good_demo_file_runs_and_its_tables_are_reported(tmp_path, capsys):
 
 def test_the_memory_check_counts_the_demo_tables(tmp_path):
     path = tmp_path / "demos.h5"
-    write_demos(str(path), demos(episodes=(500, 700, 900)))
+    write_demos(str(path), random_demos(episodes=(500, 700, 900)))
     cfg = tiny_job_config(f"replay.demo_files=[{path}]", "replay.demo_ratio=0.25")
     spec = job_spec(cfg)
     demo = demo_table_bytes(cfg, spec, read_run_demos(cfg, spec))

@@ -16,21 +16,15 @@ from r2d2_hpc.job.replay import make_demo_table
 from r2d2_hpc.job.role import job_spec
 from r2d2_hpc.job.runner import run_serial
 from r2d2_hpc.replay.demo_table import episode_windows
-from r2d2_hpc.replay.demos import from_arrays, write_demos
+from r2d2_hpc.replay.demos import write_demos
 from r2d2_hpc.storage.digest import state_digest
+from tests.helpers.demos import random_demos
 from tests.helpers.launcher import by_role, check_nothing_lost, tiny_job_config
 
 
-def random_demos(path, episodes=(60, 45, 90, 30, 75), seed=0, env="cartpole_masked"):
+def write_random_demos(path, episodes=(60, 45, 90, 30, 75)):
     """A demonstration file of random masked-CartPole-shaped play."""
-    rng = np.random.default_rng(seed)
-    n = int(sum(episodes))
-    first = np.zeros(n, bool)
-    first[np.cumsum((0,) + tuple(episodes))[:-1]] = True
-    discount = np.ones(n, np.float32)
-    discount[np.cumsum(episodes) - 1] = 0.0
-    demos = from_arrays(env, 1, 2, rng.normal(size=(n, 2)).astype(np.float32),
-                        rng.integers(0, 2, n), np.ones(n, np.float32), discount, first)
+    demos = random_demos(episodes)
     write_demos(str(path), demos)
     return demos
 
@@ -40,7 +34,7 @@ def demo_config(path, *extra):
 
 
 def test_a_serial_run_with_demos_samples_them_at_the_ratio_and_never_evicts(tmp_path):
-    demos = random_demos(tmp_path / "demos.h5")
+    demos = write_random_demos(tmp_path / "demos.h5")
     # a small agent replay that fills and evicts while the demo tables stay whole
     cfg = demo_config(tmp_path / "demos.h5", "learner.max_steps=60", "topology.replay_shards=2",
                       "replay.capacity_observations=1200",
@@ -72,7 +66,7 @@ def test_a_serial_run_with_demos_samples_them_at_the_ratio_and_never_evicts(tmp_
 
 
 def test_demo_tables_are_checkpointed_and_restored_bit_exact(tmp_path):
-    random_demos(tmp_path / "demos.h5")
+    write_random_demos(tmp_path / "demos.h5")
     cfg = demo_config(tmp_path / "demos.h5", "learner.max_steps=30", "topology.replay_shards=2")
     run = tmp_path / "run"
     run.mkdir()
@@ -94,7 +88,7 @@ def test_demo_tables_are_checkpointed_and_restored_bit_exact(tmp_path):
 
 
 def test_a_resumed_run_continues_from_the_checkpoints_demo_tables(tmp_path):
-    random_demos(tmp_path / "demos.h5")
+    write_random_demos(tmp_path / "demos.h5")
     cfg = demo_config(tmp_path / "demos.h5", "learner.max_steps=20")
     run = tmp_path / "run"
     run.mkdir()
@@ -116,7 +110,7 @@ def test_a_resumed_run_continues_from_the_checkpoints_demo_tables(tmp_path):
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
 def test_the_split_extremes(tmp_path, ratio):
     """rho = 1: every row a demonstration; no files and rho = 0: none (and no table)."""
-    random_demos(tmp_path / "demos.h5")
+    write_random_demos(tmp_path / "demos.h5")
     extra = ([f"replay.demo_files=[{tmp_path / 'demos.h5'}]", "replay.demo_ratio=1.0"]
              if ratio else [])
     cfg = tiny_job_config("learner.max_steps=10", *extra)
