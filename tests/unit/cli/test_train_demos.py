@@ -33,7 +33,8 @@ BAD_FILES = {
     "action out of range": (lambda: random_demos(action=np.full(120, 5)), "action: 5 at step 0 is "
                                                                    "outside [0, 2)"),
     "nan reward": (lambda: random_demos(reward=_nan_reward()), "reward: nan at step 33"),
-    "too short": (lambda: random_demos(episodes=(5, 8)), "no episode is longer than replay.burn_in"),
+    "too short": (lambda: random_demos(episodes=(5, 8)),
+                  "no episode is longer than replay.burn_in"),
 }
 
 
