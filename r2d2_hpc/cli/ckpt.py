@@ -130,7 +130,8 @@ def inspect_main(args: argparse.Namespace) -> int:
         "step": manifest["step"], "env_frames": frames, "created": manifest.get("created"),
         "counters": counters, "job_spec": manifest.get("job_spec"),
         "num_shards": manifest["num_shards"], "num_actors": manifest.get("num_actors"),
-        "shards": manifest.get("shards", []), "files": files,
+        "shards": manifest.get("shards", []), "demo_tables": manifest.get("demo_tables", []),
+        "files": files,
         "total_bytes": sum(f["nbytes"] for f in files),
         "config_file": args.config, "config_differences": diffs,
         "config_error": diff_error,
@@ -172,6 +173,9 @@ def _print_report(r: Dict[str, Any], env: Dict[str, Any]) -> None:
               f"{s['stored_observations']}/{s['capacity_observations']} "
               f"({_pct(s['stored_observations'], s['capacity_observations'])}), "
               f"snapshot {s['snapshot_id']}")
+    for i, s in enumerate(r["demo_tables"]):  # R2D3: whole from the start, never evicted
+        print(f"  demo  {i:<4} sequences {s['live_sequences']}, observations "
+              f"{s['stored_observations']}, snapshot {s['snapshot_id']}")
     print("files")
     for f in r["files"]:
         mark = "ok " if f["ok"] else "BAD"

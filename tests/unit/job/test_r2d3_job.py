@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from r2d2_hpc.checkpoint.restore import restore_demo_table
+from r2d2_hpc.cli.ckpt import main as ckpt_main
 from r2d2_hpc.checkpoint.validate import find_latest_valid
 from r2d2_hpc.job.replay import make_demo_table
 from r2d2_hpc.job.role import job_spec
@@ -119,3 +120,15 @@ def test_the_split_extremes(tmp_path, ratio):
     assert learner["demo_rows_sampled"] == (learner["rows_sampled"] if ratio else 0)
     (shard,) = by_role(result["ranks"], "replay")
     assert ("demo_sequences" in shard) == bool(ratio)
+
+
+def test_ckpt_inspect_lists_the_demo_tables(tmp_path, capsys):
+    write_random_demos(tmp_path / "demos.h5")
+    run = tmp_path / "run"
+    run.mkdir()
+    run_serial(demo_config(tmp_path / "demos.h5", "learner.max_steps=5"), str(run),
+               num_actors=1, quiet=True)
+    capsys.readouterr()
+    assert ckpt_main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "demo  0    sequences" in out and "demo-0/index.h5" in out
