@@ -22,7 +22,7 @@ from r2d2_hpc.checkpoint.validate import find_latest_valid
 from r2d2_hpc.config import Config, ConfigError
 from r2d2_hpc.types import JobSpec
 
-__all__ = ["FROZEN_FIELDS", "FROZEN_SPEC_FIELDS", "compatibility_errors", "resume_point"]
+__all__ = ["FROZEN_FIELDS", "FROZEN_GTRXL_FIELDS", "FROZEN_SPEC_FIELDS", "compatibility_errors", "resume_point"]
 
 #: Config fields a checkpoint cannot be resumed with a different value of:
 #: they change the network's parameter shapes, the observation or action
@@ -33,6 +33,13 @@ FROZEN_FIELDS: Tuple[str, ...] = (
     "network.use_prev_action", "network.use_prev_reward", "network.dueling",
     "network.head_hidden", "network.res_link",
     "replay.burn_in", "replay.trace_length", "replay.priority_exponent",
+)
+#: Frozen too when both runs have ``network.core: gtrxl`` (checkpoints from before the
+#: gtrxl core have none of these fields). ``gtrxl_heads`` changes neither the parameter
+#: count nor the state size, so the job shapes would not catch it.
+FROZEN_GTRXL_FIELDS: Tuple[str, ...] = (
+    "network.gtrxl_layers", "network.gtrxl_heads", "network.gtrxl_dim",
+    "network.gtrxl_memory_length", "network.gtrxl_start_state",
 )
 #: Job shapes (``r2d2_hpc.types.JobSpec`` fields) that must match on resume.
 FROZEN_SPEC_FIELDS: Tuple[str, ...] = ("obs_shape", "frame_shape", "obs_dtype", "num_actions",
@@ -73,7 +80,8 @@ def compatibility_errors(saved: Union[Config, Mapping[str, Any]],
     a = saved.to_dict() if isinstance(saved, Config) else dict(saved)
     b = new.to_dict() if isinstance(new, Config) else dict(new)
     errors = []
-    for name in FROZEN_FIELDS:
+    both_gtrxl = _get(a, "network.core") == _get(b, "network.core") == "gtrxl"
+    for name in FROZEN_FIELDS + (FROZEN_GTRXL_FIELDS if both_gtrxl else ()):
         x, y = _get(a, name), _get(b, name)
         if x != y:
             errors.append(f"{name}: checkpoint has {x!r}, this run has {y!r}")

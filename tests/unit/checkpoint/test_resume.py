@@ -62,3 +62,16 @@ def test_resume_point_raises_with_every_differing_field(tmp_path) -> None:
     assert "ckpt-000000000001" in str(exc.value) and "--run-dir" in str(exc.value)
     assert resume_point(run, with_changes(cfg, "learner", learning_rate=0.5), job_spec=JOB_SPEC,
                         report=None).step == 1
+
+
+def test_gtrxl_sizes_are_frozen_only_between_two_gtrxl_runs() -> None:
+    """A changed head count keeps the parameter count and state size: named by field. A
+    checkpoint from before the gtrxl fields existed (no such keys) still resumes an LSTM."""
+    saved = with_changes(tiny_config(), "network", core="gtrxl", gtrxl_heads=4, gtrxl_dim=8)
+    new = with_changes(saved, "network", gtrxl_heads=2, gtrxl_gate_bias=1.0)
+    assert compatibility_errors(saved, new) == [
+        "network.gtrxl_heads: checkpoint has 4, this run has 2"]  # the bias is only an init
+    old = tiny_config().to_dict()
+    for k in [k for k in old["network"] if k.startswith("gtrxl_")]:
+        del old["network"][k]
+    assert compatibility_errors(old, tiny_config()) == []
