@@ -454,122 +454,143 @@ def _nearest_divisor(number: int, at_most: int) -> int:
     return max(d for d in range(1, max(1, min(at_most, number)) + 1) if number % d == 0)
 
 
-def _validate(cfg: Config) -> List[str]:
-    errors: List[str] = []
+class _Checks:
+    """The validation's error list and the checks every section uses."""
 
-    def need(cond: bool, name: str, msg: str) -> None:
+    def __init__(self) -> None:
+        self.errors: List[str] = []
+
+    def need(self, cond: bool, name: str, msg: str) -> None:
         if not cond:
-            errors.append(f"{name}: {msg}")
+            self.errors.append(f"{name}: {msg}")
 
-    def positive(section: Any, sname: str, *names: str) -> None:
+    def positive(self, section: Any, sname: str, *names: str) -> None:
         for n in names:
             v = getattr(section, n)
-            need(v > 0, f"{sname}.{n}", f"must be > 0, got {v}")
+            self.need(v > 0, f"{sname}.{n}", f"must be > 0, got {v}")
 
-    def non_negative(section: Any, sname: str, *names: str) -> None:
+    def non_negative(self, section: Any, sname: str, *names: str) -> None:
         for n in names:
             v = getattr(section, n)
-            need(v >= 0, f"{sname}.{n}", f"must be >= 0, got {v}")
+            self.need(v >= 0, f"{sname}.{n}", f"must be >= 0, got {v}")
 
-    def unit(section: Any, sname: str, *names: str) -> None:
+    def unit(self, section: Any, sname: str, *names: str) -> None:
         for n in names:
             v = getattr(section, n)
-            need(0.0 <= v <= 1.0, f"{sname}.{n}", f"must be in [0, 1], got {v}")
+            self.need(0.0 <= v <= 1.0, f"{sname}.{n}", f"must be in [0, 1], got {v}")
 
-    def choice(section: Any, sname: str, n: str, options: Sequence[str]) -> None:
+    def choice(self, section: Any, sname: str, n: str, options: Sequence[str]) -> None:
         v = getattr(section, n)
         if v not in options:
             close = difflib.get_close_matches(str(v), list(options), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            errors.append(f"{sname}.{n}: unknown value {v!r}; {hint}choose one of "
-                          f"{', '.join(options)}")
+            self.errors.append(f"{sname}.{n}: unknown value {v!r}; {hint}choose one of "
+                               f"{', '.join(options)}")
 
-    e, n, a, r, l = cfg.env, cfg.network, cfg.actor, cfg.replay, cfg.learner
-    c, t, g = cfg.checkpoint, cfg.topology, cfg.logging
 
-    choice(e, "env", "name", KNOWN_ENVS)
-    positive(e, "env", "frame_stack", "frame_skip", "screen_size", "max_episode_frames",
-             "max_episode_steps")
-    non_negative(e, "env", "noop_max")
-    unit(e, "env", "sticky_action_prob")
+def _check_env_network_actor(k: _Checks, cfg: Config) -> None:
+    e, n, a = cfg.env, cfg.network, cfg.actor
+    k.choice(e, "env", "name", KNOWN_ENVS)
+    k.positive(e, "env", "frame_stack", "frame_skip", "screen_size", "max_episode_frames",
+               "max_episode_steps")
+    k.non_negative(e, "env", "noop_max")
+    k.unit(e, "env", "sticky_action_prob")
 
-    choice(n, "network", "torso", TORSOS)
-    choice(n, "network", "core", CORES)
-    positive(n, "network", "lstm_size", "head_hidden", "gtrxl_layers", "gtrxl_heads",
-             "gtrxl_dim", "gtrxl_memory_length")
+    k.choice(n, "network", "torso", TORSOS)
+    k.choice(n, "network", "core", CORES)
+    k.positive(n, "network", "lstm_size", "head_hidden", "gtrxl_layers", "gtrxl_heads",
+               "gtrxl_dim", "gtrxl_memory_length")
     if n.gtrxl_heads > 0 and n.gtrxl_dim % n.gtrxl_heads:
-        errors.append(f"network.gtrxl_heads: {n.gtrxl_heads} heads do not divide "
-                      f"network.gtrxl_dim {n.gtrxl_dim}; choose heads that divide the width "
-                      f"(e.g. gtrxl_heads: {_nearest_divisor(n.gtrxl_dim, n.gtrxl_heads)})")
-    choice(n, "network", "gtrxl_start_state", GTRXL_START_STATES)
-    need(len(n.mlp_hidden) > 0 and all(w > 0 for w in n.mlp_hidden), "network.mlp_hidden",
-         f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)}")
+        k.errors.append(f"network.gtrxl_heads: {n.gtrxl_heads} heads do not divide "
+                        f"network.gtrxl_dim {n.gtrxl_dim}; choose heads that divide the width "
+                        f"(e.g. gtrxl_heads: {_nearest_divisor(n.gtrxl_dim, n.gtrxl_heads)})")
+    k.choice(n, "network", "gtrxl_start_state", GTRXL_START_STATES)
+    k.need(len(n.mlp_hidden) > 0 and all(w > 0 for w in n.mlp_hidden), "network.mlp_hidden",
+           f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)}")
 
-    positive(a, "actor", "num_envs", "param_refresh_period", "send_pool")
-    non_negative(a, "actor", "max_env_steps", "epsilon_alpha")
-    need(0.0 < a.epsilon_base <= 1.0, "actor.epsilon_base",
-         f"must be in (0, 1], got {a.epsilon_base}")
+    k.positive(a, "actor", "num_envs", "param_refresh_period", "send_pool")
+    k.non_negative(a, "actor", "max_env_steps", "epsilon_alpha")
+    k.need(0.0 < a.epsilon_base <= 1.0, "actor.epsilon_base",
+           f"must be in (0, 1], got {a.epsilon_base}")
 
-    positive(r, "replay", "capacity_observations", "trace_length", "sequence_period")
-    non_negative(r, "replay", "burn_in", "min_fill_sequences", "samples_per_insert")
-    unit(r, "replay", "priority_exponent", "importance_sampling_exponent", "priority_eta")
+
+def _check_replay(k: _Checks, cfg: Config) -> None:
+    r, t = cfg.replay, cfg.topology
+    k.positive(r, "replay", "capacity_observations", "trace_length", "sequence_period")
+    k.non_negative(r, "replay", "burn_in", "min_fill_sequences", "samples_per_insert")
+    k.unit(r, "replay", "priority_exponent", "importance_sampling_exponent", "priority_eta",
+           "demo_ratio")
     if r.trace_length > 0 and r.sequence_period > r.trace_length:
-        errors.append(
+        k.errors.append(
             f"replay.sequence_period: {r.sequence_period} > replay.trace_length "
             f"{r.trace_length} would leave steps that no trace covers; set "
             f"sequence_period <= trace_length")
     if r.capacity_observations < r.sequence_length * max(1, t.replay_shards):
-        errors.append(
+        k.errors.append(
             f"replay.capacity_observations: {r.capacity_observations} cannot hold one "
             f"sequence of {r.sequence_length} steps per shard ({t.replay_shards} shard(s)); "
             f"raise it")
-    unit(r, "replay", "demo_ratio")
     if r.demo_ratio > 0 and not r.demo_files:
-        errors.append(f"replay.demo_ratio: {r.demo_ratio:g} draws demonstrations, but "
-                      f"replay.demo_files is empty; list demonstration files (r2d2-record "
-                      f"writes them) or set demo_ratio: 0")
+        k.errors.append(f"replay.demo_ratio: {r.demo_ratio:g} draws demonstrations, but "
+                        f"replay.demo_files is empty; list demonstration files (r2d2-record "
+                        f"writes them) or set demo_ratio: 0")
     if r.demo_files and not r.demo_ratio > 0:
-        errors.append("replay.demo_files: given, but replay.demo_ratio is 0 so none would be "
-                      "sampled; set replay.demo_ratio (R2D3 paper: 0.0039, DI-engine on "
-                      "Pong: 0.25)")
+        k.errors.append("replay.demo_files: given, but replay.demo_ratio is 0 so none would "
+                        "be sampled; set replay.demo_ratio (R2D3 paper: 0.0039, DI-engine on "
+                        "Pong: 0.25)")
     if r.min_fill_sequences > r.capacity_sequences:
-        errors.append(
+        k.errors.append(
             f"replay.min_fill_sequences: {r.min_fill_sequences} exceeds the replay's "
             f"{r.capacity_sequences} sequence slots; lower it or raise "
             f"replay.capacity_observations")
 
-    positive(l, "learner", "batch_size", "learning_rate", "adam_epsilon", "n_step",
-             "value_rescaling_epsilon", "target_update_period", "publish_period",
-             "samples_in_flight")
-    non_negative(l, "learner", "max_grad_norm", "max_steps", "max_seconds", "staleness_period")
-    need(0.0 < l.discount <= 1.0, "learner.discount", f"must be in (0, 1], got {l.discount}")
+
+def _check_learner(k: _Checks, cfg: Config) -> None:
+    r, l = cfg.replay, cfg.learner
+    k.positive(l, "learner", "batch_size", "learning_rate", "adam_epsilon", "n_step",
+               "value_rescaling_epsilon", "target_update_period", "publish_period",
+               "samples_in_flight")
+    k.non_negative(l, "learner", "max_grad_norm", "max_steps", "max_seconds",
+                   "staleness_period")
+    k.need(0.0 < l.discount <= 1.0, "learner.discount", f"must be in (0, 1], got {l.discount}")
     if r.trace_length > 0 and l.n_step > r.trace_length:
-        errors.append(f"learner.n_step: {l.n_step} > replay.trace_length {r.trace_length}: "
-                      f"no trace step would have an n-step target; lower n_step")
+        k.errors.append(f"learner.n_step: {l.n_step} > replay.trace_length {r.trace_length}: "
+                        f"no trace step would have an n-step target; lower n_step")
     if l.batch_size > r.capacity_sequences:
-        errors.append(f"learner.batch_size: {l.batch_size} exceeds the replay's "
-                      f"{r.capacity_sequences} sequence slots; lower it")
+        k.errors.append(f"learner.batch_size: {l.batch_size} exceeds the replay's "
+                        f"{r.capacity_sequences} sequence slots; lower it")
     dev = l.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        errors.append(f"learner.device: unknown value {dev!r}; choose auto, cpu, cuda or cuda:N")
-    choice(l, "learner", "allreduce", ALLREDUCE_CHOICES)
-    choice(l, "learner", "mixed_precision", MIXED_PRECISION)
-    choice(l, "learner", "loss_reduction", LOSS_REDUCTIONS)
+        k.errors.append(f"learner.device: unknown value {dev!r}; choose auto, cpu, cuda or "
+                        f"cuda:N")
+    k.choice(l, "learner", "allreduce", ALLREDUCE_CHOICES)
+    k.choice(l, "learner", "mixed_precision", MIXED_PRECISION)
+    k.choice(l, "learner", "loss_reduction", LOSS_REDUCTIONS)
 
-    non_negative(c, "checkpoint", "interval_seconds", "interval_steps")
-    positive(c, "checkpoint", "keep")
-    positive(t, "topology", "learners", "replay_shards")
-    non_negative(t, "topology", "heartbeat_timeout_seconds")
 
-    positive(g, "logging", "log_interval_seconds", "eval_episodes")
-    non_negative(g, "logging", "eval_interval_steps", "final_eval_episodes")
+def _check_run(k: _Checks, cfg: Config) -> None:
+    c, t, g, l = cfg.checkpoint, cfg.topology, cfg.logging, cfg.learner
+    k.non_negative(c, "checkpoint", "interval_seconds", "interval_steps")
+    k.positive(c, "checkpoint", "keep")
+    k.positive(t, "topology", "learners", "replay_shards")
+    k.non_negative(t, "topology", "heartbeat_timeout_seconds")
+
+    k.positive(g, "logging", "log_interval_seconds", "eval_episodes")
+    k.non_negative(g, "logging", "eval_interval_steps", "final_eval_episodes")
     if l.target_return is not None and g.eval_interval_steps <= 0:
-        errors.append(f"learner.target_return: {l.target_return:g} is judged by the periodic "
-                      f"greedy evaluation, which is off; set logging.eval_interval_steps > 0 "
-                      f"or target_return: null")
-    unit(g, "logging", "eval_epsilon")
-    need(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
-    return errors
+        k.errors.append(f"learner.target_return: {l.target_return:g} is judged by the "
+                        f"periodic greedy evaluation, which is off; set "
+                        f"logging.eval_interval_steps > 0 or target_return: null")
+    k.unit(g, "logging", "eval_epsilon")
+    k.need(cfg.seed >= 0, "seed", f"must be >= 0, got {cfg.seed}")
+
+
+def _validate(cfg: Config) -> List[str]:
+    """Every error in ``cfg``, section by section, in a fixed order."""
+    k = _Checks()
+    for check in (_check_env_network_actor, _check_replay, _check_learner, _check_run):
+        check(k, cfg)
+    return k.errors
 
 
 # --------------------------------------------------------------------------- #
