@@ -275,6 +275,24 @@ def dead_peers(peers: Sequence[Tuple[str, int]]) -> List[int]:
     return [r for r, (h, pid) in enumerate(peers) if h == host and _process_gone(pid)]
 
 
+#: Seconds an MPI error waits for its dead peer to show as exited: a killed process
+#: closes its sockets (the error) before the kernel marks it a zombie, and on a loaded
+#: node that window lasts (CI saw a learner blame itself for a killed shard).
+DEAD_PEER_WAIT_S = 2.0
+
+
+def wait_for_dead_peers(peers: Sequence[Tuple[str, int]], wait_s: float = DEAD_PEER_WAIT_S,
+                        find: Callable[[Sequence[Tuple[str, int]]], List[int]] = dead_peers
+                        ) -> List[int]:
+    """:func:`dead_peers`, looked for again for at most ``wait_s`` while none is found."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = find(peers)
+        if dead or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.05)
+
+
 def report_failure(world: Any, cfg: Config, role_name: str, exc: BaseException,
                    peers: Sequence[Tuple[str, int]] = ()) -> None:
     """Says once why the job is being aborted: this rank failed, or (an MPI error
@@ -288,7 +306,7 @@ def report_failure(world: Any, cfg: Config, role_name: str, exc: BaseException,
     that noticed waits :data:`REPORT_GRACE_S` (the abort usually ends it first).
     """
     me = world.Get_rank()
-    dead = dead_peers(peers) if hasattr(exc, "Get_error_class") else []
+    dead = wait_for_dead_peers(peers) if hasattr(exc, "Get_error_class") and peers else []
     if not dead:
         sys.stderr.write(f"r2d2-train: rank {me} ({role_name}) failed; aborting the whole "
                          f"job:\n{traceback.format_exc()}")

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
-from r2d2_hpc.job.runner import run_serial, torch_threads
+from r2d2_hpc.job.runner import dead_peers, run_serial, torch_threads, wait_for_dead_peers
 from tests.helpers.launcher import by_role, check_nothing_lost, tiny_job_config
 
 
@@ -60,3 +65,20 @@ def test_serial_run_stops_on_env_budget(tmp_path):
 ])
 def test_torch_threads_is_the_fair_share_of_the_node(role, cores, ranks, expected):
     assert torch_threads(role, cores, ranks) == expected
+
+
+def test_a_dead_peer_is_looked_for_again_until_it_shows():
+    """A killed rank closes its sockets before it is a zombie: the first look finds
+    nothing, a later one finds it; with no dead peer the wait ends at its bound."""
+    looks = iter([[], [], [1]])
+    assert wait_for_dead_peers([("h", 1), ("h", 2)], 5.0, lambda peers: next(looks)) == [1]
+    t0 = time.monotonic()
+    assert wait_for_dead_peers([("h", 1)], 0.2, lambda peers: []) == []
+    assert 0.2 <= time.monotonic() - t0 < 2.0
+
+
+def test_an_exited_process_is_gone_and_a_live_one_is_not():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert dead_peers([(socket.gethostname(), os.getpid()),
+                       (socket.gethostname(), child.pid)]) == [1]
