@@ -168,8 +168,12 @@ def test_bad_messages_on_the_wire_are_rejected_and_the_pool_recovers(comm):
     control = messages.CONTROL
     rank = comm.Get_rank()
     if rank == 0:
-        wrong_type = messages.SAMPLE_REQUEST.new_buffer()
-        messages.SAMPLE_REQUEST.pack(wrong_type, request_id=1, num_sequences=2)
+        # a message of another type that fits CONTROL's buffer (a SAMPLE_REQUEST is
+        # larger now; a larger one would be an MPI truncation, not a type mismatch)
+        other = Layout("SAMPLE_REQUEST", messages.SAMPLE_REQUEST.tag, control.fields,
+                       version=control.version)
+        wrong_type = other.new_buffer()
+        other.pack(wrong_type, command=1, argument=2)
         old = Layout("CONTROL", control.tag, control.fields, version=control.version + 1)
         wrong_version = old.new_buffer()
         old.pack(wrong_version, command=1, argument=2)
