@@ -47,7 +47,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, ROOT)
 from benchmarks._common import mpiexec_cmd, read_rows  # noqa: E402
-from r2d2_hpc.storage.h5tree import open_file, read_tree  # noqa: E402
+from r2d2_hpc.replay.demos import read_demos  # noqa: E402
+from r2d2_hpc.storage.h5tree import open_file, read_meta  # noqa: E402
 
 ARMS = ("r2d2", "r2d3")
 COLORS = {"r2d2": "tab:blue", "r2d3": "tab:red"}
@@ -83,9 +84,11 @@ def record(source: str, out: str, episodes: int, seed: int) -> List[float]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     with open_file(out) as f:
-        arrays = read_tree(f)
-    starts = np.flatnonzero(arrays["first"])
-    return np.add.reduceat(arrays["reward"].astype(np.float64), starts).tolist()
+        meta = read_meta(f)
+    demos = read_demos(out, env=meta["env"], frame_shape=meta["frame_shape"],
+                       obs_dtype=meta["obs_dtype"], frame_stack=meta["frame_stack"],
+                       num_actions=meta["num_actions"])
+    return demos.episode_returns().tolist()
 
 
 def evaluations(run_dir: str) -> List[Dict[str, float]]:
