@@ -29,6 +29,13 @@ def find_mpiexec() -> str:
     return found
 
 
+def r2d2_train() -> str:
+    """The ``r2d2-train`` script beside this Python (a venv's, found when the venv
+    is not on PATH), else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "r2d2-train")
+    return here if os.path.exists(here) else "r2d2-train"
+
+
 @functools.lru_cache(maxsize=None)
 def mpiexec_cmd() -> List[str]:
     """``[mpiexec, *flags]``: :func:`find_mpiexec` and what its MPI needs to run

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, os.path.dirname(HERE))
-from benchmarks._common import mpiexec_cmd  # noqa: E402
+from benchmarks._common import mpiexec_cmd, r2d2_train  # noqa: E402
 
 from r2d2_hpc.job.metrics import read_metrics  # noqa: E402
 from r2d2_hpc.job.outputs import plot_learning_curve  # noqa: E402
@@ -84,7 +84,7 @@ def run_segment(run_dir: str, config: str, ranks: int, minutes: float,
     trained = float(_lead_summary(run_dir).get("train_seconds", 0.0) or 0.0)
     rows_before = len(_read_rows(run_dir))
     max_seconds = trained + max(60.0, minutes * 60.0 - SEGMENT_MARGIN_S)
-    cmd = [*mpiexec_cmd(), "-n", str(ranks), "r2d2-train", "--config", config,
+    cmd = [*mpiexec_cmd(), "-n", str(ranks), r2d2_train(), "--config", config,
            "--run-dir", run_dir, "--set", f"learner.max_seconds={max_seconds:.0f}"]
     for o in overrides:
         cmd += ["--set", o]

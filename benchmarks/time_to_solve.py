@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, os.path.dirname(HERE))
-from benchmarks._common import mpiexec_cmd, write_result  # noqa: E402
+from benchmarks._common import mpiexec_cmd, r2d2_train, write_result  # noqa: E402
 
 #: task -> (r2d2-train arguments, target return)
 TASKS: Dict[str, Any] = {
@@ -54,8 +54,7 @@ def run_seed(task: str, seed: int, ranks: int, extra: Sequence[str]) -> Dict[str
     """One launch of the job; returns its record."""
     args, target = TASKS[task]
     run_dir = tempfile.mkdtemp(prefix=f"tts-{task}-{seed}-")
-    exe = os.path.join(os.path.dirname(sys.executable), "r2d2-train")
-    cmd = [*mpiexec_cmd(), "-n", str(ranks), exe if os.path.exists(exe) else "r2d2-train",
+    cmd = [*mpiexec_cmd(), "-n", str(ranks), r2d2_train(),
            *args, "--run-dir", run_dir, "--quiet", "--set", f"seed={seed}",
            "--set", "logging.tensorboard=false"]
     for o in extra:

@@ -125,6 +125,8 @@ class LearnerMetrics:
         self.env_steps_base = int(counters.get("env_steps", 0)) - sum(r.env_steps for r in rows)
         self.episodes_base = int(counters.get("episodes", 0))
         self.seconds_base = float(counters.get("train_seconds", 0.0))
+        # the first row's updates/s counts from the checkpoint's step, not from 0
+        self._last_log_step = int(counters.get("learner_step", 0))
 
     @property
     def env_steps(self) -> int:

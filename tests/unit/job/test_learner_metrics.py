@@ -159,6 +159,17 @@ def test_a_resumed_run_continues_the_checkpoints_counters():
                                            "train_seconds": 32.5}
 
 
+def test_a_resumed_runs_first_row_counts_updates_from_the_checkpoints_step():
+    """Resumed at learner step 4,648: 30 steps in 30 s is 1 update/s, not 155."""
+    clock = Clock()
+    m = _metrics(clock)
+    m.resume({"env_steps": 0, "episodes": 0, "train_seconds": 0.0, "learner_step": 4648},
+             [], actor_ranks=[])
+    clock.t += 30.0
+    row = m.row(4678, 1, [], [ShardCounters(0, 0, 0)])
+    assert row["updates_per_s"] == pytest.approx(1.0)
+
+
 def test_env_rate_is_a_moving_window_over_bursts():
     """Reports in bursts: the rate over the last 30 s, not over one row's interval,
     and no rate (NaN) until the window spans a second."""
