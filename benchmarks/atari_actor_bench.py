@@ -22,17 +22,31 @@ is "per core" even on a machine whose cores are shared; and
 (medians reported). Reference: an R2D2 actor of the paper ran about 260 env
 steps/s (one env, inference per step); our goal is >= 1,000 per core.
 
-Not measured here: sequence cutting, priorities and sends (the ``actor_bench``
-measures the whole ``ActorRank.tick`` against this bare loop on CartPole).
+The ``actor`` loop runs once per ``--precisions`` entry (``actor.inference_precision``:
+``auto`` resolves on this CPU, named in the JSON with the reason); the loop of
+``auto`` is ``actor``, the others ``actor_<precision>``.
+
+**Phases** (``phases``, per ``N`` and precision): one extra timed run of the
+actor loop with the adder added (``SequenceAdder.add``, the actor rank's
+sequence cutting and initial priorities), each call timed with
+``perf_counter``: ``forward`` (the network's ``T = 1`` forward inside ``act``,
+timed by hooks on the network), ``act_other`` (``act`` minus the forward:
+resets, exploration draws, copies), ``env_step``, ``observe`` and ``adder``,
+in microseconds per vector step and their shares.
+
+Not measured here: sends (the ``actor_bench`` measures the whole
+``ActorRank.tick`` against this bare loop).
 
 Usage::
 
     python benchmarks/atari_actor_bench.py [--envs 16,32,64] [--seconds 3] [--repeats 2]
-                                           [--game Pong] [--quick] [--out FILE]
+                                           [--precisions float32,auto] [--game Pong]
+                                           [--quick] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -48,6 +62,8 @@ from benchmarks._common import write_result  # noqa: E402
 
 import torch  # noqa: E402
 
+from r2d2_hpc.agent.adder import SequenceAdder  # noqa: E402
+from r2d2_hpc.agent.device import cpu_flags, resolve_inference_precision  # noqa: E402
 from r2d2_hpc.agent.policy import ActorPolicy  # noqa: E402
 from r2d2_hpc.config import Config, load_config  # noqa: E402
 from r2d2_hpc.envs.atari import AtariEnv  # noqa: E402
@@ -114,7 +130,12 @@ def env_loop(env: AtariEnv, seed: int) -> Loop:
     return Loop("env", env.num_envs, step)
 
 
-def actor_loop(env: AtariEnv, cfg: Config, seed: int) -> Loop:
+def with_precision(cfg: Config, precision: str) -> Config:
+    """``cfg`` with ``actor.inference_precision`` set."""
+    return cfg.replace(actor=dataclasses.replace(cfg.actor, inference_precision=precision))
+
+
+def actor_loop(env: AtariEnv, cfg: Config, seed: int, name: str = "actor") -> Loop:
     """``ActorPolicy.act -> AtariEnv.step -> observe``, the actor rank's inner loop."""
     n = env.num_envs
     policy = ActorPolicy(cfg, env.observation_shape, env.num_actions, ape_x_epsilons(n), seed)
@@ -126,7 +147,60 @@ def actor_loop(env: AtariEnv, cfg: Config, seed: int) -> Loop:
         policy.observe(res.reward)
         state["obs"], state["first"] = res.obs, res.terminated | res.truncated
 
-    return Loop("actor", n, step)
+    return Loop(name, n, step)
+
+
+PHASES = ("forward", "act_other", "env_step", "observe", "adder")
+
+
+def phase_costs(env: AtariEnv, cfg: Config, seed: int, seconds: float) -> Dict[str, Any]:
+    """Microseconds per vector step of each phase of the actor loop with the adder
+    (see the module docstring); the forward inside ``act`` is timed by hooks on
+    the network."""
+    n = env.num_envs
+    policy = ActorPolicy(cfg, env.observation_shape, env.num_actions, ape_x_epsilons(n), seed)
+    adder = SequenceAdder.from_config(cfg, n, emit_period=min(cfg.replay.sequence_period, 40))
+    forward = {"start": 0.0, "total": 0.0}
+
+    def before(*_: Any) -> None:
+        forward["start"] = time.perf_counter()
+
+    def after(*_: Any) -> None:
+        forward["total"] += time.perf_counter() - forward["start"]
+
+    hooks = [policy.network.register_forward_pre_hook(before),
+             policy.network.register_forward_hook(after)]
+    obs, first = env.reset(), np.ones(n, bool)
+    totals = dict.fromkeys(PHASES, 0.0)
+    ticks, t_end = 0, time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < t_end:
+            t1 = time.perf_counter()
+            out = policy.act(obs, first)
+            t2 = time.perf_counter()
+            res = env.step(out.action)
+            t3 = time.perf_counter()
+            policy.observe(res.reward)
+            t4 = time.perf_counter()
+            terminated = np.asarray(res.terminated, bool)
+            done = terminated | np.asarray(res.truncated, bool)
+            adder.add(obs, out.action, res.reward, (~terminated).astype(np.float32), first,
+                      out.state_h, out.state_c, out.q, out.prev_action, out.prev_reward,
+                      last=done)
+            t5 = time.perf_counter()
+            for k, dt in zip(PHASES[1:], (t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                totals[k] += dt
+            obs, first, ticks = res.obs, done, ticks + 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+    totals["forward"] = forward["total"]
+    totals["act_other"] -= forward["total"]
+    per_tick = {k: 1e6 * v / max(1, ticks) for k, v in totals.items()}
+    whole = sum(per_tick.values())
+    return {"ticks": ticks, "us_per_tick": per_tick,
+            "share": {k: v / whole for k, v in per_tick.items()},
+            "non_emulator_us_per_env_step": (whole - per_tick["env_step"]) / n}
 
 
 def median_rates(runs: List[Dict[str, float]]) -> Dict[str, float]:
@@ -139,31 +213,45 @@ def median_rates(runs: List[Dict[str, float]]) -> Dict[str, float]:
             "repeats": len(runs)}
 
 
+def arm_name(precision: str) -> str:
+    """The actor loop's key: ``actor`` for ``auto``, else ``actor_<precision>``."""
+    return "actor" if precision == "auto" else f"actor_{precision}"
+
+
 def bench_n(game: str, n: int, cfg: Config, seconds: float, repeats: int,
-            seed: int) -> Dict[str, Any]:
-    """The three loops for one ``N``, alternated ``repeats`` times."""
+            seed: int, precisions: Sequence[str] = ("auto",)) -> Dict[str, Any]:
+    """The loops for one ``N`` (raw, env, one actor loop per precision), alternated
+    ``repeats`` times, then the phase costs of each precision."""
     from ale_py.vector_env import AtariVectorEnv
 
     # Unseeded envs (a seeded reset reloads each env's ROM: ~0.1 s per env);
     # the env and actor loops share one AtariEnv.
     env = AtariEnv.from_config(cfg.env, n, None)
     raw = AtariVectorEnv(rom_id(game), n, **env.settings)
-    loops = [raw_loop(raw, n, seed), env_loop(env, seed), actor_loop(env, cfg, seed)]
+    loops = [raw_loop(raw, n, seed), env_loop(env, seed)]
+    loops += [actor_loop(env, with_precision(cfg, p), seed, arm_name(p)) for p in precisions]
     runs: Dict[str, List[Dict[str, float]]] = {lp.name: [] for lp in loops}
+    phases: Dict[str, Any] = {}
     try:
         for lp in loops:  # warm-up: first forwards, page faults, ALE caches
             lp.run(min(0.5, seconds))
         for _ in range(repeats):
             for lp in loops:
                 runs[lp.name].append(lp.run(seconds))
+        for p in precisions:
+            phases[p] = phase_costs(env, with_precision(cfg, p), seed, seconds)
     finally:
         raw.close()
         env.close()
     out: Dict[str, Any] = {name: median_rates(r) for name, r in runs.items()}
-    out["ratio_actor_to_raw"] = out["actor"]["steps_per_s"] / out["raw"]["steps_per_s"]
-    out["ratio_actor_to_raw_cpu"] = (out["actor"]["steps_per_cpu_s"]
-                                     / out["raw"]["steps_per_cpu_s"])
+    for p in precisions:
+        arm = arm_name(p)
+        suffix = "" if arm == "actor" else arm[len("actor"):]
+        out[f"ratio_actor{suffix}_to_raw"] = out[arm]["steps_per_s"] / out["raw"]["steps_per_s"]
+        out[f"ratio_actor{suffix}_to_raw_cpu"] = (out[arm]["steps_per_cpu_s"]
+                                                  / out["raw"]["steps_per_cpu_s"])
     out["ratio_env_to_raw"] = out["env"]["steps_per_s"] / out["raw"]["steps_per_s"]
+    out["phases"] = phases
     out["runs"] = runs
     return out
 
@@ -173,6 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--envs", default="16,32,64", help="comma-separated N (envs per actor)")
     p.add_argument("--seconds", type=float, default=2.5, help="seconds per timed run")
     p.add_argument("--repeats", type=int, default=2, help="alternations of the three loops")
+    p.add_argument("--precisions", default="float32,auto",
+                   help="actor.inference_precision of each actor loop (comma-separated)")
     p.add_argument("--game", default="Pong")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="N = 16, 1 s runs, 1 repeat")
@@ -181,11 +271,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.quick:
         args.envs, args.seconds, args.repeats = "16", min(args.seconds, 1.0), 1
     sizes = [int(x) for x in str(args.envs).split(",") if x.strip()]
+    precisions = [x.strip() for x in str(args.precisions).split(",") if x.strip()]
+    if "auto" not in precisions:
+        precisions.append("auto")
     torch.set_num_threads(1)
     cfg = load_config(PAPER_CONFIG, [f"env.game={args.game}"])
     t0 = time.perf_counter()
-    results = {str(n): bench_n(args.game, n, cfg, args.seconds, args.repeats, args.seed)
-               for n in sizes}
+    results = {str(n): bench_n(args.game, n, cfg, args.seconds, args.repeats, args.seed,
+                               precisions) for n in sizes}
     best = max(results.values(), key=lambda r: r["actor"]["steps_per_cpu_s"])
     res: Dict[str, Any] = {
         "benchmark": "atari_actor_bench",
@@ -194,6 +287,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "network": {"torso": cfg.network.torso, "lstm_size": cfg.network.lstm_size,
                     "dueling": cfg.network.dueling, "head_hidden": cfg.network.head_hidden},
         "torch_threads": torch.get_num_threads(),
+        "precisions": precisions,
+        "auto_precision": resolve_inference_precision("auto")[1],
+        "cpu_bf16_flags": [f for f in cpu_flags() if "bf16" in f],
         "ale_threads": 1,
         "seconds": args.seconds,
         "repeats": args.repeats,

@@ -35,6 +35,8 @@ CORES = ("lstm", "feedforward", "gtrxl")
 GTRXL_START_STATES = ("stored", "zero")
 #: Values of ``learner.mixed_precision``.
 MIXED_PRECISION = ("none", "bf16", "fp16")
+#: Values of ``actor.inference_precision`` (``agent.device.resolve_inference_precision``).
+INFERENCE_PRECISIONS = ("auto", "float32", "bf16")
 
 #: Values of ``learner.allreduce`` (``r2d2_hpc.comm.allreduce`` implements them).
 ALLREDUCE_CHOICES = ("auto", "horovod", "torch", "mpi")
@@ -152,6 +154,10 @@ class ActorConfig:
     """Stop the run after this many agent steps over all actors; 0 = no limit (ours)."""
     send_pool: int = 8
     """In-flight nonblocking sends per actor before it waits (backpressure; ours)."""
+    inference_precision: str = "auto"
+    """auto | float32 | bf16: the actors' forward under bfloat16 autocast, the recurrent state
+    carried, Q-values, actions and priorities in float32 (ours: the paper's actors ran float32
+    on CPUs; auto = bf16 where the CPU has native bf16 matrix instructions, else float32)."""
 
 
 @dataclass(frozen=True)
@@ -510,6 +516,7 @@ def _check_env_network_actor(k: _Checks, cfg: Config) -> None:
 
     k.positive(a, "actor", "num_envs", "param_refresh_period", "send_pool")
     k.non_negative(a, "actor", "max_env_steps", "epsilon_alpha")
+    k.choice(a, "actor", "inference_precision", INFERENCE_PRECISIONS)
     k.need(0.0 < a.epsilon_base <= 1.0, "actor.epsilon_base",
            f"must be in (0, 1], got {a.epsilon_base}")
 

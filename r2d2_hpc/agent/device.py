@@ -8,13 +8,14 @@ before anything starts, and the ``Learner`` raises it as a ``ConfigError``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from r2d2_hpc.config import MIXED_PRECISION, ConfigError
+from r2d2_hpc.config import INFERENCE_PRECISIONS, MIXED_PRECISION, ConfigError
 
-__all__ = ["AUTOCAST_DTYPES", "DeviceSpec", "device_errors", "resolve_device", "spread_device"]
+__all__ = ["AUTOCAST_DTYPES", "DeviceSpec", "NATIVE_BF16_FLAGS", "cpu_flags", "device_errors",
+           "resolve_device", "resolve_inference_precision", "spread_device"]
 
 #: Where the learner runs: a device string (``'cpu'``, ``'cuda'``, ``'cuda:1'``,
 #: ``'auto'``) or a ``torch.device``.
@@ -135,3 +136,57 @@ def device_errors(device: DeviceSpec, mixed_precision: str = "none") -> List[str
                 f"{torch.cuda.get_device_name(resolved)}; set learner.mixed_precision=fp16 "
                 f"or none"]
     return []
+
+
+#: CPU feature flags (``/proc/cpuinfo``) of native bfloat16 matrix instructions: x86's
+#: AVX-512 BF16 and AMX, ARMv8.6's BF16 extension (``Features: ... bf16``).
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> Tuple[str, ...]:
+    """This CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where the
+    file does not exist (not Linux) or lists none."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return tuple(value.split())
+    except OSError:
+        pass
+    return ()
+
+
+def resolve_inference_precision(choice: str, flags: Optional[Iterable[str]] = None
+                                ) -> Tuple[Optional[torch.dtype], str]:
+    """``actor.inference_precision`` -> the actors' autocast dtype and why.
+
+    Args:
+      choice: ``auto`` (bf16 where the CPU has one of :data:`NATIVE_BF16_FLAGS`,
+        else float32), ``float32`` or ``bf16`` (forced; without native support
+        oneDNN emulates it, slower than float32).
+      flags: the CPU's feature flags (default: :func:`cpu_flags`).
+
+    Returns:
+      ``(dtype, reason)``: ``torch.bfloat16`` or None (float32, no autocast),
+      and a phrase for the run's plan.
+
+    Raises:
+      ConfigError: on a value that is not one of ``INFERENCE_PRECISIONS``.
+    """
+    if choice not in INFERENCE_PRECISIONS:
+        raise ConfigError([f"actor.inference_precision: unknown value {choice!r}; choose one "
+                           f"of {', '.join(INFERENCE_PRECISIONS)}"])
+    if choice == "float32":
+        return None, "float32 (actor.inference_precision=float32)"
+    have = set(cpu_flags() if flags is None else flags)
+    native = [f for f in NATIVE_BF16_FLAGS if f in have]
+    if choice == "bf16":
+        why = (f"the CPU has {'/'.join(native)}" if native
+               else "forced: this CPU has no native bf16, oneDNN emulates it")
+        return torch.bfloat16, f"bf16 (actor.inference_precision=bf16; {why})"
+    if native:
+        return torch.bfloat16, (f"bf16 (actor.inference_precision=auto: the CPU has "
+                                f"{'/'.join(native)})")
+    return None, ("float32 (actor.inference_precision=auto: the CPU has no native bf16 "
+                  "matrix instructions, none of " + ", ".join(NATIVE_BF16_FLAGS) + ")")

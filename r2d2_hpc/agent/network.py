@@ -135,7 +135,7 @@ def conv_output_hw(height: int, width: int) -> Tuple[int, int]:
 def _to_float(obs: torch.Tensor) -> torch.Tensor:
     """``uint8`` pixels are scaled by 1/255 into [0, 1]; other dtypes are cast as is."""
     if obs.dtype == torch.uint8:
-        return obs.float() * (1.0 / 255.0)
+        return obs.float().mul_(1.0 / 255.0)  # one pass over the fresh copy
     return obs.float()
 
 

@@ -22,11 +22,20 @@ learner unroll; so ``act`` over ``T`` calls gives the same Q-values as one
 ``R2D2Network.forward`` over the ``[T, N]`` sequence from a zero state.
 
 Exploration is epsilon-greedy with a fixed epsilon per env (Ape-X:
-``losses.apex_epsilon``) and one ``np.random.Generator`` per env, spawned from
-``seed``. Every ``act`` draws from each generator a uniform ``u`` and a random
-action, whether used or not, so the random streams do not depend on the
+``losses.apex_epsilon``) from one ``np.random.Generator`` seeded with ``seed``.
+Every ``act`` draws ``N`` uniforms and ``N`` random actions in two vector
+calls, whether used or not, so the random stream does not depend on the
 Q-values: with the same seed the exploration decisions are the same whatever
 the parameters.
+
+Precision (``actor.inference_precision``, :func:`~r2d2_hpc.agent.device.resolve_inference_precision`):
+under ``bf16`` the forward runs in a bfloat16 autocast region (torso and head
+matrices in bf16; the LSTM runs in float32, as CPU autocast leaves it), and
+everything that leaves the forward is float32: the Q-values (so the actions,
+the adder's initial priorities and the evaluation returns are computed in
+float32 from the bf16-rounded Q), and the recurrent state carried from step to
+step and stored at sequence starts (so bf16 rounding does not compound
+through a carried bf16 state).
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
+from r2d2_hpc.agent.device import resolve_inference_precision
 from r2d2_hpc.agent.network import R2D2Network
 from r2d2_hpc.agent.params import load_flat_array, num_elements, to_flat_array
 from r2d2_hpc.config import Config
@@ -75,17 +85,19 @@ class ActorPolicy:
       epsilons: ``<float64>[N]`` exploration rate of each env.
       num_envs: ``N``.
       params_version: version of the loaded parameters (0 = initial).
+      autocast_dtype: ``torch.bfloat16`` under bf16 inference, else None (float32).
+      precision_reason: what ``actor.inference_precision`` resolved to, and why.
     """
 
     def __init__(self, cfg: Config, obs_shape: Tuple[int, ...], num_actions: int,
                  epsilons: np.ndarray, seed: int) -> None:
         """Args:
-          cfg: run configuration; uses ``cfg.network``.
+          cfg: run configuration; uses ``cfg.network`` and
+            ``cfg.actor.inference_precision``.
           obs_shape: shape of one observation.
           num_actions: number of discrete actions ``A``.
           epsilons: ``<float>[N]`` per-env epsilon in [0, 1].
-          seed: seeds the per-env generators (``SeedSequence(seed).spawn(N)``)
-            and the initial network parameters.
+          seed: seeds the exploration generator and the initial network parameters.
         """
         epsilons = np.asarray(epsilons, dtype=np.float64)
         if epsilons.ndim != 1 or epsilons.size < 1:
@@ -104,8 +116,9 @@ class ActorPolicy:
         self._params = list(self.network.parameters())
         self.num_params = num_elements(self._params)
         self.params_version = 0
-        self._rngs = [np.random.default_rng(s)
-                      for s in np.random.SeedSequence(int(seed)).spawn(self.num_envs)]
+        self.autocast_dtype, self.precision_reason = resolve_inference_precision(
+            cfg.actor.inference_precision)
+        self._rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
         self._h, self._c = self.network.initial_state(self.num_envs, device="cpu")
         self._prev_action = np.zeros(self.num_envs, dtype=np.int64)
         self._prev_reward = np.zeros(self.num_envs, dtype=np.float32)
@@ -140,29 +153,27 @@ class ActorPolicy:
         prev_action = np.where(first, 0, self._prev_action).astype(np.int64)
         prev_reward = np.where(first, 0.0, self._prev_reward).astype(np.float32)
 
-        with torch.inference_mode():
+        cast = self.autocast_dtype
+        with torch.inference_mode(), torch.autocast("cpu", dtype=cast or torch.bfloat16,
+                                                    enabled=cast is not None):
             q, (h_next, c_next) = self.network(
                 torch.from_numpy(np.ascontiguousarray(obs)).unsqueeze(0),
                 torch.from_numpy(prev_action).unsqueeze(0),
                 torch.from_numpy(prev_reward).unsqueeze(0),
                 None, (h, c))
-        q_np = q[0].numpy().astype(np.float32, copy=True)
+        q_np = q[0].float().numpy().astype(np.float32, copy=True)
 
         greedy_action = np.argmax(q_np, axis=-1).astype(np.int64)
-        action = greedy_action.copy()
-        greedy = np.ones(self.num_envs, dtype=bool)
-        for i, rng in enumerate(self._rngs):
-            explore = rng.random() < self.epsilons[i]
-            random_action = rng.integers(self.num_actions)
-            if explore:
-                action[i] = random_action
-                greedy[i] = False
+        explore = self._rng.random(self.num_envs) < self.epsilons
+        random_action = self._rng.integers(self.num_actions, size=self.num_envs)
+        action = np.where(explore, random_action, greedy_action).astype(np.int64)
 
         store_h, store_c = self.network.stored_state((h, c))
         out = ActOutput(action=action, q=q_np, state_h=store_h.numpy().copy(),
                         state_c=store_c.numpy().copy(), prev_action=prev_action,
-                        prev_reward=prev_reward, greedy=greedy)
-        self._h, self._c = h_next.clone(), c_next.clone()
+                        prev_reward=prev_reward, greedy=~explore)
+        self._h = h_next.to(torch.float32, copy=True)
+        self._c = c_next.to(torch.float32, copy=True)
         self._prev_action = action.copy()
         self._awaiting_reward = True
         return out

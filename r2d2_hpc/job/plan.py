@@ -5,6 +5,7 @@ A short table a user can check against what they meant to launch::
     r2d2-train plan:
       ranks     4: 1 learner (rank 0), 1 replay shard (rank 1), 2 actors x 32 envs = 64 envs (ranks 2-3)
       learner   device cpu (learner.device=auto), mixed precision none, batch 32 x 25 steps, no allreduce (one learner)
+      actors    inference float32 (actor.inference_precision=auto: the CPU has no native bf16 ...) on rank 0's CPU; ...
       replay    1 shard x 100,000 observations (2,500 sequences) = 0.01 GB each, 0.01 GB in all
       budget    learner.max_steps=10,000; stop at a greedy return of 400
       run dir   runs/cartpole_masked-20261201-120000 (fresh start)
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from r2d2_hpc.agent.device import resolve_device
+from r2d2_hpc.agent.device import resolve_device, resolve_inference_precision
 from r2d2_hpc.checkpoint.records import CheckpointInfo
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.replay import replay_shard_spec
@@ -86,12 +87,16 @@ def plan_lines(cfg: Config, spec: JobSpec, size: int, run_dir: str,
     replay = (f"{_plural(shards, 'shard')} x {shard.capacity_observations:,} observations "
               f"({shard.capacity_sequences:,} sequences) = {per / GB:.2f} GB each, "
               f"{shards * per / GB:.2f} GB in all")
+    precision = resolve_inference_precision(cfg.actor.inference_precision)[1]
+    if not serial_actors:  # each actor resolves auto on its own node's CPU
+        precision += " on rank 0's CPU; actors on other nodes decide on theirs"
     start = (f"resuming from checkpoint {resume.name} (learner step {resume.step}, "
              f"{_plural(resume.num_shards, 'replay shard')})" if resume is not None
              else "fresh start")
     return ["r2d2-train plan:",
             f"  ranks     {ranks}",
             f"  learner   {learner}",
+            f"  actors    inference {precision}",
             f"  replay    {replay}",
             f"  budget    {budget_line(cfg)}",
             f"  run dir   {run_dir} ({start}; effective config in config.yaml)"]

@@ -317,13 +317,21 @@ def test_replay_bench_quick_run(tmp_path):
 def test_atari_actor_bench_quick(tmp_path):
     out = tmp_path / "bench.json"
     res = atari_actor_bench.main(["--envs", "2", "--seconds", "0.2", "--repeats", "1",
-                                  "--out", str(out)])
+                                  "--precisions", "float32,bf16", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert res["precisions"] == ["float32", "bf16", "auto"]
+    assert "actor.inference_precision=auto" in res["auto_precision"]
     r = res["by_num_envs"]["2"]
-    for loop in ("raw", "env", "actor"):
+    for loop in ("raw", "env", "actor", "actor_float32", "actor_bf16"):
         assert r[loop]["steps_per_s"] > 0 and r[loop]["steps_per_cpu_s"] > 0
         assert r[loop]["repeats"] == 1
     assert 0 < r["ratio_actor_to_raw"] and math.isfinite(r["ratio_actor_to_raw_cpu"])
+    assert 0 < r["ratio_actor_bf16_to_raw"] and 0 < r["ratio_actor_float32_to_raw_cpu"]
+    for p in ("float32", "bf16", "auto"):   # every phase timed, the shares add up
+        ph = r["phases"][p]
+        assert ph["ticks"] > 0 and all(v >= 0 for v in ph["us_per_tick"].values()), ph
+        assert ph["us_per_tick"]["forward"] > 0 and ph["us_per_tick"]["env_step"] > 0
+        assert sum(ph["share"].values()) == pytest.approx(1.0)
     assert res["torch_threads"] == 1 and res["network"]["lstm_size"] == 512
     # Hand-checked Ape-X epsilons: 0.4^(1 + 7 i / (N - 1)).
     np.testing.assert_allclose(atari_actor_bench.ape_x_epsilons(3),

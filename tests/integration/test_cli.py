@@ -44,6 +44,7 @@ def test_serial_run_writes_effective_config(tmp_path):
     assert proc.stdout.count("r2d2-train plan:") == 1
     assert "1 process (--serial): 1 learner, 1 replay shard, 1 actor x 16 envs" in proc.stdout
     assert "budget    learner.max_steps=3" in proc.stdout
+    assert "actors    inference " in proc.stdout and "actor.inference_precision=auto" in proc.stdout
     assert f"run dir   {tmp_path / 'run'} (fresh start" in proc.stdout
     assert "learner.max_steps=3 reached" in proc.stdout
 
