@@ -15,7 +15,10 @@ from r2d2_hpc.checkpoint.state_files import write_learner_file
 from r2d2_hpc.cli import eval as eval_cli
 from r2d2_hpc.config import Config
 from r2d2_hpc.job.role import job_spec
+from r2d2_hpc.agent.learner import Learner
 from tests.helpers.pong import copy_run, pong_config
+from tests.helpers.pong import write_checkpoint as write_pong_checkpoint
+from tests.unit.agent.test_evaluation import counter_config, fixed_action_params
 
 
 def main(argv: List[str], capsys) -> tuple:
@@ -258,3 +261,22 @@ def test_aggregate_reports_an_unreadable_eval_json(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- #
+
+
+# --------------------------------------------------------------------------- #
+# The GTrXL core.
+
+def test_eval_of_a_gtrxl_checkpoint_gives_the_hand_computed_returns(tmp_path, capsys):
+    """A gtrxl learner whose Q-values always favour action 1 on the counter env (env i
+    ends after 5 + 5 i steps, action a earns 1 + a): r2d2-eval restores the core
+    from the checkpoint and plays returns 10 and 20."""
+    cfg = counter_config(episodes=2, core="gtrxl")
+    learner = Learner(cfg, (2,), 2)
+    learner.load_flat_params(fixed_action_params(cfg, (2,), 2, action=1))
+    run = str(tmp_path / "run")
+    write_pong_checkpoint(run, cfg, learner, 4)
+    code, out, err = main([run, "--epsilon", "0", "--no-write", "--json"], capsys)
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["returns"] == [10, 20] and rec["lengths"] == [5, 10], rec
+    assert rec["checkpoint_step"] == 4
