@@ -200,7 +200,15 @@ class SequenceAdder:
 
     One ``add`` per environment step for all ``N`` streams at once; per step it
     writes one row per field into a ring of the last ``L`` steps (NumPy over the
-    streams) and loops in Python only over the streams that emit a chunk.
+    streams) and loops in Python only over the streams that emit a chunk or
+    start a window.
+
+    The recurrent state is kept only where a window starts (every ``period``
+    steps of an episode), until that window's sequence is emitted or dropped:
+    about ``N * ceil(L / period)`` rows instead of a row per step of the ring,
+    which matters for a large state (a GTrXL memory of 4 x 64 x 256 is 65,600
+    floats per row: 1.0 GB per actor rank of 32 envs in a per-step ring at the
+    paper's ``L`` of 120, about 70 MB this way).
     """
 
     def __init__(self, num_streams: int, *, burn_in: int, trace_length: int,
@@ -321,9 +329,18 @@ class SequenceAdder:
         self._unsent = np.zeros(n, np.int64)
         self._pending: List[_Pending] = []
         self._adds_since_emit = 0
+        #: Per stream: window start step -> (h, c) the actor used there, kept until
+        #: the window's sequence is emitted or dropped.
+        self._start_states: List[Dict[int, Tuple[np.ndarray, np.ndarray]]] = [
+            {} for _ in range(n)]
+
+    @property
+    def stored_state_rows(self) -> int:
+        """Window-start states held (each ``2 x state_size`` floats)."""
+        return sum(len(d) for d in self._start_states)
 
     def _allocate(self, frame: np.ndarray, num_actions: int) -> Dict[str, np.ndarray]:
-        r, n, h = self._ring_size, self.num_streams, self.state_size
+        r, n = self._ring_size, self.num_streams
         return {
             "frame": np.zeros((r, n) + frame.shape[1:], frame.dtype),
             "action": np.zeros((r, n), np.int64),
@@ -331,8 +348,6 @@ class SequenceAdder:
             "discount": np.zeros((r, n), np.float32),
             "first": np.zeros((r, n), bool),
             "q": np.zeros((r, n, num_actions), np.float32),
-            "state_h": np.zeros((r, n, h), np.float32),
-            "state_c": np.zeros((r, n, h), np.float32),
             "prev_action": np.zeros((r, n), np.int64),
             "prev_reward": np.zeros((r, n), np.float32),
         }
@@ -414,8 +429,6 @@ class SequenceAdder:
         ring["discount"][row] = discount
         ring["first"][row] = first
         ring["q"][row] = q_values
-        ring["state_h"][row] = state_h
-        ring["state_c"][row] = state_c
         ring["prev_action"][row] = prev_action
         ring["prev_reward"][row] = prev_reward
 
@@ -429,6 +442,10 @@ class SequenceAdder:
         self._unsent[first] = t
 
         L, P = self.sequence_length, self.sequence_period
+        starting = (self._mode == _OPEN) & ((t - self._ep_start) % P == 0)
+        for i in np.flatnonzero(starting).tolist():
+            self._start_states[i][t] = (np.array(state_h[i], np.float32),
+                                        np.array(state_c[i], np.float32))
         done = np.zeros(n, bool) if last is None else last
         since = t - self._ep_start + 1 - L
         complete = (self._mode == _OPEN) & (since >= 0) & (since % P == 0)
@@ -499,7 +516,11 @@ class SequenceAdder:
             priority, keep = self._priorities(streams, starts, lengths)
             rows = starts % R
             seq_fields = {name: ring[name][rows, streams]
-                          for name in ("state_h", "state_c", "prev_action", "prev_reward")}
+                          for name in ("prev_action", "prev_reward")}
+            held = [self._start_states[i].pop(int(st))
+                    for i, st in zip(streams.tolist(), starts.tolist())]
+            seq_fields["state_h"] = np.stack([h for h, _ in held])
+            seq_fields["state_c"] = np.stack([c for _, c in held])
         else:
             priority = np.zeros(0, np.float32)
             keep = np.zeros(0, bool)

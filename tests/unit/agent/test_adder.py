@@ -472,6 +472,12 @@ def test_windows_and_steps_match_the_definition(run):
         needed = sorted({t for s, v in expected for t in range(s, s + v)})
         sent = sorted(t for f, n in got["chunks"] for t in range(f, f + n))
         assert sent == needed
+    # Start states are held only for windows still open: none after end_episodes, at
+    # most ceil(L / period) per stream otherwise (a state per step would be L + ...).
+    if ended:
+        assert adder.stored_state_rows == 0
+    else:
+        assert adder.stored_state_rows <= len(streams) * -(-(burn_in + trace) // period)
 
 
 # --------------------------------------------------------------------------- #
