@@ -48,6 +48,8 @@ from r2d2_hpc.job.outputs import plot_learning_curve  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "pong_2core.yaml")
 STATE_FILE = "atari_learning_segments.json"
+#: The issue's goal: a greedy evaluation mean of at least this (Pong; random -20.7).
+GOAL_RETURN = -15.0
 #: Seconds left for start-up, the final evaluation and the checkpoint inside a segment.
 SEGMENT_MARGIN_S = 90.0
 
@@ -116,12 +118,20 @@ def curve(run_dir: str, segments: Sequence[Dict[str, Any]]) -> List[Dict[str, fl
     return out
 
 
-def evaluations(rows: Sequence[Dict[str, float]]) -> List[Dict[str, float]]:
-    """The greedy evaluation points of the curve."""
-    return [{"learner_step": r["learner_step"], "env_steps": r["env_steps"],
-             "run_clock_s": r["run_clock_s"], "eval_return": r["eval_return"],
-             "eval_episode_length": r.get("eval_episode_length", math.nan)}
-            for r in rows if math.isfinite(r.get("eval_return", math.nan))]
+def evaluations(rows: Sequence[Dict[str, float]]) -> List[Dict[str, Any]]:
+    """The greedy evaluation points of the curve: the periodic ones (``kind``
+    ``periodic``, every ``logging.eval_interval_steps``) and each segment's final
+    one (``final``, ``logging.final_eval_episodes`` at the segment's end)."""
+    out: List[Dict[str, Any]] = []
+    for r in rows:
+        for kind, col in (("periodic", "eval_return"), ("final", "final_eval_return")):
+            if math.isfinite(r.get(col, math.nan)):
+                out.append({"kind": kind, "learner_step": r["learner_step"],
+                            "env_steps": r["env_steps"], "run_clock_s": r["run_clock_s"],
+                            "eval_return": r[col],
+                            "eval_return_std": r.get(f"{col}_std", math.nan),
+                            "eval_episode_length": r.get("eval_episode_length", math.nan)})
+    return out
 
 
 def plot(rows: Sequence[Dict[str, float]], path: str, title: str) -> Optional[str]:
@@ -174,7 +184,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "evaluations": evals,
         "best_eval_return": max((e["eval_return"] for e in evals), default=None),
         "last_eval_return": evals[-1]["eval_return"] if evals else None,
-        "goal_eval_return": -15.0,
+        "goal_eval_return": GOAL_RETURN,
+        "goal_reached": any(e["eval_return"] >= GOAL_RETURN
+                            and e["run_clock_s"] <= 60.0 * args.budget_minutes for e in evals),
         "random_return": -20.7,
         "effective_config": config_text,
     }

@@ -18,8 +18,9 @@ import pytest
 
 import numpy as np
 
-from benchmarks import (actor_bench, allreduce_bench, atari_actor_bench, gpu_learner_bench,
-                        gtrxl_bench, learner_bench, replay_bench, transport_bench)
+from benchmarks import (actor_bench, allreduce_bench, atari_actor_bench, atari_learning,
+                        gpu_learner_bench, gtrxl_bench, learner_bench, replay_bench,
+                        transport_bench)
 
 
 def positive(x) -> bool:
@@ -385,3 +386,37 @@ def test_allreduce_bench_summary_takes_medians_over_repeats(runs, expected_updat
     assert s["sequences_per_s_L2_over_L1_t1"]["mpi"] == pytest.approx(
         s["sequences_per_s"]["L2_mpi"] / 600.0)
     assert s["gradient_mb"] == pytest.approx(4e-4) and s["repeats"] == len(runs["L1_t1"])
+
+
+# --------------------------------------------------------------------------- #
+# The Pong learning run's report.
+
+def test_atari_learning_report_counts_each_segments_final_evaluation(tmp_path):
+    """Two segments (100 s and 50 s of run clock): periodic evaluations at -21 and -17,
+    the segments' final ones at -18 and -14.5; the goal (-15) is reached only by the
+    second segment's final evaluation, inside the 150-minute budget, and the report
+    says so; the run clock of each point adds the earlier segments' wall time."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("env: {name: atari}\n")
+    cols = ["learner_step", "env_steps", "wall_time_s", "eval_return",
+            "final_eval_return", "final_eval_return_std"]
+    rows = [[10, 100, 40, -21, "", ""], [20, 200, 95, "", -18, 1.5],
+            [30, 300, 20, -17, "", ""], [40, 400, 48, "", -14.5, 2.0]]
+    (run / "metrics.csv").write_text("\n".join(",".join(map(str, r)) for r in [cols] + rows)
+                                     + "\n")
+    (run / atari_learning.STATE_FILE).write_text(json.dumps(
+        [{"wall_seconds": 100.0, "rows": [0, 2]}, {"wall_seconds": 50.0, "rows": [2, 4]}]))
+    out = tmp_path / "report.json"
+    res = atari_learning.main(["--run-dir", str(run), "--report-only", "--out", str(out),
+                               "--png", ""])
+    assert [(e["kind"], e["eval_return"], e["run_clock_s"]) for e in res["evaluations"]] == [
+        ("periodic", -21, 40), ("final", -18, 95), ("periodic", -17, 120),
+        ("final", -14.5, 148)]
+    assert res["evaluations"][-1]["eval_return_std"] == 2.0
+    assert res["best_eval_return"] == -14.5 and res["goal_reached"] is True
+    assert res["run_clock_minutes"] == pytest.approx(2.5)
+    assert json.loads(out.read_text())["goal_reached"] is True
+    res = atari_learning.main(["--run-dir", str(run), "--report-only", "--out", str(out),
+                               "--png", "", "--budget-minutes", "2"])  # 148 s > 120 s
+    assert res["goal_reached"] is False
