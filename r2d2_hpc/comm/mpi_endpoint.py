@@ -60,7 +60,8 @@ class MPIEndpoint(Endpoint):
     def _send_pool(self, name: str) -> SendPool:
         pool = self._send.get(name)
         if pool is None:
-            pool = SendPool(self.comm, self._layout(name), _depth(self._send_depth, name, 8))
+            pool = SendPool(self.comm, self._layout(name), _depth(self._send_depth, name, 8),
+                            while_waiting=self._match_arrived)
             self._send[name] = pool
         return pool
 
@@ -71,6 +72,11 @@ class MPIEndpoint(Endpoint):
                             depth=_depth(self._recv_depth, name, 4))
             self._recv[name] = pool
         return pool
+
+    def _match_arrived(self) -> None:
+        """Takes the messages that arrived for every receive pool (see ``SendPool``)."""
+        for rpool in self._recv.values():
+            rpool.match()
 
     def send(self, name: str, dest: int, /, *, timeout: Optional[float] = None,
              **arrays: Any) -> None:

@@ -4,14 +4,13 @@ contract they keep is :class:`~r2d2_hpc.comm.endpoint.Endpoint`'s.
 
 MPI implementation
 ------------------
-:class:`RecvPool` keeps ``depth`` ``Irecv``s posted into max-size buffers and
-delivers completed ones in posting order. MPI matches receives with the same
-envelope in posting order, so when a later receive has completed every earlier
-one is matched; delivering only the completed prefix gives arrival order, hence
-per-source order, even when a small message finishes before a large one
-matched earlier. Sends are *synchronous-mode* ``Issend``s: one completes only
-when the receiver has matched it with a posted receive, not when MPI copied a
-small message eagerly into the receiver's unexpected-message queue. So a full
+:class:`RecvPool` takes arrived messages with matched probes (``Improbe``) into
+``depth`` max-size buffers and receives each with ``Imrecv``; it delivers them
+in probing order, which is MPI's matching order, hence per-source order, only
+the prefix whose transfers completed (a small message may finish before a
+large one matched earlier). Sends are *synchronous-mode* ``Issend``s: one
+completes only when the receiver has matched it (probed it), not when MPI
+copied a small message eagerly into the receiver's unexpected-message queue. So a full
 pool means the receiver really is behind (true backpressure: a slow shard
 cannot accumulate unbounded unexpected messages), and a rank whose sends all
 completed knows they were all received (what the shutdown barrier relies
@@ -23,7 +22,7 @@ from the status and the header. :class:`ParamPublisher` and
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -78,16 +77,27 @@ def _cancel_sends(MPI: Any, pending: List[Any], bufs: List[np.ndarray], layout: 
 # Receive and send pools.
 
 class RecvPool:
-    """``depth`` receives kept posted for one message type; never blocks in ``poll``.
+    """``depth`` buffers for one message type, filled by matched probes; never blocks in ``poll``.
 
-    Buffers of messages returned by ``poll`` are reposted at the start of the
-    next ``poll``/``wait`` or by ``release()``; their views stay valid until then.
+    Each ``poll`` (and the endpoint's ``progress``) takes the messages that have
+    arrived with ``Improbe`` while a buffer is free and starts an ``Imrecv`` of
+    each into it. A matched probe removes the message from MPI's queue, so the
+    order of the probes is the matching order (per-source order); the messages
+    are delivered in it, only the prefix whose transfers completed (a large
+    message probed first may finish after a small one probed later). Buffers of
+    messages returned by ``poll`` are free again at the start of the next
+    ``poll``/``wait`` or on ``release()``; their views stay valid until then.
+
+    Why probes and not receives kept posted: under MPICH 5's UCX network module
+    (``MPIR_CVAR_NOLOCAL=1``, the path between nodes) an ``MPI_ANY_SOURCE``
+    receive posted after a message arrived never matches it (synchronous sends
+    then never complete); a matched probe does (``docs/decisions.md``).
 
     Args:
       comm: an mpi4py communicator.
       layout: the message type; each buffer has ``layout.nbytes`` bytes.
       source: the only rank to receive from, or None for any source.
-      depth: number of receives kept posted (messages buffered on this side).
+      depth: messages taken from MPI and not yet released (buffered on this side).
       tag: MPI tag; defaults to ``layout.tag``.
     """
 
@@ -103,41 +113,57 @@ class RecvPool:
         self._bufs = [layout.pool_buffer() for _ in range(depth)]
         self._reqs: List[Any] = [MPI.REQUEST_NULL] * depth
         self._statuses = [MPI.Status() for _ in range(depth)]
+        self._probe_status = MPI.Status()
         self._done = [False] * depth
         self._src = [0] * depth
         self._cnt = [0] * depth
-        self._order: Deque[int] = deque()  # posted or completed-undelivered, posting order
-        self._held: List[int] = []  # delivered, not yet reposted
+        self._free: Deque[int] = deque(range(depth))
+        self._order: Deque[int] = deque()  # matched, not yet delivered, in matching order
+        self._held: List[int] = []  # delivered, not yet released
         self._closed = False
+        self._error: Optional[MessageError] = None  # an oversized message, raised by poll
         self.received = 0
-        for i in range(depth):
-            self._post(i)
 
     @property
     def depth(self) -> int:
         return len(self._bufs)
 
-    def _post(self, i: int) -> None:
-        self._done[i] = False
-        self._reqs[i] = self.comm.Irecv([self._bufs[i], self._MPI.BYTE], self._source, self.tag)
-        self._order.append(i)
-
     def release(self) -> None:
-        """Reposts the buffers of the messages returned so far (their views die)."""
+        """Frees the buffers of the messages returned so far (their views die)."""
         if self._closed:
             return
-        for i in self._held:
-            self._post(i)
+        self._free.extend(self._held)
         self._held.clear()
 
+    def match(self) -> None:
+        """Takes arrived messages from MPI into free buffers (``Improbe`` + ``Imrecv``),
+        which completes their senders' synchronous sends; never blocks, never raises
+        for a bad message (a message larger than the layout's largest is received
+        into a scratch buffer, dropped, and reported by the next ``poll``)."""
+        if self._closed:
+            return
+        MPI, st = self._MPI, self._probe_status
+        while self._free:
+            msg = self.comm.Improbe(self._source, self.tag, st)
+            if msg is None:
+                return
+            src, count = st.Get_source(), st.Get_count(MPI.BYTE)
+            if count > self.layout.nbytes:
+                msg.Recv([np.empty(count, np.uint8), MPI.BYTE])
+                self._error = self._error or MessageError(
+                    f"message from rank {src} with tag {self.tag}: {count} bytes, more than "
+                    f"the largest {self.layout.name} ({self.layout.nbytes} bytes); dropped")
+                continue
+            i = self._free.popleft()
+            self._src[i], self._cnt[i], self._done[i] = src, count, False
+            self._reqs[i] = msg.Irecv([self._bufs[i], MPI.BYTE])
+            self._order.append(i)
+
     def _test(self) -> None:
+        self.match()
         idx = self._MPI.Request.Testsome(self._reqs, self._statuses)
-        if idx:
-            for j, i in enumerate(idx):
-                st = self._statuses[j]
-                self._src[i] = st.Get_source()
-                self._cnt[i] = st.Get_count(self._MPI.BYTE)
-                self._done[i] = True
+        for i in idx or ():
+            self._done[i] = True
 
     def poll(self) -> List[Received]:
         """Returns the messages that arrived, in arrival order; never blocks.
@@ -150,6 +176,9 @@ class RecvPool:
             raise RuntimeError(f"{self.layout.name} receive pool is closed")
         self.release()
         self._test()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         out: List[Received] = []
         for p, i in enumerate(self._order):
             if not self._done[i]:
@@ -158,7 +187,7 @@ class RecvPool:
                 fields = self.layout.unpack(self._bufs[i], self._cnt[i])
             except MessageError as exc:
                 del self._order[p]
-                self._post(i)
+                self._free.append(i)
                 raise MessageError(f"message from rank {self._src[i]} with tag {self.tag}: "
                                    f"{exc}") from exc
             out.append(Received(self._src[i], fields, self._cnt[i]))
@@ -176,29 +205,26 @@ class RecvPool:
         return poll_with_backoff(self.poll, timeout)
 
     def close(self, timeout: float = 5.0) -> int:
-        """Cancels the posted receives and waits (at most ``timeout``) for them.
+        """Waits (at most ``timeout``) for the transfers already matched and frees
+        the buffers. Messages not yet matched stay in MPI's queue (their senders'
+        synchronous sends never complete).
 
         Returns:
-          Messages that had arrived but were never returned by ``poll``.
+          Messages matched but never returned by ``poll``.
         """
         if self._closed:
             return 0
         self._closed = True
-        self._test()
-        dropped = sum(1 for i in self._order if self._done[i])
         pending = [self._reqs[i] for i in self._order if not self._done[i]]
-        for req in pending:
-            req.Cancel()
         statuses, done = _wait_requests(self._MPI, pending, timeout)
-        for st, ok, req in zip(statuses, done, pending):
-            if not ok:
-                _ABANDONED.append((req, self._bufs))
-            elif not st.Is_cancelled():
-                dropped += 1
+        if not all(done):
+            _ABANDONED.append((pending, self._bufs))
+        dropped = len(self._order)
         self._order.clear()
         self._held.clear()
-        for buf in self._bufs:
-            self.layout.drop_pool_buffer(buf)
+        if all(done):
+            for buf in self._bufs:
+                self.layout.drop_pool_buffer(buf)
         return dropped
 
     cancel = close
@@ -221,13 +247,18 @@ class SendPool:
       layout: the message type; each buffer has ``layout.nbytes`` bytes.
       size: number of buffers, i.e. sends in flight before ``acquire`` waits.
       tag: MPI tag; defaults to ``layout.tag``.
+      while_waiting: called between tries while ``acquire`` waits; the endpoint
+        passes its receive pools' ``match``, so two ranks each waiting to send to
+        the other still take each other's messages (receives are matched only
+        when a rank probes, see :class:`RecvPool`).
 
     Attributes:
       stalls: number of ``acquire`` calls that found every buffer in flight.
       sent: number of sends started.
     """
 
-    def __init__(self, comm: Any, layout: Layout, size: int, tag: Optional[int] = None) -> None:
+    def __init__(self, comm: Any, layout: Layout, size: int, tag: Optional[int] = None,
+                 while_waiting: Optional[Callable[[], None]] = None) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         MPI = self._MPI = _mpi()
@@ -240,6 +271,7 @@ class SendPool:
         self._lent: Dict[int, int] = {}  # id(buffer) -> slot
         self._in_flight = 0
         self._closed = False
+        self._while_waiting = while_waiting
         self.stalls = 0
         self.sent = 0
 
@@ -295,6 +327,8 @@ class SendPool:
                         f"after {timeout} s; the receiver is not receiving (is it polling "
                         f"this message?)")
                 backoff.sleep()
+                if self._while_waiting is not None:
+                    self._while_waiting()
                 buf = self.try_acquire()
                 if buf is not None:
                     return buf

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -308,7 +308,8 @@ def test_self_send_pool_backpressure_times_out_then_recovers():
     assert 0.09 <= time.monotonic() - t < 2.0
     assert pool.stalls == 1
     rpool = RecvPool(comm, layout, source=0, depth=1)
-    buf = pool.acquire(timeout=TIMEOUT)  # the receive lets the first send complete
+    rpool.match()  # the receiver takes the message: the first send can complete
+    buf = pool.acquire(timeout=TIMEOUT)
     pool.release(buf)
     msgs = rpool.wait(TIMEOUT)
     assert [int(m.fields["version"]) for m in msgs] == [1]
@@ -399,13 +400,13 @@ def test_self_endpoint_send_poll_and_params():
 # --------------------------------------------------------------------------- #
 # Delivery order when completions are out of order. MPICH's shared-memory path
 # happens to complete receives in matching order, so this case is driven by a
-# fake MPI whose receives are matched in posting order (as the standard
-# requires) but complete in any order (as a large rendezvous message matched
-# before a small eager one may).
+# fake MPI whose matched probes take messages in arrival order (as the standard
+# requires) but whose receives complete in any order (as a large rendezvous
+# message matched before a small eager one may).
 
 class _FakeRequest:
-    def __init__(self, buf=None, active=False):
-        self.buf, self.active, self.done, self.source, self.count = buf, active, False, -1, 0
+    def __init__(self, active=False):
+        self.active, self.done = active, False
 
     def __bool__(self):
         return self.active
@@ -432,29 +433,37 @@ class _FakeMPI:
         @staticmethod
         def Testsome(reqs, statuses=None):
             idx = [i for i, r in enumerate(reqs) if r.active and r.done]
-            for j, i in enumerate(idx):
-                statuses[j].source, statuses[j].count = reqs[i].source, reqs[i].count
+            for i in idx:
                 reqs[i].active = False
             return idx if any(r.active for r in reqs) or idx else None
 
 
+class _FakeMessage:
+    def __init__(self, comm, data):
+        self.comm, self.data = comm, data
+
+    def Irecv(self, spec):
+        spec[0][:self.data.size] = self.data
+        req = _FakeRequest(active=True)
+        self.comm.requests.append(req)
+        return req
+
+
 class _FakeComm:
     def __init__(self):
-        self.posted: List[_FakeRequest] = []
-        self.matched = 0
+        self.queue: List[Tuple[np.ndarray, int]] = []
+        self.requests: List[_FakeRequest] = []
 
-    def Irecv(self, spec, source, tag):
-        req = _FakeRequest(spec[0], active=True)
-        self.posted.append(req)
-        return req
+    def Improbe(self, source, tag, status):
+        if not self.queue:
+            return None
+        data, status.source = self.queue.pop(0)
+        status.count = data.size
+        return _FakeMessage(self, data)
 
-    def deliver(self, data: np.ndarray, source: int) -> _FakeRequest:
-        """Matches the next message to the earliest unmatched receive (not completed yet)."""
-        req = self.posted[self.matched]
-        self.matched += 1
-        req.buf[:data.size] = data
-        req.source, req.count = source, data.size
-        return req
+    def deliver(self, data: np.ndarray, source: int) -> None:
+        """A message arrives (in MPI's queue until probed)."""
+        self.queue.append((data, source))
 
 
 def test_recv_pool_delivers_in_matching_order_when_completions_are_not(monkeypatch):
@@ -469,14 +478,21 @@ def test_recv_pool_delivers_in_matching_order_when_completions_are_not(monkeypat
         buf = layout.new_buffer()
         return buf[:layout.pack(buf, command=1, argument=i)]
 
-    reqs = [fake.deliver(message(i), source=1) for i in range(3)]
+    for i in range(4):
+        fake.deliver(message(i), source=1)
+    assert pool.poll() == []  # three probed (the depth), none transferred yet
+    reqs = fake.requests
+    assert len(reqs) == 3 and len(fake.queue) == 1  # the 4th waits in MPI's queue
     reqs[2].done = reqs[1].done = True  # later messages complete first
     assert pool.poll() == []  # held back: message 0 is matched but still in transfer
     reqs[0].done = True
     assert [int(m.fields["argument"]) for m in pool.poll()] == [0, 1, 2]
-    # the reposted receives keep matching order across the ring's wrap-around
-    assert [int(m.fields["argument"]) for m in pool.poll()] == []
-    more = [fake.deliver(message(i), source=2) for i in range(3, 6)]
+    # the freed buffers take the next messages, still in matching order
+    assert pool.poll() == [] and len(fake.requests) == 4
+    for i in range(4, 6):
+        fake.deliver(message(i), source=2)
+    assert pool.poll() == [] and len(fake.requests) == 6
+    more = fake.requests[3:]
     more[1].done = True
     assert pool.poll() == []
     more[0].done = True
