@@ -24,6 +24,12 @@ TINY = ["replay.min_fill_sequences=40", "actor.num_envs=8", "learner.batch_size=
         # actor waits, and its parameter lag then depends on the machine's load)
         "replay.samples_per_insert=0"]
 
+#: ``--set`` fields of each recurrent core for the job-level suites: the LSTM of
+#: ``TINY``, or a small GTrXL (1 layer of width 16, 2 heads, memory 4).
+CORE_SETS = {"lstm": [],
+             "gtrxl": ["network.core=gtrxl", "network.gtrxl_layers=1", "network.gtrxl_dim=16",
+                       "network.gtrxl_heads=2", "network.gtrxl_memory_length=4"]}
+
 
 def tiny_job_config(*extra: str) -> Config:
     """The embedded default with :data:`TINY` and ``extra`` overrides."""

@@ -25,7 +25,7 @@ import pytest
 
 from r2d2_hpc.comm.allreduce import (BACKENDS, HOROVOD_INSTALL, backend_status, choose_backend,
                                      horovod_status)
-from tests.helpers.launcher import ROOT, TINY, launch, mpiexec_cmd, sets
+from tests.helpers.launcher import CORE_SETS, ROOT, TINY, launch, mpiexec_cmd, sets
 
 #: The two-learner check, run as a module from the repository root.
 WORKER = "tests.helpers.allreduce_worker"
@@ -39,13 +39,17 @@ def horovod_or_fail() -> None:
                     f"or deselect with -m 'not horovod'")
 
 
-def backend_param(name: str):
+def backend_param(name: str, core: str = ""):
     marks = [pytest.mark.horovod] if name == "horovod" else []
     # not the bare id "mpi": pytest-mpi would take it for its marker and skip
+    if core:
+        return pytest.param(name, core, marks=marks, id=f"{name}_allreduce-{core}")
     return pytest.param(name, marks=marks, id=f"{name}_allreduce")
 
 
 ALL_BACKENDS = [backend_param(b) for b in BACKENDS]
+#: Every backend with the LSTM, and the GTrXL core with one of them.
+JOB_CASES = [backend_param(b, "lstm") for b in BACKENDS] + [backend_param("mpi", "gtrxl")]
 
 
 # --------------------------------------------------------------------------- #
@@ -101,13 +105,15 @@ def learners_of(run) -> list:
     return ranks[:2]
 
 
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_two_learner_job_keeps_the_replicas_identical(backend: str, tmp_path) -> None:
+@pytest.mark.parametrize("backend, core", JOB_CASES)
+def test_two_learner_job_keeps_the_replicas_identical(backend: str, core: str,
+                                                      tmp_path) -> None:
     if backend == "horovod":
         horovod_or_fail()
     run = tmp_path / "run"
     proc, _ = launch(5, ["--run-dir", str(run)]
-                     + sets(*JOB, f"learner.allreduce={backend}", "learner.max_steps=40"),
+                     + sets(*JOB, *CORE_SETS[core], f"learner.allreduce={backend}",
+                            "learner.max_steps=40"),
                      tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "gradient allreduce over 2 learners: " in proc.stdout

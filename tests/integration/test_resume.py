@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from r2d2_hpc.checkpoint.preemption import EXIT_REQUEUE
 from r2d2_hpc.checkpoint.records import list_checkpoints
@@ -21,7 +22,7 @@ from r2d2_hpc.checkpoint.validate import find_latest_valid
 from r2d2_hpc.replay.snapshot import load_snapshot
 
 from benchmarks._common import rank_pids  # shared with benchmarks/preempt_bench.py
-from tests.helpers.launcher import ROOT, TINY, launch, mpiexec_cmd, sets
+from tests.helpers.launcher import CORE_SETS, ROOT, TINY, launch, mpiexec_cmd, sets
 
 
 SMALL = TINY + ["logging.eval_interval_steps=0", "logging.final_eval_episodes=0"]
@@ -52,9 +53,11 @@ def learner_step(run) -> int:
         return 0
 
 
-def test_sigusr1_checkpoints_exits_3_and_resumes_bit_exact(tmp_path):
+@pytest.mark.parametrize("core", sorted(CORE_SETS))
+def test_sigusr1_checkpoints_exits_3_and_resumes_bit_exact(tmp_path, core):
     run = tmp_path / "run"
-    args = ["--quiet", "--run-dir", str(run)] + sets(*SMALL, "logging.log_interval_seconds=0.2",
+    args = ["--quiet", "--run-dir", str(run)] + sets(*SMALL, *CORE_SETS[core],
+                                                     "logging.log_interval_seconds=0.2",
                                                      "learner.max_steps=400")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([*mpiexec_cmd(), "-n", "4", sys.executable, "-m", "r2d2_hpc.cli"] + args,
