@@ -77,6 +77,19 @@ PAPER_ACTOR_STEPS_PER_S = 260
 GOAL_STEPS_PER_CORE = 1000
 
 
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or ``''`` where unknown."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def ape_x_epsilons(n: int, base: float = 0.4, alpha: float = 7.0) -> np.ndarray:
     """``epsilon_i = base ** (1 + alpha * i / (n - 1))`` (Ape-X; ``base`` for n = 1)."""
     i = np.arange(n, dtype=np.float64)
@@ -299,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "goal_steps_per_core": GOAL_STEPS_PER_CORE,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "processor": platform.processor()},
+                    "processor": platform.processor(), "cpu_model": cpu_model()},
         "wall_s": time.perf_counter() - t0,
     }
     return write_result(res, args.out)
