@@ -17,8 +17,10 @@ evaluation at or before it) and the env steps at which an evaluation first
 reached ``--target`` ("not reached" counts as the largest budget); per arm the
 medians over seeds. The replay's rate limit (``replay.samples_per_insert``,
 the default's 32) counts the agent's samples only, so with demonstrations a
-learner step takes fewer agent sequences and the actors run more env steps per
-learner step: at a fixed env-step budget the demo arm makes fewer updates.
+learner step takes fewer agent sequences (``(1 - rho) B`` on average) and the
+limiter allows ``1 / (1 - rho)`` times as many learner steps per env step: at a
+fixed env-step budget the demo arm makes more updates (measured: about 7,500
+against 5,650 at 90,000 env steps with rho = 0.25).
 
 Writes into ``--out`` (default ``benchmarks/results/r2d3_demos``):
 ``r2d3_demos.json``, ``r2d3_demos.png`` (greedy return against env steps,
