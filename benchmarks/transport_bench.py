@@ -8,7 +8,7 @@ same byte length goes from rank 0 to rank 1 in four ways, alternated
 * ``endpoint``: the project's path, ``MPIEndpoint.send("STEP_CHUNK", ...)`` (pack
   into a pooled buffer, ``Issend``; at most ``--send-depth`` in flight, the
   actor's ``actor.send_pool``) and ``poll("STEP_CHUNK")`` on the shard (unpack =
-  header check and field views, ``--recv-depth`` receives kept posted, as in a
+  header check and field views, ``--recv-depth`` buffers filled by matched probes, as in a
   job); the sender flushes at the end, so every message was matched.
 * ``endpoint_try_send``: the actor rank's own call, ``try_send`` (never blocks)
   with ``progress()`` while the pool is full.
@@ -299,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--send-depth", type=int, default=8,
                    help="sends in flight (actor.send_pool, default 8)")
     p.add_argument("--recv-depth", type=int, default=4,
-                   help="receives posted on the shard (job default 4)")
+                   help="receive buffers on the shard (job default 4)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--mpi-worker", default=None, help=argparse.SUPPRESS)

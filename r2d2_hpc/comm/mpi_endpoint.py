@@ -1,7 +1,7 @@
 """The endpoint over MPI: one pool per message type, created on first use.
 
 :class:`MPIEndpoint` keeps :class:`~r2d2_hpc.comm.endpoint.Endpoint`'s contract
-with the pools of :mod:`r2d2_hpc.comm.mpi_pools` (receives kept posted,
+with the pools of :mod:`r2d2_hpc.comm.mpi_pools` (receives by matched probe,
 bounded synchronous-mode sends, the newest-wins parameter broadcast) on a
 duplicate of the communicator it is given, so its tags never meet other traffic.
 """
@@ -38,7 +38,8 @@ class MPIEndpoint(Endpoint):
       messages: the run's layouts (identical on every rank).
       send_depth: sends in flight per message type before ``send`` waits; an
         int for all or a mapping name -> depth (others: 8).
-      recv_depth: receives kept posted per message type; int or mapping (others: 4).
+      recv_depth: messages taken per message type before they are polled; int or
+        mapping (others: 4).
       param_depth: parameter buffers of the publisher (2 = double-buffered).
       dup: duplicate ``comm`` (default); False uses it as is (not collective).
     """

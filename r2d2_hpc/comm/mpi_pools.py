@@ -1,4 +1,4 @@
-"""MPI request pools: receives kept posted, bounded synchronous sends, the parameter
+"""MPI request pools: receives by matched probe, bounded synchronous sends, the parameter
 broadcast. :class:`~r2d2_hpc.comm.mpi_endpoint.MPIEndpoint` is built from them; the
 contract they keep is :class:`~r2d2_hpc.comm.endpoint.Endpoint`'s.
 
