@@ -63,7 +63,11 @@ from benchmarks._common import write_result  # noqa: E402
 import torch  # noqa: E402
 
 from r2d2_hpc.agent.adder import SequenceAdder  # noqa: E402
-from r2d2_hpc.agent.device import cpu_flags, resolve_inference_precision  # noqa: E402
+from r2d2_hpc.agent.device import (  # noqa: E402
+    cpu_flags,
+    cpu_model,
+    resolve_inference_precision,
+)
 from r2d2_hpc.agent.policy import ActorPolicy  # noqa: E402
 from r2d2_hpc.config import Config, load_config  # noqa: E402
 from r2d2_hpc.envs.atari import AtariEnv  # noqa: E402
@@ -75,19 +79,6 @@ PAPER_CONFIG = os.path.join(ROOT, "configs", "atari57.yaml")
 #: Per-actor rate of the paper's actors (env steps/s), for the report.
 PAPER_ACTOR_STEPS_PER_S = 260
 GOAL_STEPS_PER_CORE = 1000
-
-
-def cpu_model(path: str = "/proc/cpuinfo") -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or ``''`` where unknown."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return ""
 
 
 def ape_x_epsilons(n: int, base: float = 0.4, alpha: float = 7.0) -> np.ndarray:

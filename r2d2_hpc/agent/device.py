@@ -14,8 +14,8 @@ import torch
 
 from r2d2_hpc.config import INFERENCE_PRECISIONS, MIXED_PRECISION, ConfigError
 
-__all__ = ["AUTOCAST_DTYPES", "DeviceSpec", "NATIVE_BF16_FLAGS", "cpu_flags", "device_errors",
-           "resolve_device", "resolve_inference_precision", "spread_device"]
+__all__ = ["AUTOCAST_DTYPES", "DeviceSpec", "NATIVE_BF16_FLAGS", "cpu_flags", "cpu_model",
+           "device_errors", "resolve_device", "resolve_inference_precision", "spread_device"]
 
 #: Where the learner runs: a device string (``'cpu'``, ``'cuda'``, ``'cuda:1'``,
 #: ``'auto'``) or a ``torch.device``.
@@ -143,18 +143,29 @@ def device_errors(device: DeviceSpec, mixed_precision: str = "none") -> List[str
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> Tuple[str, ...]:
-    """This CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where the
-    file does not exist (not Linux) or lists none."""
+def _cpuinfo_value(keys: Tuple[str, ...], path: str) -> str:
+    """The value of the first line of ``path`` (``/proc/cpuinfo``) whose key is one of
+    ``keys``; ``''`` where there is none or the file does not exist (not Linux)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return tuple(value.split())
+                if key.strip() in keys:
+                    return value.strip()
     except OSError:
         pass
-    return ()
+    return ""
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> Tuple[str, ...]:
+    """This CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where the
+    file does not exist (not Linux) or lists none."""
+    return tuple(_cpuinfo_value(("flags", "Features"), path).split())
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, or ``''`` where unknown."""
+    return _cpuinfo_value(("model name",), path)
 
 
 def resolve_inference_precision(choice: str, flags: Optional[Iterable[str]] = None

@@ -39,6 +39,7 @@ through a carried bf16 state).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -154,8 +155,9 @@ class ActorPolicy:
         prev_reward = np.where(first, 0.0, self._prev_reward).astype(np.float32)
 
         cast = self.autocast_dtype
-        with torch.inference_mode(), torch.autocast("cpu", dtype=cast or torch.bfloat16,
-                                                    enabled=cast is not None):
+        precision = (torch.autocast("cpu", dtype=cast) if cast is not None
+                     else contextlib.nullcontext())
+        with torch.inference_mode(), precision:
             q, (h_next, c_next) = self.network(
                 torch.from_numpy(np.ascontiguousarray(obs)).unsqueeze(0),
                 torch.from_numpy(prev_action).unsqueeze(0),

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from r2d2_hpc.agent.adder import SequenceAdder
-from r2d2_hpc.agent.device import cpu_flags, resolve_inference_precision
+from r2d2_hpc.agent.device import cpu_flags, cpu_model, resolve_inference_precision
 from r2d2_hpc.agent.policy import ActorPolicy
 from r2d2_hpc.config import Config, ConfigError, ReplayConfig
 
@@ -96,6 +96,7 @@ def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
     assert cpu_flags(str(x86)) == ("fpu", "avx2", "amx_bf16")
     assert cpu_flags(str(arm)) == ("fp", "asimd", "bf16", "i8mm")
     assert cpu_flags(str(tmp_path / "absent")) == ()
+    assert cpu_model(str(x86)) == "X" and cpu_model(str(arm)) == ""
 
 
 def test_config_rejects_an_unknown_precision():
