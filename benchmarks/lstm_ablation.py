@@ -30,7 +30,10 @@ Usage::
 
     python benchmarks/lstm_ablation.py [--seeds 0 1 2]
         [--variants lstm feedforward lstm_burnin0 gtrxl gtrxl_zero]
-        [--np 4] [--set section.field=value ...] [--out DIR]
+        [--np 4] [--set section.field=value ...] [--out DIR] [--merge]
+
+``--merge`` adds these variants' runs to the report already in ``--out``
+(the other variants' runs kept), e.g. a new arm beside earlier ones.
 
 On the 2-core CI machine one run of the default takes about 2 minutes.
 """
@@ -106,6 +109,26 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
     }
 
 
+def earlier_runs(json_path: str, overrides: Sequence[str],
+                 rerun: Sequence[str]) -> Dict[str, List[Dict[str, Any]]]:
+    """The runs of the variants not in ``rerun`` from an earlier report at ``json_path``.
+
+    Raises:
+      SystemExit: if that report was made with other ``--set`` overrides (its
+        runs would not compare with these).
+    """
+    if not os.path.exists(json_path):
+        return {}
+    with open(json_path) as fh:
+        report = json.load(fh)
+    if list(report.get("extra_overrides", [])) != list(overrides):
+        raise SystemExit(f"--merge: {json_path} was made with --set "
+                         f"{report.get('extra_overrides')}, not {list(overrides)}; pass the same "
+                         f"overrides or another --out")
+    return {v: list(entry["runs"]) for v, entry in report.get("variants", {}).items()
+            if v not in rerun}
+
+
 def late_eval(rows: Sequence[Dict[str, float]]) -> float:
     """Mean greedy evaluation return of the last quarter of training (the
     periodic evaluations at or after 3/4 of the last learner step, the final
@@ -137,7 +160,11 @@ def plot(out_png: str, runs: Dict[str, List[Dict[str, Any]]]) -> None:
         if variant not in PLOTTED:
             continue
         for i, res in enumerate(results):
-            rows = read_rows(os.path.join(ROOT, res["run_dir"], "metrics.csv"))
+            csv_path = os.path.join(ROOT, res["run_dir"], "metrics.csv")
+            if not os.path.exists(csv_path):  # a merged run whose directory is gone
+                print(f"plot: {res['run_dir']} has no metrics.csv; not drawn", file=sys.stderr)
+                continue
+            rows = read_rows(csv_path)
             for ax, xkey in ((axes[0], "env_steps"), (axes[1], "wall_time_s")):
                 x = column(rows, xkey)
                 for ykey, style in (("eval_return", dict(lw=1.6, marker="o", ms=3)),
@@ -180,9 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                  "lstm_ablation"))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the runs of the other variants already in --out's JSON (made "
+                        "with the same --set overrides) and report them with these")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    runs: Dict[str, List[Dict[str, Any]]] = {v: [] for v in args.variants}
+    json_path = os.path.join(args.out, "lstm_ablation.json")
+    runs: Dict[str, List[Dict[str, Any]]] = (
+        earlier_runs(json_path, args.overrides, args.variants) if args.merge else {})
+    runs.update({v: [] for v in args.variants})
     for seed in args.seeds:
         for variant in args.variants:
             run_dir = os.path.join(args.out, "runs", f"{variant}-s{seed}")
@@ -201,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variants": {v: {"overrides": VARIANTS[v], "summary": aggregate(rs), "runs": rs}
                      for v, rs in runs.items() if rs},
     }
-    with open(os.path.join(args.out, "lstm_ablation.json"), "w") as fh:
+    with open(json_path, "w") as fh:
         json.dump(report, fh, indent=1)
     if any(v in runs for v in PLOTTED):
         plot(os.path.join(args.out, "lstm_vs_feedforward.png"), runs)

@@ -19,8 +19,8 @@ import pytest
 import numpy as np
 
 from benchmarks import (actor_bench, allreduce_bench, atari_actor_bench, atari_learning,
-                        gpu_learner_bench, gtrxl_bench, learner_bench, replay_bench,
-                        transport_bench)
+                        gpu_learner_bench, gtrxl_bench, learner_bench, lstm_ablation,
+                        replay_bench, transport_bench)
 
 
 def positive(x) -> bool:
@@ -420,3 +420,16 @@ def test_atari_learning_report_counts_each_segments_final_evaluation(tmp_path):
     res = atari_learning.main(["--run-dir", str(run), "--report-only", "--out", str(out),
                                "--png", "", "--budget-minutes", "2"])  # 148 s > 120 s
     assert res["goal_reached"] is False
+
+
+def test_lstm_ablation_merge_keeps_other_variants_and_refuses_other_overrides(tmp_path):
+    path = tmp_path / "lstm_ablation.json"
+    report = {"extra_overrides": ["learner.max_steps=8000"],
+              "variants": {"lstm": {"runs": [{"seed": 0}]},
+                           "gtrxl": {"runs": [{"seed": 0}, {"seed": 1}]}}}
+    path.write_text(json.dumps(report))
+    kept = lstm_ablation.earlier_runs(str(path), ["learner.max_steps=8000"], ["gtrxl"])
+    assert kept == {"lstm": [{"seed": 0}]}
+    assert lstm_ablation.earlier_runs(str(tmp_path / "none.json"), [], ["lstm"]) == {}
+    with pytest.raises(SystemExit, match="learner.max_steps=8000"):
+        lstm_ablation.earlier_runs(str(path), ["learner.max_steps=100"], ["gtrxl"])
