@@ -5,7 +5,9 @@ Issue 17, item 5. Two figures per core:
 * ``updates_per_s``: ``Learner.step`` on synthetic in-memory Atari batches
   (``batch_size x (burn_in + trace_length)`` steps of ``<uint8>[4, 84, 84]``, 18
   actions), timed as ``gpu_learner_bench.time_mode`` does (the same config, batches
-  and timer; float32, no mixed precision). The stored states of the synthetic
+  and timer; float32, no mixed precision), ``--repeats`` rounds with the cores
+  alternating; the median per core and, per other core, the median of its per-round
+  ratio to the LSTM (``updates_per_s_vs_lstm``). The stored states of the synthetic
   batches hold no valid memory entry, which costs the gtrxl unroll the same as a
   full memory (the attention is masked, not shortened).
 * ``replay_bytes_per_sequence``: what a replay shard allocates per stored sequence
@@ -24,7 +26,7 @@ unless named in ``--time``).
 Usage::
 
     python benchmarks/gtrxl_bench.py [--device auto] [--batch-size 64] [--steps 20]
-        [--time lstm,gtrxl] [--out benchmarks/results/gtrxl_bench.json]
+        [--repeats 3] [--time lstm,gtrxl] [--out benchmarks/results/gtrxl_bench.json]
     python benchmarks/gtrxl_bench.py --quick     # CPU smoke: batch 4 x (2 + 6), 3 steps
 
 On a CPU the full size takes seconds per update; pass a smaller ``--batch-size`` there.
@@ -34,8 +36,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,6 +82,24 @@ def replay_bytes_per_sequence(cfg: Any) -> float:
     return sum(spec.storage_bytes().values()) / sequences
 
 
+def alternate_timings(configs: Dict[str, Any], repeats: int, steps: int,
+                      warmup: int) -> Dict[str, List[Dict[str, Any]]]:
+    """``gpu_learner_bench.time_mode`` of each config, ``repeats`` rounds, the cores
+    alternating within each round (so a change in the machine's load falls on all).
+
+    Returns:
+      Per core name, its ``repeats`` timings in round order.
+    """
+    out: Dict[str, List[Dict[str, Any]]] = {name: [] for name in configs}
+    batches = {name: [synthetic_batch(cfg, seed=s, episode_length=2000.0) for s in range(2)]
+               for name, cfg in configs.items()}
+    for r in range(repeats):
+        order = list(configs) if r % 2 == 0 else list(reversed(list(configs)))
+        for name in order:
+            out[name].append(time_mode(configs[name], batches[name], steps, warmup))
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -89,8 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--trace-length", type=int, default=80, help="trace steps (80)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per core (20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (3)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds of timing, the cores alternating (3); medians reported")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
-    p.add_argument("--quick", action="store_true", help="CPU smoke: batch 4 x (2 + 6), 3 steps")
+    p.add_argument("--quick", action="store_true", help="CPU smoke: batch 4 x (2 + 6), 3 steps, 2 repeats")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
     cores = [c for c in a.cores.split(",") if c]
@@ -100,6 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         p.error(f"unknown cores {unknown}; choose from {list(CORES)}")
     if a.quick:
         a.batch_size, a.burn_in, a.trace_length, a.steps, a.warmup = 4, 2, 6, 3, 1
+        a.repeats = 2
         a.device = "cpu" if a.device == "auto" else a.device
         a.threads = a.threads or 1
     import torch
@@ -116,7 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                   "excluded) and replay bytes per stored sequence (default Atari replay)",
         "config": {"batch_size": a.batch_size, "burn_in": a.burn_in,
                    "trace_length": a.trace_length, "steps": a.steps, "warmup": a.warmup,
-                   "quick": a.quick, "cores": {c: CORES[c] for c in cores + timed}},
+                   "repeats": a.repeats, "quick": a.quick,
+                   "cores": {c: CORES[c] for c in cores + timed}},
         "machine": {"device": str(device),
                     "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                                     else platform.processor() or platform.machine()),
@@ -124,6 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     "cpus": os.cpu_count()},
         "cores": {},
     }
+    configs: Dict[str, Any] = {}
     for name in dict.fromkeys(cores + timed):
         row: Dict[str, Any] = {}
         for start in ("stored", "zero"):
@@ -131,16 +157,27 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                **CORES[name], gtrxl_start_state=start)
             row[f"replay_bytes_per_sequence_{start}"] = replay_bytes_per_sequence(cfg)
             row[f"stored_state_size_{start}"] = cfg.network.stored_state_size
-        cfg = bench_config(a.batch_size, a.burn_in, a.trace_length, str(device), **CORES[name])
-        row["num_params"] = Learner(cfg, ATARI_OBS_SHAPE, 18, device="cpu").num_params
-        if name in timed:
-            batches = [synthetic_batch(cfg, seed=s, episode_length=2000.0) for s in range(2)]
-            timing = time_mode(cfg, batches, a.steps, a.warmup)
-            row.update({k: timing[k] for k in ("updates_per_s", "step_ms_median",
-                                               "forward_backward_ms_median", "losses_finite")})
-            print(f"gtrxl_bench: {name}: {row['updates_per_s']:.3f} updates/s", file=sys.stderr,
-                  flush=True)
+        configs[name] = bench_config(a.batch_size, a.burn_in, a.trace_length, str(device),
+                                     **CORES[name])
+        row["num_params"] = Learner(configs[name], ATARI_OBS_SHAPE, 18, device="cpu").num_params
         result["cores"][name] = row
+    timings = alternate_timings({n: configs[n] for n in timed}, a.repeats, a.steps, a.warmup)
+    for name, rounds in timings.items():
+        rates = [t["updates_per_s"] for t in rounds]
+        result["cores"][name].update({
+            "updates_per_s": statistics.median(rates), "updates_per_s_repeats": rates,
+            "step_ms_median": statistics.median(t["step_ms_median"] for t in rounds),
+            "forward_backward_ms_median": statistics.median(
+                t["forward_backward_ms_median"] for t in rounds),
+            "losses_finite": all(t["losses_finite"] for t in rounds)})
+        print(f"gtrxl_bench: {name}: {statistics.median(rates):.3f} updates/s (repeats "
+              f"{', '.join(f'{r:.3f}' for r in rates)})", file=sys.stderr, flush=True)
+    if "lstm" in timings:
+        lstm = timings["lstm"]
+        result["updates_per_s_vs_lstm"] = {
+            name: statistics.median(t["updates_per_s"] / l["updates_per_s"]
+                                    for t, l in zip(rounds, lstm))
+            for name, rounds in timings.items() if name != "lstm"}
     return write_result(result, a.out)
 
 

@@ -285,6 +285,9 @@ def test_gtrxl_bench_quick(tmp_path):
     for name in ("lstm", "gtrxl_default"):
         r = res["cores"][name]
         assert positive(r["updates_per_s"]) and r["losses_finite"], name
+        assert len(r["updates_per_s_repeats"]) == 2, name  # the cores alternated twice
+    assert list(res["updates_per_s_vs_lstm"]) == ["gtrxl_default"]
+    assert positive(res["updates_per_s_vs_lstm"]["gtrxl_default"])
     lstm = res["cores"]["lstm"]
     assert lstm["replay_bytes_per_sequence_stored"] == lstm["replay_bytes_per_sequence_zero"]
     for name in ("gtrxl", "gtrxl_default", "gtrxl_paper"):
