@@ -106,6 +106,7 @@ def write_result(result: Dict[str, Any], out: Optional[str]) -> Dict[str, Any]:
     text = json.dumps(result, indent=1, default=float)
     print(text)
     if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
     return json.loads(text)

@@ -178,6 +178,7 @@ def plot(result: Dict[str, Any], path: str) -> None:
                  f"after fill {100 * (result['max_growth'] or 0):.1f} %")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

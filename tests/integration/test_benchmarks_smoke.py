@@ -436,3 +436,11 @@ def test_lstm_ablation_merge_keeps_other_variants_and_refuses_other_overrides(tm
     assert lstm_ablation.earlier_runs(str(tmp_path / "none.json"), [], ["lstm"]) == {}
     with pytest.raises(SystemExit, match="learner.max_steps=8000"):
         lstm_ablation.earlier_runs(str(path), ["learner.max_steps=100"], ["gtrxl"])
+
+
+def test_write_result_makes_the_output_folder(tmp_path):
+    from benchmarks._common import write_result
+
+    out = tmp_path / "new" / "deeper" / "r.json"
+    assert write_result({"x": np.float32(1.5)}, str(out)) == {"x": 1.5}
+    assert json.loads(out.read_text()) == {"x": 1.5}
