@@ -2,7 +2,7 @@
 
 Runs the real job (``mpiexec -n RANKS python -m r2d2_hpc.cli``, the embedded
 default task, two replay shards, a replay small enough to fill in the first
-minute and then evict for the rest of the run) for ``--minutes`` of training,
+minutes (1 alone, 3 beside another job on 2 cores) and then evict for the rest of the run) for ``--minutes`` of training,
 samples every rank's resident memory (``VmRSS``) every ``--sample-seconds``,
 and checks at the end:
 
