@@ -1,8 +1,8 @@
 """Soak: many ranks for a long time with a replay that fills and evicts.
 
 Runs the real job (``mpiexec -n RANKS python -m r2d2_hpc.cli``, the embedded
-default task, two replay shards, a replay small enough to fill in the first
-minutes (1 alone, 3 beside another job on 2 cores) and then evict for the rest of the run) for ``--minutes`` of training,
+default task, two replay shards, a replay small enough to fill in a few
+minutes and then evict for the rest of the run) for ``--minutes`` of training,
 samples every rank's resident memory (``VmRSS``) every ``--sample-seconds``,
 and checks at the end:
 
