@@ -23,7 +23,8 @@ Writes, into ``--out`` (default ``benchmarks/results/lstm_ablation``):
 * ``lstm_ablation.json``: per run the final greedy evaluation return (mean over
   ``logging.final_eval_episodes`` episodes, epsilon 0.001), wall time, env and
   learner steps, the mean ``delta_q`` over the second half of the run, and
-  per variant the mean and min/max over seeds;
+  per variant the mean and min/max over seeds and how many runs pass the
+  learning test's judge (late greedy return above its ``THRESHOLD``);
 * ``runs/<variant>-s<seed>/``: each run's own run directory.
 
 Usage::
@@ -55,6 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not __package__:  # a script, not benchmarks.<name>: the repository root on sys.path
     sys.path.insert(0, ROOT)
 from benchmarks._common import mpiexec_cmd, read_rows  # noqa: E402
+from tests.integration.test_learns import THRESHOLD  # noqa: E402  (the learning test's judge)
 
 #: Config overrides of each variant on top of the embedded default.
 VARIANTS: Dict[str, List[str]] = {
@@ -106,6 +108,7 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
         "delta_q_second_half": float(half.mean()) if half.size else math.nan,
         "eval_returns": [x for x in column(rows, "eval_return").tolist() if math.isfinite(x)],
         "late_eval_return": late_eval(rows),
+        "learns": bool(late_eval(rows) > THRESHOLD),
     }
 
 
@@ -189,6 +192,9 @@ def plot(out_png: str, runs: Dict[str, List[Dict[str, Any]]]) -> None:
 
 def aggregate(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
+    learned = sum(bool(r["late_eval_return"] > THRESHOLD) for r in results)
+    out["learns"] = f"{learned} of {len(results)} runs " \
+                    f"with late greedy return > {THRESHOLD:g} (tests/integration/test_learns.py)"
     for key in ("final_eval_return", "late_eval_return", "job_wall_s", "env_steps", "learner_steps",
                 "delta_q_second_half"):
         v = np.asarray([r[key] for r in results], np.float64)

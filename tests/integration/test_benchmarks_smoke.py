@@ -444,3 +444,15 @@ def test_write_result_makes_the_output_folder(tmp_path):
     out = tmp_path / "new" / "deeper" / "r.json"
     assert write_result({"x": np.float32(1.5)}, str(out)) == {"x": 1.5}
     assert json.loads(out.read_text()) == {"x": 1.5}
+
+
+def test_lstm_ablation_counts_runs_that_pass_the_learning_tests_judge():
+    from tests.integration.test_learns import THRESHOLD
+
+    def run(late):
+        return {"final_eval_return": late, "late_eval_return": late, "job_wall_s": 1.0,
+                "env_steps": 10, "learner_steps": 5, "delta_q_second_half": 0.1}
+
+    summary = lstm_ablation.aggregate([run(THRESHOLD + 1), run(THRESHOLD), run(400.0)])
+    assert summary["learns"].startswith("2 of 3 runs")
+    assert summary["late_eval_return"]["min"] == THRESHOLD
