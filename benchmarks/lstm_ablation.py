@@ -11,7 +11,8 @@ default: CartPole with the velocities hidden) once per variant and seed:
   recurrent-state staleness ``delta_q`` (paper section 3, ``Learner.q_staleness``)
   with and without burn-in;
 * ``gtrxl``: ``network.core=gtrxl`` (Gated Transformer-XL, ``network.gtrxl_*``
-  defaults), its memory stored at each sequence start;
+  defaults), its memory stored at each sequence start
+  (``network.gtrxl_start_state=stored``);
 * ``gtrxl_zero``: the same from an empty memory rebuilt during burn-in
   (``network.gtrxl_start_state=zero``; ``delta_q`` is 0 by construction).
 
@@ -33,8 +34,8 @@ Usage::
         [--variants lstm feedforward lstm_burnin0 gtrxl gtrxl_zero]
         [--np 4] [--set section.field=value ...] [--out DIR] [--merge]
 
-``--merge`` adds these variants' runs to the report already in ``--out``
-(the other variants' runs kept), e.g. a new arm beside earlier ones.
+``--merge`` adds these runs to the report already in ``--out`` (a run of the
+same variant and seed replaced), e.g. a new arm or seed beside earlier ones.
 
 On the 2-core CI machine one run of the default takes about 2 minutes.
 """
@@ -63,7 +64,7 @@ VARIANTS: Dict[str, List[str]] = {
     "lstm": [],
     "feedforward": ["network.core=feedforward"],
     "lstm_burnin0": ["replay.burn_in=0"],
-    "gtrxl": ["network.core=gtrxl"],
+    "gtrxl": ["network.core=gtrxl", "network.gtrxl_start_state=stored"],
     "gtrxl_zero": ["network.core=gtrxl", "network.gtrxl_start_state=zero"],
 }
 COLORS = {"lstm": "tab:red", "feedforward": "tab:blue", "lstm_burnin0": "tab:orange",
@@ -113,8 +114,9 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
 
 
 def earlier_runs(json_path: str, overrides: Sequence[str],
-                 rerun: Sequence[str]) -> Dict[str, List[Dict[str, Any]]]:
-    """The runs of the variants not in ``rerun`` from an earlier report at ``json_path``.
+                 rerun: Sequence[str], seeds: Sequence[int]) -> Dict[str, List[Dict[str, Any]]]:
+    """The runs of an earlier report at ``json_path``, less those of the variants in
+    ``rerun`` with a seed in ``seeds`` (which this invocation makes again).
 
     Raises:
       SystemExit: if that report was made with other ``--set`` overrides (its
@@ -128,8 +130,8 @@ def earlier_runs(json_path: str, overrides: Sequence[str],
         raise SystemExit(f"--merge: {json_path} was made with --set "
                          f"{report.get('extra_overrides')}, not {list(overrides)}; pass the same "
                          f"overrides or another --out")
-    return {v: list(entry["runs"]) for v, entry in report.get("variants", {}).items()
-            if v not in rerun}
+    return {v: [r for r in entry["runs"] if v not in rerun or r.get("seed") not in seeds]
+            for v, entry in report.get("variants", {}).items()}
 
 
 def late_eval(rows: Sequence[Dict[str, float]]) -> float:
@@ -214,14 +216,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "lstm_ablation"))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
     p.add_argument("--merge", action="store_true",
-                   help="keep the runs of the other variants already in --out's JSON (made "
-                        "with the same --set overrides) and report them with these")
+                   help="keep the runs already in --out's JSON (made with the same --set "
+                        "overrides) but those of the variant and seed rerun now, and report "
+                        "them with these")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "lstm_ablation.json")
     runs: Dict[str, List[Dict[str, Any]]] = (
-        earlier_runs(json_path, args.overrides, args.variants) if args.merge else {})
-    runs.update({v: [] for v in args.variants})
+        earlier_runs(json_path, args.overrides, args.variants, args.seeds) if args.merge else {})
+    for v in args.variants:
+        runs.setdefault(v, [])
     for seed in args.seeds:
         for variant in args.variants:
             run_dir = os.path.join(args.out, "runs", f"{variant}-s{seed}")

@@ -425,17 +425,17 @@ def test_atari_learning_report_counts_each_segments_final_evaluation(tmp_path):
     assert res["goal_reached"] is False
 
 
-def test_lstm_ablation_merge_keeps_other_variants_and_refuses_other_overrides(tmp_path):
+def test_lstm_ablation_merge_keeps_other_runs_and_refuses_other_overrides(tmp_path):
     path = tmp_path / "lstm_ablation.json"
     report = {"extra_overrides": ["learner.max_steps=8000"],
               "variants": {"lstm": {"runs": [{"seed": 0}]},
                            "gtrxl": {"runs": [{"seed": 0}, {"seed": 1}]}}}
     path.write_text(json.dumps(report))
-    kept = lstm_ablation.earlier_runs(str(path), ["learner.max_steps=8000"], ["gtrxl"])
-    assert kept == {"lstm": [{"seed": 0}]}
-    assert lstm_ablation.earlier_runs(str(tmp_path / "none.json"), [], ["lstm"]) == {}
+    kept = lstm_ablation.earlier_runs(str(path), ["learner.max_steps=8000"], ["gtrxl"], [1, 2])
+    assert kept == {"lstm": [{"seed": 0}], "gtrxl": [{"seed": 0}]}  # gtrxl seed 1 made again
+    assert lstm_ablation.earlier_runs(str(tmp_path / "none.json"), [], ["lstm"], [0]) == {}
     with pytest.raises(SystemExit, match="learner.max_steps=8000"):
-        lstm_ablation.earlier_runs(str(path), ["learner.max_steps=100"], ["gtrxl"])
+        lstm_ablation.earlier_runs(str(path), ["learner.max_steps=100"], ["gtrxl"], [0])
 
 
 def test_write_result_makes_the_output_folder(tmp_path):
