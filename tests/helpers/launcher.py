@@ -25,10 +25,16 @@ TINY = ["replay.min_fill_sequences=40", "actor.num_envs=8", "learner.batch_size=
         "replay.samples_per_insert=0"]
 
 #: ``--set`` fields of each recurrent core for the job-level suites: the LSTM of
-#: ``TINY``, or a small GTrXL (1 layer of width 16, 2 heads, memory 4).
+#: ``TINY``, or a small GTrXL (1 layer of width 16, 2 heads, memory 4) whose memory
+#: the replay stores at each sequence start (the start state with the most to carry).
 CORE_SETS = {"lstm": [],
              "gtrxl": ["network.core=gtrxl", "network.gtrxl_layers=1", "network.gtrxl_dim=16",
-                       "network.gtrxl_heads=2", "network.gtrxl_memory_length=4"]}
+                       "network.gtrxl_heads=2", "network.gtrxl_memory_length=4",
+                       "network.gtrxl_start_state=stored"]}
+#: :data:`CORE_SETS` and the small GTrXL started from an empty memory rebuilt
+#: during burn-in (``gtrxl_zero``), for the end-to-end suite.
+START_STATE_SETS = {**CORE_SETS,
+                    "gtrxl_zero": CORE_SETS["gtrxl"][:-1] + ["network.gtrxl_start_state=zero"]}
 
 
 def tiny_job_config(*extra: str) -> Config:

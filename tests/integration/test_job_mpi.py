@@ -14,14 +14,14 @@ import yaml
 from r2d2_hpc.job.memory import available_memory_bytes
 from r2d2_hpc.job.replay import replay_shard_spec
 from r2d2_hpc.job.role import job_spec
-from tests.helpers.launcher import (CORE_SETS, ROOT, TINY, check_nothing_lost, launch,
+from tests.helpers.launcher import (ROOT, START_STATE_SETS, TINY, check_nothing_lost, launch,
                                     mpiexec_cmd, sets, tiny_job_config)
 
 
-@pytest.mark.parametrize("core", sorted(CORE_SETS))
+@pytest.mark.parametrize("core", sorted(START_STATE_SETS))
 def test_mpi_end_to_end_four_ranks(tmp_path, core):
     run = tmp_path / "run"
-    proc, _ = launch(4, ["--run-dir", str(run)] + sets(*TINY, *CORE_SETS[core],
+    proc, _ = launch(4, ["--run-dir", str(run)] + sets(*TINY, *START_STATE_SETS[core],
                                                         "learner.max_steps=200"), tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = json.loads((run / "summary.json").read_text())
@@ -30,7 +30,10 @@ def test_mpi_end_to_end_four_ranks(tmp_path, core):
     check_nothing_lost(ranks)
     learner = ranks[0]
     assert learner["learner_step"] == 200
-    assert yaml.safe_load((run / "config.yaml").read_text())["network"]["core"] == core
+    network = yaml.safe_load((run / "config.yaml").read_text())["network"]
+    assert network["core"] == core.split("_")[0]
+    if network["core"] == "gtrxl":
+        assert network["gtrxl_start_state"] == ("zero" if core == "gtrxl_zero" else "stored")
     assert ranks[1]["priority_updates"] == 200  # one shard: every update reaches it
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert rows and float(rows[-1]["learner_step"]) == 200
