@@ -39,9 +39,11 @@ VECTOR_SHAPE = (6,)
 
 
 def gtrxl_cfg(**overrides: object) -> NetworkConfig:
-    """A tiny gtrxl network: 2 layers of width 8, 2 heads, memory 3."""
+    """A tiny gtrxl network: 2 layers of width 8, 2 heads, memory 3, its memory stored
+    at each sequence start (the start state the replay carries; ``zero`` where named)."""
     base = NetworkConfig(torso="mlp", mlp_hidden=(12,), head_hidden=8, core="gtrxl",
-                         gtrxl_layers=2, gtrxl_heads=2, gtrxl_dim=8, gtrxl_memory_length=3)
+                         gtrxl_layers=2, gtrxl_heads=2, gtrxl_dim=8, gtrxl_memory_length=3,
+                         gtrxl_start_state="stored")
     return dataclasses.replace(base, **overrides)
 
 

@@ -28,9 +28,10 @@ NUM_ACTIONS = 3
 
 
 def small_cfg(**overrides) -> NetworkConfig:
-    """A tiny configuration; everything not overridden keeps the dataclass default."""
+    """A tiny configuration; everything not overridden keeps the dataclass default
+    (but gtrxl's start state: stored, so a stored state is the core's state)."""
     base = NetworkConfig(mlp_hidden=(12,), lstm_size=16, head_hidden=8, gtrxl_dim=8,
-                         gtrxl_heads=2, gtrxl_memory_length=3)
+                         gtrxl_heads=2, gtrxl_memory_length=3, gtrxl_start_state="stored")
     return dataclasses.replace(base, **overrides)
 
 

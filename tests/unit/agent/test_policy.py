@@ -21,10 +21,12 @@ NUM_ENVS = 4
 
 
 def core_config(core: str = "lstm"):
-    """``tiny_config`` with the given core (gtrxl: 2 layers of width 8, memory 3)."""
+    """``tiny_config`` with the given core (gtrxl: 2 layers of width 8, memory 3, the
+    memory stored at sequence starts: the actor hands out the state it used)."""
     cfg = tiny_config()
     return cfg.replace(network=dataclasses.replace(
-        cfg.network, core=core, gtrxl_dim=8, gtrxl_heads=2, gtrxl_memory_length=3))
+        cfg.network, core=core, gtrxl_dim=8, gtrxl_heads=2, gtrxl_memory_length=3,
+        gtrxl_start_state="stored"))
 
 
 def make_policy(epsilon: float | np.ndarray = 0.0, seed: int = 0,
