@@ -108,8 +108,8 @@ class NetworkConfig:
     """zero | stored: the learner starts each sequence from an empty memory rebuilt during burn-in,
     or the replay keeps the gtrxl memory at each sequence start (R2D2 section 3's two strategies).
     zero as DI-engine's ding/policy/r2d2_gtrxl.py (learn.init_memory='zero'); R2D2 stores the
-    LSTM's state. Measured on masked CartPole (benchmarks/results/lstm_ablation_gtrxl/): zero
-    learned at least as well, with no stale state and a fraction of the bytes (docs/decisions.md)."""
+    LSTM's state. Measured on masked CartPole (benchmarks/results/lstm_ablation_gtrxl/): both
+    learn, zero sooner; zero has no stale state and a fraction of the bytes (docs/decisions.md)."""
     use_prev_action: bool = True
     """Feed the one-hot previous action to the core (paper, Section 2)."""
     use_prev_reward: bool = True
