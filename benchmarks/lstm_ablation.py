@@ -109,7 +109,6 @@ def run_job(run_dir: str, overrides: Sequence[str], np_ranks: int,
         "delta_q_second_half": float(half.mean()) if half.size else math.nan,
         "eval_returns": [x for x in column(rows, "eval_return").tolist() if math.isfinite(x)],
         "late_eval_return": late_eval(rows),
-        "learns": bool(late_eval(rows) > THRESHOLD),
     }
 
 
